@@ -1,0 +1,75 @@
+//! The reference's `camelCaseToKebabCase`: how an agent class name becomes a URL segment.
+
+/// Converts an agent class (or binding) name into its URL segment, exactly as
+/// the reference's `camelCaseToKebabCase` does.
+///
+/// 1. An ALL-CAPS name is lower-cased, `_` becomes `-`, and that is all.
+/// 2. Otherwise each ASCII capital `X` becomes `-x`, one leading `-` is
+///    dropped, every `_` becomes `-`, and one trailing `-` is dropped.
+///
+/// Non-ASCII capitals are left alone and digits never split.
+///
+/// ```
+/// use agents_protocol::camel_case_to_kebab_case as kebab;
+/// assert_eq!(kebab("ChatAgent"), "chat-agent");
+/// assert_eq!(kebab("AIAssistant"), "a-i-assistant");
+/// assert_eq!(kebab("MY_AGENT"), "my-agent");
+/// ```
+pub fn camel_case_to_kebab_case(name: &str) -> String {
+    let upper = name.to_uppercase();
+    if name == upper && name != name.to_lowercase() {
+        return name.to_lowercase().replace('_', "-");
+    }
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('-');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    let mut out = match out.strip_prefix('-') {
+        Some(rest) => rest.to_owned(),
+        None => out,
+    };
+    out = out.replace('_', "-");
+    if out.ends_with('-') {
+        out.pop();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::camel_case_to_kebab_case as kebab;
+
+    /// Every example the spec lists (observed from the reference function).
+    #[test]
+    fn matches_the_reference_table() {
+        let cases = [
+            ("Counter", "counter"),
+            ("MyAgent", "my-agent"),
+            ("myAgent", "my-agent"),
+            ("my_agent", "my-agent"),
+            ("MY_AGENT", "my-agent"),
+            ("ChatRoom", "chat-room"),
+            ("AIAssistant", "a-i-assistant"),
+            ("HTTPServer", "h-t-t-p-server"),
+            ("CF", "cf"),
+            ("ABC", "abc"),
+            ("My_Agent", "my--agent"),
+            ("my-Agent", "my--agent"),
+            ("Agent2", "agent2"),
+            ("V2Agent", "v2-agent"),
+            ("FooBar-", "foo-bar"),
+            ("ÄgentX", "Ägent-x"),
+            ("ChatAgent", "chat-agent"),
+            ("EchoAgent", "echo-agent"),
+            ("", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(kebab(input), want, "kebab({input:?})");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The [`Agent`] trait: what a Rust developer implements.
+//!
+//! # Lifecycle
+//! Each named instance (`/agents/<kebab-agent>/<name>`) is one actor task
+//! that owns one value of your type, created by the factory you registered
+//! on first use. Every hook runs on that task, **one at a time, in arrival
+//! order** — the single-threaded guarantee a Durable Object gives — so hooks
+//! take `&mut self` and need no locks.
+//!
+//! For an instance:
+//! 1. [`initial_state`](Agent::initial_state), then [`on_start`](Agent::on_start), once, before any event.
+//! 2. Per connection: [`connection_tags`](Agent::connection_tags),
+//!    [`should_connection_be_readonly`](Agent::should_connection_be_readonly),
+//!    [`should_send_protocol_messages`](Agent::should_send_protocol_messages);
+//!    then the protocol frames (identity, state, MCP) are sent; then
+//!    [`on_connect`](Agent::on_connect).
+//! 3. Then any number of [`on_message`](Agent::on_message) (protocol frames
+//!    are handled by the framework and never reach it), state updates
+//!    ([`validate_state_change`](Agent::validate_state_change) then
+//!    [`on_state_update`](Agent::on_state_update)) and [`on_request`](Agent::on_request).
+//! 4. [`on_close`](Agent::on_close) once per connection that completed `on_connect`;
+//!    the framework then answers a client's close with the same code and reason.
+//! 5. After [`idle_timeout`](crate::AgentServer::idle_timeout) without connections the
+//!    instance is dropped; the next use creates a fresh one.
+//!
+//! A hook that returns an error or panics never takes down the instance: a
+//! failure in `on_connect` sends `{"error":"…"}` and closes that socket with
+//! 1011; a failure anywhere else is logged and passed to
+//! [`on_error`](Agent::on_error), and the connection stays open.
+//!
+//! # Why this shape
+//! The hooks mirror the reference's `Agent` class so code ports over, but
+//! they get the agent-wide [`AgentContext`] (broadcast, connections, state)
+//! as an explicit argument instead of `this`, and the connection as a cheap
+//! [`Connection`] handle. Hooks are `async` and return
+//! `impl Future + Send` so an `async fn` in your `impl` just works, with no
+//! boxing and no macro.
+
+use std::future::Future;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::connection::Connection;
+use crate::context::{AgentContext, ConnectContext, StateSource};
+use crate::error::{BoxError, HookError};
+use crate::message::Message;
+
+/// An agent type. Implement the hooks you need; all have no-op defaults.
+///
+/// ```no_run
+/// use agents_server::{Agent, AgentContext, AgentServer, BoxError, Connection, Message};
+///
+/// #[derive(Default)]
+/// struct Echo;
+///
+/// impl Agent for Echo {
+///     type State = serde_json::Value;
+///
+///     async fn on_message(
+///         &mut self,
+///         _cx: &mut AgentContext<Self>,
+///         conn: &Connection,
+///         message: Message,
+///     ) -> Result<(), BoxError> {
+///         conn.send(message)?;
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+/// AgentServer::new()
+///     .agent("Echo", |_name| Echo)
+///     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
+///     .await
+/// # }
+/// ```
+pub trait Agent: Send + Sized + 'static {
+    /// The agent's state, synced to every client as `cf_agent_state`. Use
+    /// `serde_json::Value` for untyped state. Client updates that do not
+    /// deserialize into it are rejected with `cf_agent_state_error`.
+    type State: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// The state a new instance starts with; `None` (the default) means "no
+    /// state", and then no `cf_agent_state` frame is sent on connect.
+    fn initial_state(&self) -> Option<Self::State> {
+        None
+    }
+
+    /// Runs once when the instance starts, before any connection or request.
+    fn on_start(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = cx;
+        async { Ok(()) }
+    }
+
+    /// Extra tags for a new connection (the id is always the first tag). At
+    /// most [`MAX_TAGS`](crate::MAX_TAGS) including the id, each non-empty and
+    /// at most [`MAX_TAG_LEN`](crate::MAX_TAG_LEN) characters; otherwise the
+    /// connection fails like a failing `on_connect`.
+    fn connection_tags(&self, conn: &Connection, ctx: &ConnectContext) -> Vec<String> {
+        let _ = (conn, ctx);
+        Vec::new()
+    }
+
+    /// Whether state frames from this connection are refused (answered with
+    /// `cf_agent_state_error` "Connection is readonly"). Defaults to `false`.
+    fn should_connection_be_readonly(&self, conn: &Connection, ctx: &ConnectContext) -> bool {
+        let _ = (conn, ctx);
+        false
+    }
+
+    /// Whether this connection gets protocol frames (identity, state, MCP).
+    /// Defaults to `true`; return `false` for e.g. binary-only devices.
+    fn should_send_protocol_messages(&self, conn: &Connection, ctx: &ConnectContext) -> bool {
+        let _ = (conn, ctx);
+        true
+    }
+
+    /// A client connected; the protocol frames have been sent. `ctx.request()`
+    /// is the upgrade request. An error or panic sends `{"error":"…"}` and
+    /// closes the socket with 1011.
+    fn on_connect(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        conn: &Connection,
+        ctx: &ConnectContext,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = (cx, conn, ctx);
+        async { Ok(()) }
+    }
+
+    /// A message that is not a protocol frame: any binary frame, and any
+    /// text that is not a well-formed `cf_agent_state` or `rpc` frame,
+    /// unchanged.
+    fn on_message(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        conn: &Connection,
+        message: Message,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = (cx, conn, message);
+        async { Ok(()) }
+    }
+
+    /// A hook failed or panicked. `conn` is the connection whose event it was
+    /// handling, if any. The default logs the error with `tracing`.
+    fn on_error(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        conn: Option<&Connection>,
+        error: HookError,
+    ) -> impl Future<Output = ()> + Send {
+        tracing::error!(
+            agent = cx.agent(),
+            name = cx.name(),
+            connection = conn.map(Connection::id),
+            %error,
+            "agent error"
+        );
+        async {}
+    }
+
+    /// A connection closed. `code` and `reason` are what the client sent
+    /// (1005 when its close frame had no code); without a close frame,
+    /// `code` is 1006 and `was_clean` is false.
+    fn on_close(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        conn: &Connection,
+        code: u16,
+        reason: &str,
+        was_clean: bool,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = (cx, conn, code, reason, was_clean);
+        async { Ok(()) }
+    }
+
+    /// A plain HTTP request (not an upgrade) to the instance's URL. The
+    /// default answers 404 `Not implemented`, like the reference. An error or
+    /// panic answers 500.
+    fn on_request(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        request: http::Request<Body>,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send {
+        let _ = (cx, request);
+        async { Ok((StatusCode::NOT_FOUND, "Not implemented").into_response()) }
+    }
+
+    /// Gate for a client's state update. An error (or panic) rejects it: the
+    /// client gets `cf_agent_state_error` "State update rejected" and nothing
+    /// changes.
+    fn validate_state_change(
+        &self,
+        next: &Self::State,
+        source: &StateSource,
+    ) -> Result<(), BoxError> {
+        let _ = (next, source);
+        Ok(())
+    }
+
+    /// The state changed (already stored and broadcast); read it with
+    /// [`AgentContext::state`]. `source` says who changed it. Errors go to
+    /// [`on_error`](Agent::on_error) and do not undo the change.
+    fn on_state_update(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        source: StateSource,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = (cx, source);
+        async { Ok(()) }
+    }
+}
+
+/// Wraps a hook's outcome: errors and panics become a [`HookError`].
+pub(crate) async fn guarded<T>(
+    hook: &'static str,
+    fut: impl Future<Output = Result<T, BoxError>>,
+) -> Result<T, HookError> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(HookError::Failed { hook, source }),
+        Err(payload) => Err(HookError::from_panic(hook, payload)),
+    }
+}
+
+/// Runs a synchronous hook, turning a panic into a [`HookError`].
+pub(crate) fn guarded_sync<T>(
+    hook: &'static str,
+    f: impl FnOnce() -> Result<T, BoxError>,
+) -> Result<T, HookError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(HookError::Failed { hook, source }),
+        Err(payload) => Err(HookError::from_panic(hook, payload)),
+    }
+}

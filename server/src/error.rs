@@ -1,0 +1,113 @@
+//! Error types of the server library.
+
+use std::fmt;
+
+/// The error type user hooks return: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a user hook did not complete; handed to [`Agent::on_error`](crate::Agent::on_error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    /// The hook returned an error.
+    #[error("{hook} failed: {source}")]
+    Failed {
+        /// The hook's name, e.g. `on_message`.
+        hook: &'static str,
+        /// What it returned.
+        source: BoxError,
+    },
+    /// The hook panicked; the instance and its connections stay up.
+    #[error("{hook} panicked: {message}")]
+    Panicked {
+        /// The hook's name, e.g. `on_message`.
+        hook: &'static str,
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+}
+
+impl HookError {
+    /// The message a client may see: the error's own text, without the hook name.
+    pub fn client_message(&self) -> String {
+        match self {
+            HookError::Failed { source, .. } => source.to_string(),
+            HookError::Panicked { message, .. } => message.clone(),
+        }
+    }
+
+    pub(crate) fn from_panic(hook: &'static str, payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "unknown panic payload".to_owned()
+        };
+        HookError::Panicked { hook, message }
+    }
+}
+
+/// Sending on a [`Connection`](crate::Connection) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closed or closing.
+    #[error("send error: connection is closed")]
+    Closed,
+    /// The client stopped reading and its outbound queue is full; the
+    /// connection has been dropped.
+    #[error("send error: outbound queue full, connection dropped")]
+    QueueFull,
+}
+
+/// Changing the agent's state failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The invocation belongs to a readonly connection.
+    #[error("Connection is readonly")]
+    Readonly,
+    /// The state could not be serialized to JSON.
+    #[error("state error: cannot serialize state: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// Two live connections share the id asked for (ids are the client's `_pk`,
+/// so they can collide).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("More than one connection found for id {0}")]
+pub struct DuplicateConnectionId(pub String);
+
+/// Invalid connection tags returned by
+/// [`Agent::connection_tags`](crate::Agent::connection_tags).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TagError {
+    /// More than [`MAX_TAGS`](crate::MAX_TAGS) tags, counting the id.
+    #[error("A connection can only have {max} tags, including the default id tag")]
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
+    /// An empty tag.
+    #[error("A connection tag must not be empty")]
+    Empty,
+    /// A tag longer than [`MAX_TAG_LEN`](crate::MAX_TAG_LEN) characters.
+    #[error("A connection tag must be at most {max} characters: {tag}")]
+    TooLong {
+        /// The tag.
+        tag: String,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// A close frame payload, for logs.
+pub(crate) struct CloseDisplay<'a>(pub u16, pub &'a str);
+
+impl fmt::Display for CloseDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.0, self.1)
+    }
+}
