@@ -293,10 +293,11 @@ async fn read_loop(
         let message = match next {
             None => break,
             Some(Err(err)) => {
-                if let Some((size, max)) = too_large(err) {
-                    let reason = format!("Message is too large: {size} > {max}");
-                    conn.close(1009, &reason);
-                    closed = Some(CloseInfo { code: 1009, reason, was_clean: false });
+                // Tell the client why before dropping it, when the socket
+                // can still carry a close frame.
+                if let Some((code, reason)) = close_for(err) {
+                    conn.close(code, &reason);
+                    closed = Some(CloseInfo { code, reason, was_clean: false });
                 }
                 break;
             }
@@ -328,13 +329,20 @@ async fn read_loop(
     closed.unwrap_or(CloseInfo { code: 1006, reason: String::new(), was_clean: false })
 }
 
-/// The sizes of a message over the limit, if that is what `err` is.
-fn too_large(err: axum::Error) -> Option<(usize, usize)> {
+/// The close frame answering a read error: 1009 for a message over the
+/// limit, 1007 for invalid UTF-8, 1002 for a protocol violation; `None` when
+/// the transport itself failed.
+fn close_for(err: axum::Error) -> Option<(u16, String)> {
+    use tungstenite::error::CapacityError;
     match *err.into_inner().downcast::<tungstenite::Error>().ok()? {
-        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
-            size,
-            max_size,
-        }) => Some((size, max_size)),
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            Some((1009, format!("Message is too large: {size} > {max_size}")))
+        }
+        tungstenite::Error::Utf8(_) => Some((1007, "Invalid UTF-8 in text frame".to_owned())),
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => None,
+        tungstenite::Error::Protocol(err) => Some((1002, format!("Protocol error: {err}"))),
         _ => None,
     }
 }

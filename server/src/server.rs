@@ -266,19 +266,19 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             Err(response) => return response,
         }
     }
+    // A browser fails the handshake unless one offered subprotocol is
+    // selected; we take the client's first.
+    let offered = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
+        .and_then(|p| p.parse().ok());
     let mut ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    // A browser fails the handshake unless one offered subprotocol is
-    // selected; we take the client's first.
-    let offered = ws
-        .requested_protocols()
-        .next()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_owned());
-    if let Some(protocol) = offered.and_then(|p| p.parse().ok()) {
+    if let Some(protocol) = offered {
         ws.set_selected_protocol(protocol);
     }
     let max = shared.config.max_message_size;

@@ -1,0 +1,90 @@
+//! URLs and HTTP results, as in `reference-edge-cases.log` §4–5.
+
+use agents_server::{Agent, AgentServer};
+use axum::response::IntoResponse;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn http_results_match_the_reference() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    assert_eq!(server.get("/agents/unknown-agent/x?_pk=x").await, (400, "Invalid request".into()));
+    assert_eq!(server.get("/agents/EchoAgent/caps").await, (400, "Invalid request".into()));
+    assert_eq!(server.get("/agents/echo-agent?_pk=x").await, (404, "Not found".into()));
+    assert_eq!(server.get("/agents/echo-agent/a").await, (404, "Not implemented".into()));
+    assert_eq!(server.get("/agents/counter-agent/p").await, (404, "Not implemented".into()));
+    let long = "n".repeat(agents_server::MAX_NAME_LEN + 1);
+    assert_eq!(server.get(&format!("/agents/echo-agent/{long}")).await.0, 400);
+}
+
+#[tokio::test]
+async fn unknown_agent_upgrade_is_refused_with_400() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    let err = tokio_tungstenite::connect_async(server.url("/agents/nope-agent/x")).await.unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 400),
+        other => panic!("expected HTTP 400, got {other}"),
+    }
+}
+
+/// The name is the raw, still percent-encoded segment; empty segments are
+/// ignored; a sub-path reaches the same instance.
+#[tokio::test]
+async fn names_are_raw_segments_and_paths_are_lenient() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    let mut c = server.connect("/agents/echo-agent/with%20space?_pk=x").await;
+    let (identity, _) = c.handshake().await;
+    assert_eq!(identity["name"], "with%20space");
+
+    let mut c = server.connect("/agents//echo-agent//n").await;
+    let (identity, _) = c.handshake().await;
+    assert_eq!(identity["name"], "n");
+    assert_eq!(identity["agent"], "echo-agent");
+
+    let mut a = server.connect("/agents/counter-agent/shared").await;
+    let mut b = server.connect("/agents/counter-agent/shared/settings/deep?x=1").await;
+    a.handshake().await;
+    let (identity, _) = b.handshake().await;
+    assert_eq!(identity["name"], "shared");
+    b.send("broadcast:same-instance").await;
+    assert_eq!(a.text().await, "same-instance");
+}
+
+struct Http;
+
+impl Agent for Http {
+    type State = ();
+
+    async fn on_request(
+        &mut self,
+        cx: &mut agents_server::AgentContext<Self>,
+        request: http::Request<axum::body::Body>,
+    ) -> Result<axum::response::Response, agents_server::BoxError> {
+        if request.uri().path().ends_with("/boom") {
+            panic!("request exploded");
+        }
+        Ok(format!("hello from {} at {}", cx.name(), request.uri().path()).into_response())
+    }
+}
+
+/// Class names map to URLs by the reference's kebab rule; `on_request`
+/// answers plain HTTP; a panic there is a 500.
+#[tokio::test]
+async fn kebab_routes_and_on_request() {
+    let server =
+        TestServer::start(AgentServer::new().agent("AIAssistant", |_| Http).prefix("api/v1")).await;
+    assert_eq!(
+        server.get("/api/v1/a-i-assistant/bob/x").await,
+        (200, "hello from bob at /api/v1/a-i-assistant/bob/x".into())
+    );
+    assert_eq!(server.get("/api/v1/ai-assistant/bob").await.0, 400);
+    assert_eq!(server.get("/api/v1/a-i-assistant/bob/boom").await.0, 500);
+    // The instance survived the panic.
+    assert_eq!(server.get("/api/v1/a-i-assistant/bob").await.0, 200);
+}
+
+#[test]
+#[should_panic(expected = "two agents are registered at `my-agent`")]
+fn colliding_class_names_are_refused() {
+    let _ = AgentServer::new().agent("MyAgent", |_| Http).agent("my_agent", |_| Http);
+}
