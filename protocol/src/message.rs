@@ -138,7 +138,9 @@ impl ClientMessage {
     /// `rpc` object whose `id` and `method` are strings and `args` an array.
     /// Everything else is [`Incoming::Raw`].
     pub fn decode(text: &str) -> Incoming<'_, ClientMessage> {
-        let Some(env) = Envelope::parse(text) else { return Incoming::Raw(text) };
+        let Some(env) = Envelope::parse(text) else {
+            return Incoming::Raw(text);
+        };
         if env.type_is("cf_agent_state") {
             if let Some(state) = env.state {
                 return Incoming::Protocol(ClientMessage::State(to_owned_raw(state)));
@@ -175,9 +177,10 @@ impl ClientMessage {
             ty: &'static str,
         }
         let out = match self {
-            ClientMessage::State(state) => {
-                serde_json::to_string(&StateOut { state, ty: "cf_agent_state" })
-            }
+            ClientMessage::State(state) => serde_json::to_string(&StateOut {
+                state,
+                ty: "cf_agent_state",
+            }),
             ClientMessage::Rpc(r) => serde_json::to_string(&RpcOut {
                 args: &r.args,
                 id: &r.id,
@@ -288,15 +291,18 @@ impl ServerMessage {
                 agent: &i.agent,
                 state_follows: i.state_follows,
             }),
-            ServerMessage::State(state) => {
-                serde_json::to_string(&StateOut { ty: "cf_agent_state", state })
-            }
-            ServerMessage::StateError(error) => {
-                serde_json::to_string(&ErrorOut { ty: "cf_agent_state_error", error })
-            }
-            ServerMessage::McpServers(mcp) => {
-                serde_json::to_string(&McpOut { mcp, ty: "cf_agent_mcp_servers" })
-            }
+            ServerMessage::State(state) => serde_json::to_string(&StateOut {
+                ty: "cf_agent_state",
+                state,
+            }),
+            ServerMessage::StateError(error) => serde_json::to_string(&ErrorOut {
+                ty: "cf_agent_state_error",
+                error,
+            }),
+            ServerMessage::McpServers(mcp) => serde_json::to_string(&McpOut {
+                mcp,
+                ty: "cf_agent_mcp_servers",
+            }),
             ServerMessage::Rpc(RpcResponse::Success { id, result, done }) => {
                 serde_json::to_string(&RpcSuccessOut {
                     done: *done,
@@ -307,7 +313,12 @@ impl ServerMessage {
                 })
             }
             ServerMessage::Rpc(RpcResponse::Error { id, error }) => {
-                serde_json::to_string(&RpcErrorOut { error, id, success: false, ty: "rpc" })
+                serde_json::to_string(&RpcErrorOut {
+                    error,
+                    id,
+                    success: false,
+                    ty: "rpc",
+                })
             }
         };
         out.expect("protocol frames always serialize")
@@ -330,7 +341,10 @@ mod tests {
             panic!("null state must decode")
         };
         assert_eq!(s.get(), "null");
-        assert!(matches!(ClientMessage::decode(r#"{"type":"cf_agent_state"}"#), Incoming::Raw(_)));
+        assert!(matches!(
+            ClientMessage::decode(r#"{"type":"cf_agent_state"}"#),
+            Incoming::Raw(_)
+        ));
     }
 
     #[test]
@@ -349,7 +363,10 @@ mod tests {
             r#"{"type":7}"#,
             r#"{"type":"cf_agent_identity","name":"a","agent":"b"}"#,
         ] {
-            assert!(matches!(ClientMessage::decode(text), Incoming::Raw(t) if t == text), "{text}");
+            assert!(
+                matches!(ClientMessage::decode(text), Incoming::Raw(t) if t == text),
+                "{text}"
+            );
         }
     }
 
@@ -364,14 +381,24 @@ mod tests {
 
     #[test]
     fn rpc_result_absent_vs_null() {
-        let absent = ServerMessage::Rpc(RpcResponse::Success { id: "1".into(), result: None, done: true });
-        assert_eq!(absent.to_json(), r#"{"done":true,"id":"1","success":true,"type":"rpc"}"#);
+        let absent = ServerMessage::Rpc(RpcResponse::Success {
+            id: "1".into(),
+            result: None,
+            done: true,
+        });
+        assert_eq!(
+            absent.to_json(),
+            r#"{"done":true,"id":"1","success":true,"type":"rpc"}"#
+        );
         let null = ServerMessage::Rpc(RpcResponse::Success {
             id: "1".into(),
             result: Some(raw("null")),
             done: true,
         });
-        assert_eq!(null.to_json(), r#"{"done":true,"id":"1","result":null,"success":true,"type":"rpc"}"#);
+        assert_eq!(
+            null.to_json(),
+            r#"{"done":true,"id":"1","result":null,"success":true,"type":"rpc"}"#
+        );
         // A reply without `done` is final.
         let Incoming::Protocol(ServerMessage::Rpc(RpcResponse::Success { done, result, .. })) =
             ServerMessage::decode(r#"{"type":"rpc","id":"1","success":true}"#)
@@ -391,6 +418,12 @@ mod tests {
 
     #[test]
     fn setup_error_frame() {
-        assert_eq!(SetupError { error: "boom".into() }.to_json(), r#"{"error":"boom"}"#);
+        assert_eq!(
+            SetupError {
+                error: "boom".into()
+            }
+            .to_json(),
+            r#"{"error":"boom"}"#
+        );
     }
 }

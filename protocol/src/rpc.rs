@@ -18,7 +18,11 @@ pub struct RpcRequest {
 impl RpcRequest {
     /// Builds a request; `args` must be a JSON array.
     pub fn new(id: impl Into<String>, method: impl Into<String>, args: Box<RawValue>) -> Self {
-        RpcRequest { id: id.into(), method: method.into(), args }
+        RpcRequest {
+            id: id.into(),
+            method: method.into(),
+            args,
+        }
     }
 
     /// Deserializes `args` into `T`, typically a tuple of the parameters:
@@ -60,11 +64,17 @@ impl RpcResponse {
 
     /// The error reply for a method that does not exist.
     pub fn no_such_method(id: impl Into<String>, method: &str) -> Self {
-        RpcResponse::Error { id: id.into(), error: format!("Method {method} does not exist") }
+        RpcResponse::Error {
+            id: id.into(),
+            error: format!("Method {method} does not exist"),
+        }
     }
 
     /// The error reply for a method that exists but is not callable.
     pub fn not_callable(id: impl Into<String>, method: &str) -> Self {
-        RpcResponse::Error { id: id.into(), error: format!("Method {method} is not callable") }
+        RpcResponse::Error {
+            id: id.into(),
+            error: format!("Method {method} is not callable"),
+        }
     }
 }

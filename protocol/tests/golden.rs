@@ -16,8 +16,14 @@ struct Frame {
 fn frames() -> Vec<Frame> {
     let mut out = Vec::new();
     for (file, body) in [
-        ("reference-wire.log", include_str!("fixtures/reference-wire.log")),
-        ("reference-edge-cases.log", include_str!("fixtures/reference-edge-cases.log")),
+        (
+            "reference-wire.log",
+            include_str!("fixtures/reference-wire.log"),
+        ),
+        (
+            "reference-edge-cases.log",
+            include_str!("fixtures/reference-edge-cases.log"),
+        ),
     ] {
         for line in body.lines() {
             let to_client = line.contains("S->C TEXT");
@@ -25,7 +31,9 @@ fn frames() -> Vec<Frame> {
                 continue;
             }
             let text = if line.trim_start().starts_with('#') {
-                let start = line.find(" \"").unwrap_or_else(|| panic!("{file}: no text in {line}"));
+                let start = line
+                    .find(" \"")
+                    .unwrap_or_else(|| panic!("{file}: no text in {line}"));
                 serde_json::from_str::<String>(&line[start + 1..])
                     .unwrap_or_else(|e| panic!("{file}: bad literal in {line}: {e}"))
             } else {
@@ -51,19 +59,30 @@ fn is_client_protocol(v: &Value) -> bool {
     }
 }
 
-const SERVER_TYPES: [&str; 5] =
-    ["cf_agent_identity", "cf_agent_state", "cf_agent_state_error", "cf_agent_mcp_servers", "rpc"];
+const SERVER_TYPES: [&str; 5] = [
+    "cf_agent_identity",
+    "cf_agent_state",
+    "cf_agent_state_error",
+    "cf_agent_mcp_servers",
+    "rpc",
+];
 
 #[test]
 fn every_reference_frame_round_trips() {
     let frames = frames();
-    assert!(frames.len() > 60, "expected the full captures, found {} frames", frames.len());
+    assert!(
+        frames.len() > 60,
+        "expected the full captures, found {} frames",
+        frames.len()
+    );
     let (mut protocol, mut raw) = (0, 0);
     for f in &frames {
         let json: Option<Value> = serde_json::from_str(&f.text).ok();
         if f.to_client {
             let expect_protocol = json.as_ref().is_some_and(|v| {
-                v.get("type").and_then(Value::as_str).is_some_and(|t| SERVER_TYPES.contains(&t))
+                v.get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| SERVER_TYPES.contains(&t))
             });
             match ServerMessage::decode(&f.text) {
                 Incoming::Protocol(msg) => {
@@ -115,7 +134,10 @@ fn connect_frames_are_byte_identical() {
         r#"{"type":"cf_agent_identity","name":"c","agent":"counter-agent","stateFollows":true}"#
     );
     let state = ServerMessage::State(RawValue::from_string(r#"{"count":0}"#.into()).unwrap());
-    assert_eq!(state.to_json(), r#"{"type":"cf_agent_state","state":{"count":0}}"#);
+    assert_eq!(
+        state.to_json(),
+        r#"{"type":"cf_agent_state","state":{"count":0}}"#
+    );
     assert_eq!(
         ServerMessage::McpServers(McpState::default()).to_json(),
         r#"{"mcp":{"prompts":[],"resources":[],"servers":{},"tools":[]},"type":"cf_agent_mcp_servers"}"#

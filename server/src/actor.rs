@@ -25,25 +25,55 @@ use crate::request::RequestInfo;
 /// Hook and base-class names a client may not call over RPC; the reply is
 /// `Method <m> is not callable`, as the reference answers for its own hooks.
 const NOT_CALLABLE: &[&str] = &[
-    "onStart", "onConnect", "onMessage", "onError", "onClose", "onRequest", "onStateUpdate",
-    "onStateChanged", "validateStateChange", "setState", "broadcast", "getConnection",
-    "getConnections", "getConnectionTags", "shouldConnectionBeReadonly",
-    "shouldSendProtocolMessages", "on_start", "on_connect", "on_message", "on_error", "on_close",
-    "on_request", "on_state_update", "validate_state_change", "set_state", "initial_state",
-    "connection_tags", "should_connection_be_readonly", "should_send_protocol_messages",
+    "onStart",
+    "onConnect",
+    "onMessage",
+    "onError",
+    "onClose",
+    "onRequest",
+    "onStateUpdate",
+    "onStateChanged",
+    "validateStateChange",
+    "setState",
+    "broadcast",
+    "getConnection",
+    "getConnections",
+    "getConnectionTags",
+    "shouldConnectionBeReadonly",
+    "shouldSendProtocolMessages",
+    "on_start",
+    "on_connect",
+    "on_message",
+    "on_error",
+    "on_close",
+    "on_request",
+    "on_state_update",
+    "validate_state_change",
+    "set_state",
+    "initial_state",
+    "connection_tags",
+    "should_connection_be_readonly",
+    "should_send_protocol_messages",
 ];
 
 /// Events for an instance, processed one at a time in arrival order.
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Register a socket; `ack` answers whether it was accepted.
-    Connect { conn: Connection, request: RequestInfo, ack: oneshot::Sender<bool> },
+    Connect {
+        conn: Connection,
+        request: RequestInfo,
+        ack: oneshot::Sender<bool>,
+    },
     /// A data frame from a registered socket.
     Message { key: u64, message: Message },
     /// A registered socket ended.
     Closed { key: u64, info: CloseInfo },
     /// A plain HTTP request to the instance.
-    Request { request: http::Request<Body>, reply: oneshot::Sender<Response> },
+    Request {
+        request: http::Request<Body>,
+        reply: oneshot::Sender<Response>,
+    },
 }
 
 /// Cheap-to-clone sender to one instance's actor.
@@ -68,7 +98,15 @@ pub(crate) fn spawn<A: Agent>(
 ) -> AgentHandle {
     let (tx, rx) = mpsc::channel(shared.config.inbox_capacity.max(1));
     let cx = AgentContext::new(key.agent.clone(), key.name.clone());
-    let actor = Actor { agent, cx, rx, shared: shared.clone(), key, generation, stopping: false };
+    let actor = Actor {
+        agent,
+        cx,
+        rx,
+        shared: shared.clone(),
+        key,
+        generation,
+        stopping: false,
+    };
     shared.tracker.spawn(actor.run());
     AgentHandle { tx, generation }
 }
@@ -158,7 +196,9 @@ impl<A: Agent> Actor<A> {
                 let _ = ack.send(accepted);
             }
             Command::Message { key, message } => {
-                let Some(conn) = self.cx.get(key).cloned() else { return };
+                let Some(conn) = self.cx.get(key).cloned() else {
+                    return;
+                };
                 self.cx.current = Some(conn.clone());
                 self.message(conn, message).await;
                 self.cx.current = None;
@@ -166,7 +206,8 @@ impl<A: Agent> Actor<A> {
             }
             Command::Closed { key, info } => self.closed(key, info).await,
             Command::Request { request, reply } => {
-                let result = guarded("on_request", self.agent.on_request(&mut self.cx, request)).await;
+                let result =
+                    guarded("on_request", self.agent.on_request(&mut self.cx, request)).await;
                 let response = match result {
                     Ok(response) => response,
                     Err(err) => {
@@ -211,7 +252,11 @@ impl<A: Agent> Actor<A> {
             self.send_connect_frames(&conn);
         }
         self.cx.current = Some(conn.clone());
-        let result = guarded("on_connect", self.agent.on_connect(&mut self.cx, &conn, &ctx)).await;
+        let result = guarded(
+            "on_connect",
+            self.agent.on_connect(&mut self.cx, &conn, &ctx),
+        )
+        .await;
         self.cx.current = None;
         let accepted = match result {
             Ok(()) => true,
@@ -242,7 +287,12 @@ impl<A: Agent> Actor<A> {
 
     async fn fail_setup(&mut self, conn: &Connection, err: HookError) -> bool {
         tracing::warn!(agent = %self.key.agent, name = %self.key.name, id = conn.id(), %err, "connection setup failed");
-        let _ = conn.send(SetupError { error: err.client_message() }.to_json());
+        let _ = conn.send(
+            SetupError {
+                error: err.client_message(),
+            }
+            .to_json(),
+        );
         conn.close(1011, SETUP_FAILED_REASON);
         self.report(Some(conn.clone()), err).await;
         false
@@ -260,9 +310,11 @@ impl<A: Agent> Actor<A> {
             Some(ClientMessage::State(state)) => self.client_state(conn, state).await,
             Some(ClientMessage::Rpc(call)) => self.rpc(&conn, call).await,
             None => {
-                let result =
-                    guarded("on_message", self.agent.on_message(&mut self.cx, &conn, message))
-                        .await;
+                let result = guarded(
+                    "on_message",
+                    self.agent.on_message(&mut self.cx, &conn, message),
+                )
+                .await;
                 if let Err(err) = result {
                     tracing::warn!(agent = %self.key.agent, name = %self.key.name, id = conn.id(), %err, "on_message failed");
                     self.report(Some(conn), err).await;
@@ -304,7 +356,11 @@ impl<A: Agent> Actor<A> {
         };
         self.cx.store_state(next, json);
         self.cx.broadcast_state(Some(conn.id()));
-        let result = guarded("on_state_update", self.agent.on_state_update(&mut self.cx, source)).await;
+        let result = guarded(
+            "on_state_update",
+            self.agent.on_state_update(&mut self.cx, source),
+        )
+        .await;
         if let Err(err) = result {
             self.report(Some(conn), err).await;
         }
@@ -320,12 +376,15 @@ impl<A: Agent> Actor<A> {
     }
 
     async fn closed(&mut self, key: u64, info: CloseInfo) {
-        let Some(conn) = self.cx.remove(key) else { return };
+        let Some(conn) = self.cx.remove(key) else {
+            return;
+        };
         tracing::debug!(id = conn.id(), close = %CloseDisplay(info.code, &info.reason), "connection closed");
         self.cx.current = Some(conn.clone());
         let result = guarded(
             "on_close",
-            self.agent.on_close(&mut self.cx, &conn, info.code, &info.reason, info.was_clean),
+            self.agent
+                .on_close(&mut self.cx, &conn, info.code, &info.reason, info.was_clean),
         )
         .await;
         self.cx.current = None;
@@ -340,9 +399,12 @@ impl<A: Agent> Actor<A> {
         if !std::mem::take(&mut self.cx.state_changed) {
             return;
         }
-        let result =
-            guarded("on_state_update", self.agent.on_state_update(&mut self.cx, StateSource::Server))
-                .await;
+        let result = guarded(
+            "on_state_update",
+            self.agent
+                .on_state_update(&mut self.cx, StateSource::Server),
+        )
+        .await;
         // A change made inside on_state_update is not re-notified.
         self.cx.state_changed = false;
         if let Err(err) = result {
@@ -375,7 +437,10 @@ fn validate_tags(id: &str, extra: Vec<String>) -> Result<Box<[String]>, TagError
             return Err(TagError::Empty);
         }
         if tag.chars().count() > MAX_TAG_LEN {
-            return Err(TagError::TooLong { tag: tag.clone(), max: MAX_TAG_LEN });
+            return Err(TagError::TooLong {
+                tag: tag.clone(),
+                max: MAX_TAG_LEN,
+            });
         }
     }
     Ok(tags.into_boxed_slice())
@@ -387,13 +452,22 @@ mod tests {
 
     #[test]
     fn tags_follow_the_reference_rules() {
-        assert_eq!(&*validate_tags("id", vec!["a".into(), "id".into()]).unwrap(), ["id", "a"]);
-        assert_eq!(validate_tags("id", vec![String::new()]), Err(TagError::Empty));
+        assert_eq!(
+            &*validate_tags("id", vec!["a".into(), "id".into()]).unwrap(),
+            ["id", "a"]
+        );
+        assert_eq!(
+            validate_tags("id", vec![String::new()]),
+            Err(TagError::Empty)
+        );
         assert!(matches!(
             validate_tags("id", (0..10).map(|i| i.to_string()).collect()),
             Err(TagError::TooMany { max: 10 })
         ));
         assert!(validate_tags("id", (0..9).map(|i| i.to_string()).collect()).is_ok());
-        assert!(matches!(validate_tags("id", vec!["x".repeat(257)]), Err(TagError::TooLong { .. })));
+        assert!(matches!(
+            validate_tags("id", vec!["x".repeat(257)]),
+            Err(TagError::TooLong { .. })
+        ));
     }
 }

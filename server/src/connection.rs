@@ -100,7 +100,12 @@ impl Connection {
             close_sent: CancellationToken::new(),
             kill: CancellationToken::new(),
         };
-        (Connection { inner: Arc::new(inner) }, rx)
+        (
+            Connection {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
     }
 
     /// The connection id: the client's `_pk` query parameter, or a generated
@@ -203,7 +208,12 @@ impl Connection {
             return;
         }
         let reason = truncate(reason, MAX_CLOSE_REASON);
-        if self.inner.tx.try_send(Outbound::Close(code, reason.into())).is_err() {
+        if self
+            .inner
+            .tx
+            .try_send(Outbound::Close(code, reason.into()))
+            .is_err()
+        {
             self.inner.kill.cancel();
         }
     }
@@ -297,7 +307,11 @@ async fn read_loop(
                 // can still carry a close frame.
                 if let Some((code, reason)) = close_for(err) {
                     conn.close(code, &reason);
-                    closed = Some(CloseInfo { code, reason, was_clean: false });
+                    closed = Some(CloseInfo {
+                        code,
+                        reason,
+                        was_clean: false,
+                    });
                 }
                 break;
             }
@@ -313,7 +327,11 @@ async fn read_loop(
                         reason: f.reason.as_str().to_owned(),
                         was_clean: true,
                     },
-                    None => CloseInfo { code: 1005, reason: String::new(), was_clean: true },
+                    None => CloseInfo {
+                        code: 1005,
+                        reason: String::new(),
+                        was_clean: true,
+                    },
                 });
                 continue;
             }
@@ -322,11 +340,22 @@ async fn read_loop(
             continue;
         }
         let Some(actor) = actor else { continue };
-        if actor.send(Command::Message { key: inner.key, message }).await.is_err() {
+        if actor
+            .send(Command::Message {
+                key: inner.key,
+                message,
+            })
+            .await
+            .is_err()
+        {
             break;
         }
     }
-    closed.unwrap_or(CloseInfo { code: 1006, reason: String::new(), was_clean: false })
+    closed.unwrap_or(CloseInfo {
+        code: 1006,
+        reason: String::new(),
+        was_clean: false,
+    })
 }
 
 /// The close frame answering a read error: 1009 for a message over the
@@ -404,7 +433,8 @@ async fn write_batch(
                 inner.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             }
             Outbound::Close(code, reason) => {
-                sink.send(ws::Message::Close(Some(CloseFrame { code, reason }))).await?;
+                sink.send(ws::Message::Close(Some(CloseFrame { code, reason })))
+                    .await?;
                 return Ok(true);
             }
         }
@@ -420,10 +450,11 @@ async fn write_batch(
 /// A 21-character URL-safe random id, like the reference's `nanoid()`.
 pub(crate) fn nanoid() -> String {
     use rand::Rng;
-    const ALPHABET: &[u8; 64] =
-        b"useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict";
+    const ALPHABET: &[u8; 64] = b"useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict";
     let mut rng = rand::rng();
-    (0..21).map(|_| ALPHABET[rng.random_range(0..64)] as char).collect()
+    (0..21)
+        .map(|_| ALPHABET[rng.random_range(0..64)] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -434,7 +465,9 @@ mod tests {
     fn nanoid_shape() {
         let id = nanoid();
         assert_eq!(id.len(), 21);
-        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
         assert_ne!(id, nanoid());
     }
 

@@ -96,7 +96,9 @@ impl<A: Agent> AgentContext<A> {
         &'a self,
         tag: &'a str,
     ) -> impl Iterator<Item = &'a Connection> + 'a {
-        self.connections.values().filter(move |c| c.tags().iter().any(|t| t == tag))
+        self.connections
+            .values()
+            .filter(move |c| c.tags().iter().any(|t| t == tag))
     }
 
     /// The number of open connections.

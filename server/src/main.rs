@@ -46,16 +46,18 @@ async fn main() -> anyhow::Result<()> {
     let mut app = agents.router();
     app = match &args.static_dir {
         Some(dir) => {
-            anyhow::ensure!(dir.is_dir(), "--static-dir {} is not a directory", dir.display());
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--static-dir {} is not a directory",
+                dir.display()
+            );
             let index = dir.join("index.html");
             app.fallback_service(
                 tower_http::services::ServeDir::new(dir)
                     .fallback(tower_http::services::ServeFile::new(index)),
             )
         }
-        None => app.fallback(|| async {
-            (http_not_found(), "Not found")
-        }),
+        None => app.fallback(|| async { (http_not_found(), "Not found") }),
     };
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)

@@ -133,14 +133,20 @@ impl Shared {
     /// Removes an instance's entry if it is still that generation's.
     pub(crate) fn remove_instance(&self, key: &InstanceKey, generation: u64) {
         let mut instances = self.instances.lock().unwrap_or_else(|e| e.into_inner());
-        if instances.get(key).is_some_and(|h| h.generation == generation) {
+        if instances
+            .get(key)
+            .is_some_and(|h| h.generation == generation)
+        {
             instances.remove(key);
         }
     }
 
     /// The number of running instances.
     pub(crate) fn instance_count(&self) -> usize {
-        self.instances.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Registers a socket with its instance. Returns the handle when the
@@ -154,9 +160,15 @@ impl Shared {
         request: RequestInfo,
     ) -> Option<AgentHandle> {
         for _ in 0..CONNECT_ATTEMPTS {
-            let Some(handle) = self.instance(kind, key) else { break };
+            let Some(handle) = self.instance(kind, key) else {
+                break;
+            };
             let (ack, accepted) = oneshot::channel();
-            let cmd = Command::Connect { conn: conn.clone(), request: request.clone(), ack };
+            let cmd = Command::Connect {
+                conn: conn.clone(),
+                request: request.clone(),
+                ack,
+            };
             if handle.send(cmd).await.is_err() {
                 self.remove_instance(key, handle.generation);
                 continue;
@@ -181,9 +193,14 @@ impl Shared {
     ) -> Response {
         let mut request = Some(request);
         for _ in 0..CONNECT_ATTEMPTS {
-            let Some(handle) = self.instance(kind, key) else { break };
+            let Some(handle) = self.instance(kind, key) else {
+                break;
+            };
             let (reply, response) = oneshot::channel();
-            let cmd = Command::Request { request: request.take().expect("request present"), reply };
+            let cmd = Command::Request {
+                request: request.take().expect("request present"),
+                reply,
+            };
             match handle.send(cmd).await {
                 Ok(()) => {
                     return response.await.unwrap_or_else(|_| {
@@ -192,7 +209,9 @@ impl Shared {
                 }
                 Err(err) => {
                     self.remove_instance(key, handle.generation);
-                    let Command::Request { request: r, .. } = err.0 else { unreachable!() };
+                    let Command::Request { request: r, .. } = err.0 else {
+                        unreachable!()
+                    };
                     request = Some(r);
                 }
             }

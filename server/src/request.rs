@@ -25,7 +25,13 @@ impl RequestInfo {
             .query()
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
-        RequestInfo { method, uri, headers, cookies, query }
+        RequestInfo {
+            method,
+            uri,
+            headers,
+            cookies,
+            query,
+        }
     }
 
     /// The request method (`GET` for upgrades).
@@ -69,7 +75,10 @@ impl RequestInfo {
 
     /// The first value of a query parameter, decoded.
     pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Cookies from the `Cookie` headers. A repeated name keeps its first value.
@@ -88,14 +97,21 @@ fn parse_cookies(headers: &HeaderMap) -> HashMap<String, String> {
     for value in headers.get_all(http::header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };
         for pair in value.split(';') {
-            let Some((name, val)) = pair.split_once('=') else { continue };
+            let Some((name, val)) = pair.split_once('=') else {
+                continue;
+            };
             let name = name.trim();
             if name.is_empty() {
                 continue;
             }
             let val = val.trim();
-            let val = val.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(val);
-            cookies.entry(name.to_owned()).or_insert_with(|| val.to_owned());
+            let val = val
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(val);
+            cookies
+                .entry(name.to_owned())
+                .or_insert_with(|| val.to_owned());
         }
     }
     cookies
@@ -108,11 +124,16 @@ mod tests {
     #[test]
     fn parses_query_and_cookies() {
         let mut headers = HeaderMap::new();
-        headers.insert("cookie", "a=1; session=\"abc\"; bad; =x; a=2".parse().unwrap());
+        headers.insert(
+            "cookie",
+            "a=1; session=\"abc\"; bad; =x; a=2".parse().unwrap(),
+        );
         headers.insert("host", "127.0.0.1:8787".parse().unwrap());
         let req = RequestInfo::new(
             Method::GET,
-            "/agents/echo-agent/n?_pk=x&token=a+b%21&token=2".parse().unwrap(),
+            "/agents/echo-agent/n?_pk=x&token=a+b%21&token=2"
+                .parse()
+                .unwrap(),
             headers,
         );
         assert_eq!(req.query("token"), Some("a b!"));
@@ -120,6 +141,9 @@ mod tests {
         assert_eq!(req.cookie("a"), Some("1"));
         assert_eq!(req.cookie("session"), Some("abc"));
         assert_eq!(req.cookies().len(), 2);
-        assert_eq!(req.url(), "http://127.0.0.1:8787/agents/echo-agent/n?_pk=x&token=a+b%21&token=2");
+        assert_eq!(
+            req.url(),
+            "http://127.0.0.1:8787/agents/echo-agent/n?_pk=x&token=a+b%21&token=2"
+        );
     }
 }

@@ -61,7 +61,11 @@ impl Default for AgentServer {
 impl AgentServer {
     /// A server with no agents and the default limits.
     pub fn new() -> Self {
-        AgentServer { config: Config::default(), kinds: HashMap::new(), before_connect: None }
+        AgentServer {
+            config: Config::default(),
+            kinds: HashMap::new(),
+            before_connect: None,
+        }
     }
 
     /// Registers an agent type under `class_name`. It is reached at
@@ -77,7 +81,11 @@ impl AgentServer {
         F: Fn(&str) -> A + Send + Sync + 'static,
     {
         let kebab = camel_case_to_kebab_case(class_name);
-        let kind = KindOf { class_name: class_name.into(), factory, _agent: PhantomData };
+        let kind = KindOf {
+            class_name: class_name.into(),
+            factory,
+            _agent: PhantomData,
+        };
         let previous = self.kinds.insert(kebab.clone(), Arc::new(kind));
         assert!(previous.is_none(), "two agents are registered at `{kebab}`");
         self
@@ -86,8 +94,11 @@ impl AgentServer {
     /// The URL prefix before `<agent>/<name>`; may contain `/`. Defaults to
     /// `agents`.
     pub fn prefix(mut self, prefix: &str) -> Self {
-        self.config.prefix =
-            prefix.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        self.config.prefix = prefix
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
         self
     }
 
@@ -149,7 +160,9 @@ impl AgentServer {
 
     /// Finishes the configuration.
     pub fn build(self) -> Agents {
-        Agents { shared: Arc::new(Shared::new(self.config, self.kinds, self.before_connect)) }
+        Agents {
+            shared: Arc::new(Shared::new(self.config, self.kinds, self.before_connect)),
+        }
     }
 
     /// Serves the agents on `listener` until `shutdown` completes, then
@@ -173,7 +186,9 @@ pub struct Agents {
 
 impl std::fmt::Debug for Agents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agents").field("instances", &self.shared.instance_count()).finish()
+        f.debug_struct("Agents")
+            .field("instances", &self.shared.instance_count())
+            .finish()
     }
 }
 
@@ -224,7 +239,12 @@ impl Agents {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain;charset=UTF-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain;charset=UTF-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -246,15 +266,24 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if name.len() > MAX_NAME_LEN {
         return text(StatusCode::BAD_REQUEST, "Invalid request");
     }
-    let key = InstanceKey { agent: agent.into(), name: name.into() };
+    let key = InstanceKey {
+        agent: agent.into(),
+        name: name.into(),
+    };
     let is_upgrade = parts
         .headers
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if !is_upgrade {
-        return shared.request(&kind, &key, http::Request::from_parts(parts, body)).await;
+        return shared
+            .request(&kind, &key, http::Request::from_parts(parts, body))
+            .await;
     }
-    let mut info = RequestInfo::new(parts.method.clone(), parts.uri.clone(), parts.headers.clone());
+    let mut info = RequestInfo::new(
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
     if let Some(hook) = &shared.before_connect {
         let route = Route {
             class_name: kind.class_name().clone(),
@@ -287,7 +316,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .read_buffer_size(READ_BUFFER_SIZE)
         .on_upgrade(move |socket| async move {
             let _running = shared.tracker.token();
-            let id = info.query("_pk").filter(|s| !s.is_empty()).map_or_else(nanoid, str::to_owned);
+            let id = info
+                .query("_pk")
+                .filter(|s| !s.is_empty())
+                .map_or_else(nanoid, str::to_owned);
             let (conn, rx) = Connection::new(
                 shared.next_connection_key(),
                 id,
@@ -301,7 +333,9 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             })
             .await;
             if let Some((handle, info)) = registered {
-                let _ = handle.send(crate::actor::Command::Closed { key: key_num, info }).await;
+                let _ = handle
+                    .send(crate::actor::Command::Closed { key: key_num, info })
+                    .await;
             }
         })
 }

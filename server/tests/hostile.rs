@@ -64,7 +64,9 @@ async fn sizes_and_fragments_round_trip() {
         ("men", OpCode::Data(Data::Continue), false),
         ("ted", OpCode::Data(Data::Continue), true),
     ] {
-        c.ws.send(Ws::Frame(Frame::message(Bytes::from(part), opcode, fin))).await.unwrap();
+        c.ws.send(Ws::Frame(Frame::message(Bytes::from(part), opcode, fin)))
+            .await
+            .unwrap();
     }
     c.send("last").await;
     assert_eq!(c.text().await, "");
@@ -83,7 +85,10 @@ async fn oversized_message_closes_with_1009() {
     c.handshake().await;
     c.send_binary(&vec![0u8; 64 * 1024]).await;
     c.send_binary(&vec![0u8; 64 * 1024 + 1]).await;
-    assert_eq!(c.closed().await, (1009, "Message is too large: 65537 > 65536".into()));
+    assert_eq!(
+        c.closed().await,
+        (1009, "Message is too large: 65537 > 65536".into())
+    );
     let close = wait_for(&log, "close h").await;
     assert!(close.starts_with("close h 1009"), "{close}");
     assert!(log_lines(&log).contains(&"binary 65536".to_owned()));
@@ -97,10 +102,16 @@ async fn invalid_utf8_ends_only_that_connection() {
     let mut bad = server.connect("/agents/probe-agent/utf?_pk=bad").await;
     good.handshake().await;
     bad.handshake().await;
-    let frame = Frame::message(Bytes::from_static(&[0xff, 0xfe]), OpCode::Data(Data::Text), true);
+    let frame = Frame::message(
+        Bytes::from_static(&[0xff, 0xfe]),
+        OpCode::Data(Data::Text),
+        true,
+    );
     bad.ws.send(Ws::Frame(frame)).await.unwrap();
     assert_eq!(bad.closed().await.0, 1007);
-    assert!(wait_for(&log, "close bad").await.starts_with("close bad 1007"));
+    assert!(wait_for(&log, "close bad")
+        .await
+        .starts_with("close bad 1007"));
     good.send("count").await;
     assert_eq!(good.text().await, "1");
 }
@@ -112,7 +123,10 @@ async fn vanished_client_is_an_abnormal_close() {
     let mut c = server.connect("/agents/probe-agent/gone?_pk=ghost").await;
     c.handshake().await;
     drop(c);
-    assert_eq!(wait_for(&log, "close ghost").await, r#"close ghost 1006 "" false"#);
+    assert_eq!(
+        wait_for(&log, "close ghost").await,
+        r#"close ghost 1006 "" false"#
+    );
 }
 
 /// Garbage instead of a WebSocket frame ends only that connection.
@@ -130,7 +144,10 @@ async fn garbage_bytes_end_only_that_connection() {
     // All reserved bits set: a protocol violation.
     tcp.write_all(&[0xff; 64]).await.unwrap();
     let close = wait_for(&log, "close junk").await;
-    assert!(close.starts_with("close junk 1002 \"Protocol error"), "{close}");
+    assert!(
+        close.starts_with("close junk 1002 \"Protocol error"),
+        "{close}"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     good.send("count").await;
     assert_eq!(good.text().await, "1");

@@ -11,14 +11,24 @@ use crate::util::*;
 #[tokio::test]
 async fn connect_context_carries_the_request() {
     let (server, log) = start_with_probe().await;
-    let mut req = server.url("/agents/probe-agent/p1/sub?_pk=abc&token=t%201").into_client_request().unwrap();
-    req.headers_mut().insert("cookie", "session=s3cr3t; other=1".parse().unwrap());
+    let mut req = server
+        .url("/agents/probe-agent/p1/sub?_pk=abc&token=t%201")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("cookie", "session=s3cr3t; other=1".parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let _ = &mut ws;
-    assert_eq!(wait_for(&log, "connect ").await, "connect abc p1 /agents/probe-agent/p1/sub?_pk=abc&token=t%201");
+    assert_eq!(
+        wait_for(&log, "connect ").await,
+        "connect abc p1 /agents/probe-agent/p1/sub?_pk=abc&token=t%201"
+    );
     assert_eq!(
         wait_for(&log, "url ").await,
-        format!("url http://{}/agents/probe-agent/p1/sub?_pk=abc&token=t%201", server.addr)
+        format!(
+            "url http://{}/agents/probe-agent/p1/sub?_pk=abc&token=t%201",
+            server.addr
+        )
     );
     assert_eq!(wait_for(&log, "cookie ").await, r#"cookie Some("s3cr3t")"#);
 }
@@ -34,7 +44,10 @@ async fn connection_ids_come_from_pk_or_are_generated() {
     }
     let ids: Vec<String> = log_lines(&log)
         .iter()
-        .filter_map(|l| l.strip_prefix("connect ").map(|r| r.split(' ').next().unwrap().to_owned()))
+        .filter_map(|l| {
+            l.strip_prefix("connect ")
+                .map(|r| r.split(' ').next().unwrap().to_owned())
+        })
         .collect();
     assert_eq!(ids.len(), 2);
     for id in &ids {
@@ -46,13 +59,18 @@ async fn connection_ids_come_from_pk_or_are_generated() {
 #[tokio::test]
 async fn tags_lookup_and_broadcast_exclusion() {
     let (server, log) = start_with_probe().await;
-    let mut a1 = server.connect("/agents/probe-agent/t?_pk=a&tags=red,blue").await;
+    let mut a1 = server
+        .connect("/agents/probe-agent/t?_pk=a&tags=red,blue")
+        .await;
     let mut a2 = server.connect("/agents/probe-agent/t?_pk=a").await;
     let mut b = server.connect("/agents/probe-agent/t?_pk=b&tags=red").await;
     for c in [&mut a1, &mut a2, &mut b] {
         c.handshake().await;
     }
-    assert_eq!(wait_for(&log, "tags [\"a\", \"red\"").await, r#"tags ["a", "red", "blue"]"#);
+    assert_eq!(
+        wait_for(&log, "tags [\"a\", \"red\"").await,
+        r#"tags ["a", "red", "blue"]"#
+    );
     b.send("tagged:red").await;
     assert_eq!(b.text().await, "tagged 2");
     b.send("lookup:b").await;
@@ -73,12 +91,16 @@ async fn protocol_frames_never_reach_on_message() {
     let (server, log) = start_with_probe().await;
     let mut c = server.connect("/agents/probe-agent/pf").await;
     c.handshake().await;
-    c.send(r#"{"type":"rpc","id":"1","method":"x","args":[]}"#).await;
+    c.send(r#"{"type":"rpc","id":"1","method":"x","args":[]}"#)
+        .await;
     assert_eq!(c.json().await["error"], "Method x does not exist");
     c.send(r#"{"type":"cf_agent_state","state":{"a":1}}"#).await;
     c.send("after").await;
     wait_for(&log, "message after").await;
-    let messages: Vec<_> = log_lines(&log).into_iter().filter(|l| l.starts_with("message")).collect();
+    let messages: Vec<_> = log_lines(&log)
+        .into_iter()
+        .filter(|l| l.starts_with("message"))
+        .collect();
     assert_eq!(messages, ["message after"]);
 }
 
@@ -86,7 +108,9 @@ async fn protocol_frames_never_reach_on_message() {
 #[tokio::test]
 async fn a_frame_sent_at_open_is_answered_after_the_connect_frames() {
     let server = TestServer::start(agents_server::demo::server()).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/agents/echo-agent/fast")).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/agents/echo-agent/fast"))
+        .await
+        .unwrap();
     ws.send(Ws::text("first")).await.unwrap();
     let mut c = Client { ws };
     c.handshake().await;
@@ -100,7 +124,10 @@ async fn client_close_is_echoed_and_reported() {
     c.handshake().await;
     c.close(4001, "custom").await;
     assert_eq!(c.closed().await, (4001, "custom".into()));
-    assert_eq!(wait_for(&log, "close closer").await, r#"close closer 4001 "custom" true"#);
+    assert_eq!(
+        wait_for(&log, "close closer").await,
+        r#"close closer 4001 "custom" true"#
+    );
 }
 
 #[tokio::test]
@@ -110,7 +137,10 @@ async fn agent_close_reaches_the_client() {
     c.handshake().await;
     c.send("close:4003").await;
     assert_eq!(c.closed().await, (4003, "closed by agent".into()));
-    assert_eq!(wait_for(&log, "close x").await, r#"close x 4003 "closed by agent" true"#);
+    assert_eq!(
+        wait_for(&log, "close x").await,
+        r#"close x 4003 "closed by agent" true"#
+    );
 }
 
 #[tokio::test]
@@ -135,8 +165,14 @@ async fn ping_gets_pong() {
 #[tokio::test]
 async fn subprotocol_offered_is_selected() {
     let server = TestServer::start(agents_server::demo::server()).await;
-    let mut req = server.url("/agents/echo-agent/sp").into_client_request().unwrap();
-    req.headers_mut().insert("sec-websocket-protocol", "token.abc, other".parse().unwrap());
+    let mut req = server
+        .url("/agents/echo-agent/sp")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "token.abc, other".parse().unwrap(),
+    );
     let (_ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "token.abc");
 }
@@ -156,7 +192,9 @@ async fn before_connect_hook_can_refuse_or_annotate() {
     });
     use axum::response::IntoResponse;
     let server = TestServer::start(server).await;
-    let err = tokio_tungstenite::connect_async(server.url("/agents/probe-agent/auth")).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(server.url("/agents/probe-agent/auth"))
+        .await
+        .unwrap_err();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
         other => panic!("expected 401, got {other}"),
@@ -183,7 +221,13 @@ async fn graceful_shutdown_closes_sockets_with_1001() {
     assert_eq!(ca, (1001, "Server shutting down".into()));
     assert_eq!(cb, (1001, "Server shutting down".into()));
     // on_close ran before serve returned.
-    assert!(log_lines(&log).iter().any(|l| l.starts_with("close a 1001")), "{:?}", log_lines(&log));
+    assert!(
+        log_lines(&log)
+            .iter()
+            .any(|l| l.starts_with("close a 1001")),
+        "{:?}",
+        log_lines(&log)
+    );
 }
 
 #[tokio::test]
@@ -198,7 +242,10 @@ async fn idle_instances_are_evicted_and_recreated() {
     c.closed().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while server.agents.instance_count() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "instance was not evicted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance was not evicted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut c = server.connect("/agents/counter-agent/idle").await;
@@ -209,12 +256,13 @@ async fn idle_instances_are_evicted_and_recreated() {
 /// Many clients racing an instance that is being evicted all end up connected.
 #[tokio::test]
 async fn connects_racing_eviction_are_not_lost() {
-    let server = TestServer::start(
-        agents_server::demo::server().idle_timeout(Duration::from_millis(1)),
-    )
-    .await;
+    let server =
+        TestServer::start(agents_server::demo::server().idle_timeout(Duration::from_millis(1)))
+            .await;
     for round in 0..20 {
-        let mut c = server.connect(&format!("/agents/echo-agent/race?r={round}")).await;
+        let mut c = server
+            .connect(&format!("/agents/echo-agent/race?r={round}"))
+            .await;
         c.handshake().await;
         c.send("still here").await;
         assert_eq!(c.text().await, "still here");

@@ -25,7 +25,9 @@ async fn connections_beyond_the_limit_get_1013() {
 async fn a_client_that_stops_reading_is_dropped() {
     let log = Log::default();
     let server = TestServer::start(
-        server_with_probe(&log).outbound_queue(16).outbound_queue_bytes(64 * 1024),
+        server_with_probe(&log)
+            .outbound_queue(16)
+            .outbound_queue_bytes(64 * 1024),
     )
     .await;
     let mut slow = server.connect("/agents/probe-agent/slow?_pk=slow").await;
@@ -35,7 +37,10 @@ async fn a_client_that_stops_reading_is_dropped() {
     // 64 MiB that the slow client never reads.
     slow.send("flood:65536").await;
     wait_for(&log, "flood dropped").await;
-    assert_eq!(wait_for(&log, "close slow").await, r#"close slow 1006 "" false"#);
+    assert_eq!(
+        wait_for(&log, "close slow").await,
+        r#"close slow 1006 "" false"#
+    );
     fine.send("count").await;
     assert_eq!(fine.text().await, "1");
 }
@@ -46,7 +51,9 @@ async fn broadcast_reaches_a_thousand_connections() {
     let server = TestServer::start(agents_server::demo::server()).await;
     let mut clients = Vec::with_capacity(1000);
     for i in 0..1000 {
-        let mut c = server.connect(&format!("/agents/counter-agent/crowd?_pk=c{i}")).await;
+        let mut c = server
+            .connect(&format!("/agents/counter-agent/crowd?_pk=c{i}"))
+            .await;
         c.handshake().await;
         clients.push(c);
     }
@@ -56,7 +63,10 @@ async fn broadcast_reaches_a_thousand_connections() {
         tasks.spawn(async move { c.text().await });
     }
     let mut n = 0;
-    while let Some(text) = tokio::time::timeout(Duration::from_secs(30), tasks.join_next()).await.unwrap() {
+    while let Some(text) = tokio::time::timeout(Duration::from_secs(30), tasks.join_next())
+        .await
+        .unwrap()
+    {
         assert_eq!(text.unwrap(), "to-the-crowd");
         n += 1;
     }

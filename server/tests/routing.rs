@@ -8,19 +8,39 @@ use crate::util::*;
 #[tokio::test]
 async fn http_results_match_the_reference() {
     let server = TestServer::start(agents_server::demo::server()).await;
-    assert_eq!(server.get("/agents/unknown-agent/x?_pk=x").await, (400, "Invalid request".into()));
-    assert_eq!(server.get("/agents/EchoAgent/caps").await, (400, "Invalid request".into()));
-    assert_eq!(server.get("/agents/echo-agent?_pk=x").await, (404, "Not found".into()));
-    assert_eq!(server.get("/agents/echo-agent/a").await, (404, "Not implemented".into()));
-    assert_eq!(server.get("/agents/counter-agent/p").await, (404, "Not implemented".into()));
+    assert_eq!(
+        server.get("/agents/unknown-agent/x?_pk=x").await,
+        (400, "Invalid request".into())
+    );
+    assert_eq!(
+        server.get("/agents/EchoAgent/caps").await,
+        (400, "Invalid request".into())
+    );
+    assert_eq!(
+        server.get("/agents/echo-agent?_pk=x").await,
+        (404, "Not found".into())
+    );
+    assert_eq!(
+        server.get("/agents/echo-agent/a").await,
+        (404, "Not implemented".into())
+    );
+    assert_eq!(
+        server.get("/agents/counter-agent/p").await,
+        (404, "Not implemented".into())
+    );
     let long = "n".repeat(agents_server::MAX_NAME_LEN + 1);
-    assert_eq!(server.get(&format!("/agents/echo-agent/{long}")).await.0, 400);
+    assert_eq!(
+        server.get(&format!("/agents/echo-agent/{long}")).await.0,
+        400
+    );
 }
 
 #[tokio::test]
 async fn unknown_agent_upgrade_is_refused_with_400() {
     let server = TestServer::start(agents_server::demo::server()).await;
-    let err = tokio_tungstenite::connect_async(server.url("/agents/nope-agent/x")).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(server.url("/agents/nope-agent/x"))
+        .await
+        .unwrap_err();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 400),
         other => panic!("expected HTTP 400, got {other}"),
@@ -32,7 +52,9 @@ async fn unknown_agent_upgrade_is_refused_with_400() {
 #[tokio::test]
 async fn names_are_raw_segments_and_paths_are_lenient() {
     let server = TestServer::start(agents_server::demo::server()).await;
-    let mut c = server.connect("/agents/echo-agent/with%20space?_pk=x").await;
+    let mut c = server
+        .connect("/agents/echo-agent/with%20space?_pk=x")
+        .await;
     let (identity, _) = c.handshake().await;
     assert_eq!(identity["name"], "with%20space");
 
@@ -42,7 +64,9 @@ async fn names_are_raw_segments_and_paths_are_lenient() {
     assert_eq!(identity["agent"], "echo-agent");
 
     let mut a = server.connect("/agents/counter-agent/shared").await;
-    let mut b = server.connect("/agents/counter-agent/shared/settings/deep?x=1").await;
+    let mut b = server
+        .connect("/agents/counter-agent/shared/settings/deep?x=1")
+        .await;
     a.handshake().await;
     let (identity, _) = b.handshake().await;
     assert_eq!(identity["name"], "shared");
@@ -71,8 +95,12 @@ impl Agent for Http {
 /// answers plain HTTP; a panic there is a 500.
 #[tokio::test]
 async fn kebab_routes_and_on_request() {
-    let server =
-        TestServer::start(AgentServer::new().agent("AIAssistant", |_| Http).prefix("api/v1")).await;
+    let server = TestServer::start(
+        AgentServer::new()
+            .agent("AIAssistant", |_| Http)
+            .prefix("api/v1"),
+    )
+    .await;
     assert_eq!(
         server.get("/api/v1/a-i-assistant/bob/x").await,
         (200, "hello from bob at /api/v1/a-i-assistant/bob/x".into())
@@ -86,5 +114,7 @@ async fn kebab_routes_and_on_request() {
 #[test]
 #[should_panic(expected = "two agents are registered at `my-agent`")]
 fn colliding_class_names_are_refused() {
-    let _ = AgentServer::new().agent("MyAgent", |_| Http).agent("my_agent", |_| Http);
+    let _ = AgentServer::new()
+        .agent("MyAgent", |_| Http)
+        .agent("my_agent", |_| Http);
 }

@@ -23,8 +23,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for any one frame.
 pub const WAIT: Duration = Duration::from_secs(5);
 
-pub const MCP_FRAME: &str =
-    r#"{"mcp":{"prompts":[],"resources":[],"servers":{},"tools":[]},"type":"cf_agent_mcp_servers"}"#;
+pub const MCP_FRAME: &str = r#"{"mcp":{"prompts":[],"resources":[],"servers":{},"tools":[]},"type":"cf_agent_mcp_servers"}"#;
 
 /// A server running in the background on a free loopback port.
 pub struct TestServer {
@@ -49,7 +48,12 @@ impl TestServer {
                 })
                 .await
         });
-        TestServer { addr, agents, stop: Some(stop), task }
+        TestServer {
+            addr,
+            agents,
+            stop: Some(stop),
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -85,11 +89,20 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
     req.push_str("\r\n");
     stream.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -199,7 +212,10 @@ impl Client {
 
     pub async fn close(&mut self, code: u16, reason: &str) {
         self.ws
-            .close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))
+            .close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            }))
             .await
             .unwrap();
     }
@@ -227,7 +243,11 @@ pub async fn wait_for(log: &Log, prefix: &str) -> String {
         if let Some(line) = log.lock().unwrap().iter().find(|l| l.starts_with(prefix)) {
             return line.clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "no `{prefix}` in {:?}", log_lines(log));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{prefix}` in {:?}",
+            log_lines(log)
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -343,7 +363,10 @@ impl Agent for Probe {
         conn: Option<&Connection>,
         error: HookError,
     ) {
-        self.push(format!("error {} {error}", conn.map_or("-", Connection::id)));
+        self.push(format!(
+            "error {} {error}",
+            conn.map_or("-", Connection::id)
+        ));
     }
 
     async fn on_close(
@@ -367,7 +390,10 @@ impl Agent for Probe {
             StateSource::Server => "server".to_owned(),
             StateSource::Client(c) => c.id().to_owned(),
         };
-        self.push(format!("state {who} {}", cx.state_json().map_or("none", |s| s.get())));
+        self.push(format!(
+            "state {who} {}",
+            cx.state_json().map_or("none", |s| s.get())
+        ));
         Ok(())
     }
 }

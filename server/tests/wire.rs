@@ -6,17 +6,28 @@ use crate::util::*;
 #[tokio::test]
 async fn echo_agent_matches_the_reference_capture() {
     let server = TestServer::start(agents_server::demo::server()).await;
-    let mut c = server.connect("/agents/echo-agent/a?_pk=5bbad2fc-c20b-4b57-988a-dfe7f849475f").await;
-    assert_eq!(c.text().await, r#"{"type":"cf_agent_identity","name":"a","agent":"echo-agent"}"#);
+    let mut c = server
+        .connect("/agents/echo-agent/a?_pk=5bbad2fc-c20b-4b57-988a-dfe7f849475f")
+        .await;
+    assert_eq!(
+        c.text().await,
+        r#"{"type":"cf_agent_identity","name":"a","agent":"echo-agent"}"#
+    );
     assert_eq!(c.text().await, MCP_FRAME);
     c.send("hello echo").await;
     assert_eq!(c.text().await, "hello echo");
-    c.send_binary(&[0, 1, 2, 3, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff]).await;
-    assert_eq!(c.binary().await, [0, 1, 2, 3, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff]);
+    c.send_binary(&[0, 1, 2, 3, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff])
+        .await;
+    assert_eq!(
+        c.binary().await,
+        [0, 1, 2, 3, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff]
+    );
     c.send(r#"{"type":"not_a_protocol","x":1}"#).await;
     assert_eq!(c.text().await, r#"{"type":"not_a_protocol","x":1}"#);
-    c.send(r#"{"args":[1],"id":"7710c910-b60b-42c5-8fe6-66b8b7325202","method":"nope","type":"rpc"}"#)
-        .await;
+    c.send(
+        r#"{"args":[1],"id":"7710c910-b60b-42c5-8fe6-66b8b7325202","method":"nope","type":"rpc"}"#,
+    )
+    .await;
     assert_eq!(
         c.text().await,
         r#"{"error":"Method nope does not exist","id":"7710c910-b60b-42c5-8fe6-66b8b7325202","success":false,"type":"rpc"}"#
@@ -34,9 +45,13 @@ async fn counter_agent_matches_the_reference_capture() {
         c.text().await,
         r#"{"type":"cf_agent_identity","name":"c","agent":"counter-agent","stateFollows":true}"#
     );
-    assert_eq!(c.text().await, r#"{"type":"cf_agent_state","state":{"count":0}}"#);
+    assert_eq!(
+        c.text().await,
+        r#"{"type":"cf_agent_state","state":{"count":0}}"#
+    );
     assert_eq!(c.text().await, MCP_FRAME);
-    c.send(r#"{"args":[],"id":"0456","method":"onMessage","type":"rpc"}"#).await;
+    c.send(r#"{"args":[],"id":"0456","method":"onMessage","type":"rpc"}"#)
+        .await;
     assert_eq!(
         c.text().await,
         r#"{"error":"Method onMessage is not callable","id":"0456","success":false,"type":"rpc"}"#

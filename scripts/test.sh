@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up (idempotently) and runs every test of the workspace.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+need_rust
+need_node
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+LOG="$ROOT/target/test-logs"
+mkdir -p "$LOG"
+step "rust tests (protocol golden frames, server integration)"
+cargo test --workspace --locked 2>&1 | tee "$LOG/cargo.log"
+
+step "compatibility: the real agents npm AgentClient against agents-server"
+npm_install tests/compat
+AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/compat test 2>&1 | tee "$LOG/compat.log"
+
+passed=$(cat "$LOG"/*.log | sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p; s/^ℹ pass \([0-9]*\)$/\1/p' | awk '{s+=$1} END {print s+0}')
+step "done"
+echo "all suites: $passed passed, 0 failed"

@@ -1,0 +1,141 @@
+// Wire compatibility: the real `agents` npm AgentClient (0.32.0, Node 20,
+// `ws` as its WebSocket) against our agents-server binary.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import WebSocket from "ws";
+import { AgentClient } from "agents/client";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const bin = process.env.AGENTS_SERVER_BIN ?? path.join(root, "target/debug/agents-server");
+const WAIT_MS = 5000;
+
+let server;
+let host;
+
+before(async () => {
+  server = spawn(bin, ["--port", "0", "--log", "warn"], { stdio: ["ignore", "pipe", "inherit"] });
+  host = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("agents-server did not start")), 10_000);
+    let out = "";
+    server.stdout.on("data", (chunk) => {
+      out += chunk;
+      const m = out.match(/listening on http:\/\/(\S+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    server.on("exit", (code) => reject(new Error(`agents-server exited with ${code}`)));
+  });
+});
+
+after(() => server?.kill("SIGTERM"));
+
+/** Resolves with the next value `register` delivers, or rejects after WAIT_MS. */
+function next(register, what) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), WAIT_MS);
+    register((value) => {
+      clearTimeout(timer);
+      resolve(value);
+    });
+  });
+}
+
+/** Collects every message event's data. */
+function inbox(client) {
+  const items = [];
+  const waiters = [];
+  client.addEventListener("message", (e) => {
+    items.push(e.data);
+    waiters.splice(0).forEach((w) => w());
+  });
+  return {
+    items,
+    async until(pred, what) {
+      const deadline = Date.now() + WAIT_MS;
+      for (;;) {
+        const found = items.find(pred);
+        if (found !== undefined) return found;
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; got ${JSON.stringify(items)}`);
+        await new Promise((r) => {
+          waiters.push(r);
+          setTimeout(r, 50);
+        });
+      }
+    },
+  };
+}
+
+function client(opts) {
+  return new AgentClient({ host, WebSocket, ...opts });
+}
+
+test("echo-agent: identity handshake, text and binary round trips", async () => {
+  let identity;
+  const c = client({
+    agent: "EchoAgent",
+    name: "compat-echo",
+    onIdentity: (name, agent) => (identity = { name, agent }),
+  });
+  c.binaryType = "arraybuffer";
+  const box = inbox(c);
+  await c.ready;
+  assert.deepEqual(identity, { name: "compat-echo", agent: "echo-agent" });
+  assert.equal(c.identified, true);
+  // Raw listeners see the protocol frames too, as in the reference.
+  await box.until((d) => typeof d === "string" && d.includes("cf_agent_mcp_servers"), "mcp frame");
+
+  c.send("hello from agents/client");
+  await box.until((d) => d === "hello from agents/client", "text echo");
+
+  const bytes = new Uint8Array([0, 1, 2, 3, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff]);
+  c.send(bytes);
+  const echoed = await box.until((d) => typeof d !== "string", "binary echo");
+  assert.deepEqual(new Uint8Array(echoed), bytes);
+
+  const json = JSON.stringify({ type: "inquiry", content: "What patterns do you see?" });
+  c.send(json);
+  await box.until((d) => d === json, "user JSON echo");
+
+  await assert.rejects(c.call("nope", [1]), /Method nope does not exist/);
+  const closed = next((done) => c.addEventListener("close", done, { once: true }), "close");
+  c.close();
+  await closed;
+});
+
+test("counter-agent: state handshake, broadcast, setState reaches another client", async () => {
+  const seenA = [];
+  const seenB = [];
+  const a = client({ agent: "CounterAgent", name: "compat-counter", onStateUpdate: (s, src) => seenA.push([s, src]) });
+  const b = client({ agent: "counter-agent", name: "compat-counter", onStateUpdate: (s, src) => seenB.push([s, src]) });
+  await Promise.all([a.ready, b.ready]);
+  assert.deepEqual(a.state, { count: 0 });
+  assert.deepEqual(seenA[0], [{ count: 0 }, "server"]);
+  assert.equal(a.name, "compat-counter");
+  assert.equal(a.agent, "counter-agent");
+
+  const boxB = inbox(b);
+  a.send("broadcast:hi-there");
+  await boxB.until((d) => d === "hi-there", "broadcast");
+
+  a.setState({ count: 41 });
+  assert.deepEqual(seenA.at(-1), [{ count: 41 }, "client"]);
+  await boxB.until((d) => typeof d === "string" && d.includes('"count":41'), "state broadcast");
+  assert.deepEqual(b.state, { count: 41 });
+  assert.deepEqual(seenB.at(-1), [{ count: 41 }, "server"]);
+
+  await assert.rejects(a.call("onMessage", []), /Method onMessage is not callable/);
+  a.close();
+  b.close();
+});
+
+test("unknown agent: the handshake is refused and the client keeps retrying", async () => {
+  const c = client({ agent: "NoSuchAgent", name: "x", maxRetries: 0 });
+  const err = await next((done) => c.addEventListener("error", done, { once: true }), "error");
+  assert.ok(err);
+  c.close();
+});
