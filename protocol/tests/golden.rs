@@ -59,6 +59,18 @@ fn is_client_protocol(v: &Value) -> bool {
     }
 }
 
+/// The re-encoding of a protocol frame; `None` for raw text, which must be
+/// handed on unchanged.
+fn encoded<M>(decoded: Incoming<'_, M>, text: &str, encode: fn(&M) -> String) -> Option<String> {
+    match decoded {
+        Incoming::Protocol(msg) => Some(encode(&msg)),
+        Incoming::Raw(t) => {
+            assert_eq!(t, text, "raw text must be unchanged");
+            None
+        }
+    }
+}
+
 const SERVER_TYPES: [&str; 5] = [
     "cf_agent_identity",
     "cf_agent_state",
@@ -78,39 +90,42 @@ fn every_reference_frame_round_trips() {
     let (mut protocol, mut raw) = (0, 0);
     for f in &frames {
         let json: Option<Value> = serde_json::from_str(&f.text).ok();
-        if f.to_client {
-            let expect_protocol = json.as_ref().is_some_and(|v| {
+        // Re-encoded frame, or `None` when the frame decoded as raw text.
+        let (expect_protocol, reencoded) = if f.to_client {
+            let expect = json.as_ref().is_some_and(|v| {
                 v.get("type")
                     .and_then(Value::as_str)
                     .is_some_and(|t| SERVER_TYPES.contains(&t))
             });
-            match ServerMessage::decode(&f.text) {
-                Incoming::Protocol(msg) => {
-                    assert!(expect_protocol, "decoded a non-protocol frame: {}", f.text);
-                    let ours: Value = serde_json::from_str(&msg.to_json()).unwrap();
-                    assert_eq!(&ours, json.as_ref().unwrap(), "re-encoding {}", f.text);
-                    protocol += 1;
-                }
-                Incoming::Raw(t) => {
-                    assert!(!expect_protocol, "failed to decode {}", f.text);
-                    assert_eq!(t, f.text);
-                    raw += 1;
-                }
-            }
+            (
+                expect,
+                encoded(
+                    ServerMessage::decode(&f.text),
+                    &f.text,
+                    ServerMessage::to_json,
+                ),
+            )
         } else {
-            let expect_protocol = json.as_ref().is_some_and(is_client_protocol);
-            match ClientMessage::decode(&f.text) {
-                Incoming::Protocol(msg) => {
-                    assert!(expect_protocol, "decoded a non-protocol frame: {}", f.text);
-                    let ours: Value = serde_json::from_str(&msg.to_json()).unwrap();
-                    assert_eq!(&ours, json.as_ref().unwrap(), "re-encoding {}", f.text);
-                    protocol += 1;
-                }
-                Incoming::Raw(t) => {
-                    assert!(!expect_protocol, "failed to decode {}", f.text);
-                    assert_eq!(t, f.text);
-                    raw += 1;
-                }
+            let expect = json.as_ref().is_some_and(is_client_protocol);
+            (
+                expect,
+                encoded(
+                    ClientMessage::decode(&f.text),
+                    &f.text,
+                    ClientMessage::to_json,
+                ),
+            )
+        };
+        match reencoded {
+            Some(ours) => {
+                assert!(expect_protocol, "decoded a non-protocol frame: {}", f.text);
+                let ours: Value = serde_json::from_str(&ours).unwrap();
+                assert_eq!(&ours, json.as_ref().unwrap(), "re-encoding {}", f.text);
+                protocol += 1;
+            }
+            None => {
+                assert!(!expect_protocol, "failed to decode {}", f.text);
+                raw += 1;
             }
         }
     }

@@ -5,6 +5,7 @@
 
 mod util;
 
+mod binary;
 mod errors;
 mod hostile;
 mod lifecycle;
