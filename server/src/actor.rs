@@ -21,6 +21,7 @@ use crate::error::{CloseDisplay, HookError, TagError};
 use crate::message::Message;
 use crate::registry::{InstanceKey, Shared};
 use crate::request::RequestInfo;
+use crate::rpc::{Call, RpcError};
 
 /// Hook and base-class names a client may not call over RPC; the reply is
 /// `Method <m> is not callable`, as the reference answers for its own hooks.
@@ -97,7 +98,8 @@ pub(crate) fn spawn<A: Agent>(
     generation: u64,
 ) -> AgentHandle {
     let (tx, rx) = mpsc::channel(shared.config.inbox_capacity.max(1));
-    let cx = AgentContext::new(key.agent.clone(), key.name.clone());
+    let storage = shared.storage.instance(&key.agent, &key.name);
+    let cx = AgentContext::new(key.agent.clone(), key.name.clone(), storage);
     let actor = Actor {
         agent,
         cx,
@@ -158,7 +160,51 @@ impl<A: Agent> Actor<A> {
         self.stop().await;
     }
 
+    /// Restores the stored state, or falls back to the initial state when
+    /// there is none or it no longer fits the state type.
+    fn load_state(&mut self) -> bool {
+        let stored = match self.cx.storage().load_state() {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::error!(agent = %self.key.agent, name = %self.key.name, %err, "cannot load state");
+                return false;
+            }
+        };
+        let Some(json) = stored else { return false };
+        let parsed = serde_json::from_str::<A::State>(&json)
+            .map_err(|e| e.to_string())
+            .and_then(|state| {
+                RawValue::from_string(json)
+                    .map(|raw| (state, raw))
+                    .map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok((state, raw)) => {
+                self.cx.store_state(state, raw);
+                true
+            }
+            Err(err) => {
+                tracing::warn!(agent = %self.key.agent, name = %self.key.name, %err, "stored state does not fit; using the initial state");
+                let _ = self.cx.storage().delete_state();
+                false
+            }
+        }
+    }
+
     async fn start(&mut self) {
+        if self.load_state() {
+            // Restored: the initial state is not used.
+        } else {
+            self.seed_initial_state().await;
+        }
+        let result = guarded("on_start", self.agent.on_start(&mut self.cx)).await;
+        if let Err(err) = result {
+            self.report(None, err).await;
+        }
+        self.after_hook().await;
+    }
+
+    async fn seed_initial_state(&mut self) {
         match guarded_sync("initial_state", || Ok(self.agent.initial_state())) {
             Ok(Some(state)) => match serde_json::value::to_raw_value(&state) {
                 Ok(json) => self.cx.store_state(state, json),
@@ -167,11 +213,6 @@ impl<A: Agent> Actor<A> {
             Ok(None) => {}
             Err(err) => self.report(None, err).await,
         }
-        let result = guarded("on_start", self.agent.on_start(&mut self.cx)).await;
-        if let Err(err) = result {
-            self.report(None, err).await;
-        }
-        self.after_hook().await;
     }
 
     /// Leaves the registry, then bounces what is still queued: a connect
@@ -354,6 +395,12 @@ impl<A: Agent> Actor<A> {
                 return;
             }
         };
+        if let Err(err) = self.cx.storage().save_state(json.get()) {
+            tracing::error!(agent = %self.key.agent, name = %self.key.name, %err, "cannot store state");
+            let error = format!("{STATE_REJECTED_ERROR}: {err}");
+            let _ = conn.send(ServerMessage::StateError(error).to_json());
+            return;
+        }
         self.cx.store_state(next, json);
         self.cx.broadcast_state(Some(conn.id()));
         let result = guarded(
@@ -366,11 +413,45 @@ impl<A: Agent> Actor<A> {
         }
     }
 
-    async fn rpc(&mut self, conn: &Connection, call: RpcRequest) {
-        let reply = if NOT_CALLABLE.contains(&call.method.as_str()) {
-            RpcResponse::not_callable(call.id, &call.method)
-        } else {
-            RpcResponse::no_such_method(call.id, &call.method)
+    async fn rpc(&mut self, conn: &Connection, request: RpcRequest) {
+        if NOT_CALLABLE.contains(&request.method.as_str()) {
+            let reply = RpcResponse::not_callable(request.id, &request.method);
+            let _ = conn.send(ServerMessage::Rpc(reply).to_json());
+            return;
+        }
+        let mut call = Call {
+            id: request.id,
+            method: request.method,
+            args: request.args,
+            conn: conn.clone(),
+            streamed: false,
+        };
+        let outcome = {
+            let fut = self.agent.on_call(&mut self.cx, &mut call);
+            guarded("on_call", async { Ok(fut.await) }).await
+        };
+        let reply = match outcome {
+            Ok(Ok(reply)) => RpcResponse::Success {
+                id: call.id,
+                result: reply.result,
+                done: true,
+            },
+            Ok(Err(err)) => {
+                if !matches!(err, RpcError::NoSuchMethod) {
+                    tracing::info!(method = %call.method, %err, "rpc error");
+                }
+                RpcResponse::Error {
+                    error: err.into_message(&call.method),
+                    id: call.id,
+                }
+            }
+            Err(err) => {
+                tracing::error!(method = %call.method, %err, "rpc method panicked");
+                RpcResponse::Error {
+                    error: err.client_message(),
+                    id: call.id,
+                }
+            }
         };
         let _ = conn.send(ServerMessage::Rpc(reply).to_json());
     }

@@ -15,7 +15,8 @@
 //!    then the protocol frames (identity, state, MCP) are sent; then
 //!    [`on_connect`](Agent::on_connect).
 //! 3. Then any number of [`on_message`](Agent::on_message) (protocol frames
-//!    are handled by the framework and never reach it), state updates
+//!    are handled by the framework and never reach it), RPC calls
+//!    ([`on_call`](Agent::on_call)), state updates
 //!    ([`validate_state_change`](Agent::validate_state_change) then
 //!    [`on_state_update`](Agent::on_state_update)) and [`on_request`](Agent::on_request).
 //! 4. [`on_close`](Agent::on_close) once per connection that completed `on_connect`;
@@ -48,6 +49,7 @@ use crate::connection::Connection;
 use crate::context::{AgentContext, ConnectContext, StateSource};
 use crate::error::{BoxError, HookError};
 use crate::message::Message;
+use crate::rpc::{Call, Reply, RpcError};
 
 /// An agent type. Implement the hooks you need; all have no-op defaults.
 ///
@@ -192,6 +194,20 @@ pub trait Agent: Send + Sized + 'static {
     ) -> impl Future<Output = Result<Response, BoxError>> + Send {
         let _ = (cx, request);
         async { Ok((StatusCode::NOT_FOUND, "Not implemented").into_response()) }
+    }
+
+    /// A client's RPC call (`call(method, args)`): match on
+    /// [`call.method()`](Call::method) and return the result; anything not
+    /// matched should be `Err(RpcError::NoSuchMethod)` (the default for every
+    /// method). Errors and panics become an error reply; the connection stays
+    /// up. See the [`rpc`](crate::rpc) module for why this is a `match`.
+    fn on_call(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        call: &mut Call,
+    ) -> impl Future<Output = Result<Reply, RpcError>> + Send {
+        let _ = (cx, call);
+        async { Err(RpcError::NoSuchMethod) }
     }
 
     /// Gate for a client's state update. An error (or panic) rejects it: the

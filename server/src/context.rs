@@ -12,6 +12,7 @@ use crate::connection::Connection;
 use crate::error::{DuplicateConnectionId, StateError};
 use crate::message::Message;
 use crate::request::RequestInfo;
+use crate::storage::InstanceStorage;
 
 /// Given to [`Agent::on_connect`] and the connect-time hooks.
 #[derive(Debug, Clone)]
@@ -50,6 +51,7 @@ pub struct AgentContext<A: Agent> {
     /// Set by [`set_state`](Self::set_state); the actor then calls
     /// `on_state_update` with [`StateSource::Server`].
     pub(crate) state_changed: bool,
+    storage: InstanceStorage,
 }
 
 impl<A: Agent> fmt::Debug for AgentContext<A> {
@@ -64,8 +66,9 @@ impl<A: Agent> fmt::Debug for AgentContext<A> {
 }
 
 impl<A: Agent> AgentContext<A> {
-    pub(crate) fn new(agent: Arc<str>, name: Arc<str>) -> Self {
+    pub(crate) fn new(agent: Arc<str>, name: Arc<str>, storage: InstanceStorage) -> Self {
         AgentContext {
+            storage,
             name,
             agent,
             connections: HashMap::new(),
@@ -144,18 +147,27 @@ impl<A: Agent> AgentContext<A> {
         self.state_json.as_deref()
     }
 
-    /// Replaces the state and sends it to every protocol-enabled connection;
+    /// This instance's durable key-value store and SQL access, in the
+    /// server's database.
+    pub fn storage(&self) -> &InstanceStorage {
+        &self.storage
+    }
+
+    /// Replaces the state, stores it durably and sends it to every
+    /// protocol-enabled connection;
     /// [`Agent::on_state_update`] runs after the current hook returns.
     ///
     /// # Errors
     /// [`StateError::Readonly`] when called while handling an event of a
     /// readonly connection; [`StateError::Serialize`] when the state does not
-    /// serialize.
+    /// serialize; [`StateError::Storage`] when it cannot be stored. On error
+    /// nothing changes.
     pub fn set_state(&mut self, state: A::State) -> Result<(), StateError> {
         if self.current.as_ref().is_some_and(Connection::is_readonly) {
             return Err(StateError::Readonly);
         }
         let json = serde_json::value::to_raw_value(&state)?;
+        self.storage.save_state(json.get())?;
         self.store_state(state, json);
         self.broadcast_state(None);
         self.state_changed = true;

@@ -71,6 +71,9 @@ pub enum StateError {
     /// The state could not be serialized to JSON.
     #[error("state error: cannot serialize state: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The state could not be stored; nothing changed.
+    #[error("state error: {0}")]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// Two live connections share the id asked for (ids are the client's `_pk`,

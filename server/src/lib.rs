@@ -41,6 +41,8 @@
 //! - [`context`]: [`AgentContext`] (broadcast, connections, state) and [`ConnectContext`].
 //! - [`connection`]: the [`Connection`] handle and the socket reader/writer.
 //! - `actor`: one task per instance; `registry`: `(agent, name)` → instance.
+//! - [`rpc`]: callable methods ([`Agent::on_call`]).
+//! - [`storage`]: the SQLite database for state and per-instance key-value data.
 //! - [`server`]: the [`AgentServer`] builder, routing and `serve`.
 //! - [`config`]: every limit with its default.
 //! - [`demo`]: the example agents of the `agents-server` binary.
@@ -73,7 +75,9 @@ mod error;
 mod message;
 mod registry;
 mod request;
+pub mod rpc;
 pub mod server;
+pub mod storage;
 
 pub use agent::Agent;
 pub use agents_protocol as protocol;
@@ -88,4 +92,6 @@ pub use error::{BoxError, DuplicateConnectionId, HookError, SendError, StateErro
 pub use message::{Message, Utf8Bytes};
 pub use registry::Route;
 pub use request::RequestInfo;
+pub use rpc::{Call, CallStream, Reply, RpcError};
 pub use server::{AgentServer, Agents};
+pub use storage::{InstanceStorage, Storage, StorageError};

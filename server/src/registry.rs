@@ -20,6 +20,7 @@ use crate::agent::Agent;
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::request::RequestInfo;
+use crate::storage::Storage;
 
 /// Identifies one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -82,6 +83,7 @@ pub(crate) struct Shared {
     /// remove, never across an `.await`, and it is not on the per-message path.
     instances: Mutex<HashMap<InstanceKey, AgentHandle>>,
     pub(crate) before_connect: Option<BeforeConnect>,
+    pub(crate) storage: Storage,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     next_key: AtomicU64,
@@ -97,8 +99,10 @@ impl Shared {
         config: Config,
         kinds: HashMap<String, Arc<dyn Kind>>,
         before_connect: Option<BeforeConnect>,
+        storage: Storage,
     ) -> Self {
         Shared {
+            storage,
             config,
             kinds,
             instances: Mutex::new(HashMap::new()),

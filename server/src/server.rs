@@ -20,6 +20,7 @@ use crate::config::{Config, MAX_NAME_LEN, READ_BUFFER_SIZE};
 use crate::connection::{self, nanoid, Connection};
 use crate::registry::{BeforeConnect, InstanceKey, Kind, KindOf, Route, Shared};
 use crate::request::RequestInfo;
+use crate::storage::Storage;
 
 /// Builds an agent server: register agent types, set limits, then
 /// [`serve`](Self::serve) it or [`build`](Self::build) a router to mount in
@@ -41,6 +42,7 @@ pub struct AgentServer {
     config: Config,
     kinds: HashMap<String, Arc<dyn Kind>>,
     before_connect: Option<BeforeConnect>,
+    storage: Option<Storage>,
 }
 
 impl std::fmt::Debug for AgentServer {
@@ -65,6 +67,7 @@ impl AgentServer {
             config: Config::default(),
             kinds: HashMap::new(),
             before_connect: None,
+            storage: None,
         }
     }
 
@@ -158,10 +161,24 @@ impl AgentServer {
         self
     }
 
+    /// Where state and key-value data live. Defaults to
+    /// [`Storage::in_memory`], which forgets everything when the server stops;
+    /// use [`Storage::open_dir`] to keep it across restarts.
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
     /// Finishes the configuration.
     pub fn build(self) -> Agents {
+        let storage = self.storage.unwrap_or_else(Storage::in_memory);
         Agents {
-            shared: Arc::new(Shared::new(self.config, self.kinds, self.before_connect)),
+            shared: Arc::new(Shared::new(
+                self.config,
+                self.kinds,
+                self.before_connect,
+                storage,
+            )),
         }
     }
 
