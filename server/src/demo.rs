@@ -3,7 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rpc::{Call, Reply, RpcError};
 use crate::{Agent, AgentContext, BoxError, Connection, Message};
+
+/// Longest `count_to` stream [`CounterAgent`] accepts.
+pub const MAX_COUNT_TO: u32 = 10_000;
+
+/// Messages [`ChatAgent`] keeps in its state for newcomers.
+pub const CHAT_HISTORY: usize = 100;
+
+/// Longest chat message [`ChatAgent`] stores, in bytes; longer ones are cut.
+pub const MAX_CHAT_MESSAGE: usize = 4096;
 
 /// `echo-agent`: echoes every text and binary message to its sender.
 #[derive(Debug, Default, Clone, Copy)]
@@ -31,7 +41,8 @@ pub struct CounterState {
 }
 
 /// `counter-agent`: state `{"count":0}`; the text `broadcast:<x>` sends
-/// `<x>` to every connection.
+/// `<x>` to every connection; callable `increment(by)` (returns the new
+/// count) and streaming `count_to(n)` (streams 1..n, ends with n).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CounterAgent;
 
@@ -53,25 +64,108 @@ impl Agent for CounterAgent {
         }
         Ok(())
     }
+
+    async fn on_call(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        call: &mut Call,
+    ) -> Result<Reply, RpcError> {
+        match call.method() {
+            "increment" => {
+                let (by,): (i64,) = call.args()?;
+                let count = cx
+                    .state()
+                    .map_or(0, |s| s.count)
+                    .checked_add(by)
+                    .ok_or_else(|| RpcError::msg("count overflow"))?;
+                cx.set_state(CounterState { count })?;
+                Reply::json(&count)
+            }
+            "count_to" => {
+                let (n,): (u32,) = call.args()?;
+                if n > MAX_COUNT_TO {
+                    return Err(RpcError::msg(format!("n must be at most {MAX_COUNT_TO}")));
+                }
+                let stream = call.stream();
+                for i in 1..n {
+                    stream.send(&i)?;
+                }
+                Reply::json(&n)
+            }
+            _ => Err(RpcError::NoSuchMethod),
+        }
+    }
+}
+
+/// One message of a [`ChatAgent`] room's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The sender's connection id.
+    pub from: String,
+    /// The text as sent (cut to [`MAX_CHAT_MESSAGE`] bytes).
+    pub text: String,
+    /// Milliseconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// The state of [`ChatAgent`]: the last [`CHAT_HISTORY`] messages.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatState {
+    /// Oldest first.
+    pub messages: Vec<ChatMessage>,
 }
 
 /// `chat-agent`: a chat room that broadcasts each text message to every
-/// connection, the sender included.
+/// connection, the sender included, and keeps the recent history in its
+/// (synced, durable) state so a newcomer sees past messages.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ChatAgent;
 
 impl Agent for ChatAgent {
-    type State = serde_json::Value;
+    type State = ChatState;
+
+    fn initial_state(&self) -> Option<ChatState> {
+        Some(ChatState::default())
+    }
+
+    /// Clients may not rewrite the history.
+    fn validate_state_change(
+        &self,
+        _next: &ChatState,
+        source: &crate::StateSource,
+    ) -> Result<(), BoxError> {
+        match source {
+            crate::StateSource::Server => Ok(()),
+            crate::StateSource::Client(_) => Err("the chat history is server-owned".into()),
+        }
+    }
 
     async fn on_message(
         &mut self,
         cx: &mut AgentContext<Self>,
-        _conn: &Connection,
+        conn: &Connection,
         message: Message,
     ) -> Result<(), BoxError> {
-        if let Message::Text(_) = message {
-            cx.broadcast(message, &[]);
+        let Some(text) = message.as_text() else {
+            return Ok(());
+        };
+        let mut cut = text.len().min(MAX_CHAT_MESSAGE);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
         }
+        let entry = ChatMessage {
+            from: conn.id().to_owned(),
+            text: text[..cut].to_owned(),
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        cx.broadcast(message, &[]);
+        let mut state = cx.state().cloned().unwrap_or_default();
+        state.messages.push(entry);
+        let excess = state.messages.len().saturating_sub(CHAT_HISTORY);
+        state.messages.drain(..excess);
+        cx.set_state(state)?;
         Ok(())
     }
 }

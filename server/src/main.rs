@@ -28,6 +28,12 @@ struct Args {
     /// Log filter, e.g. `info` or `agents_server=debug`.
     #[arg(long, env = "AGENTS_LOG", default_value = "info")]
     log: String,
+    /// Directory of the SQLite database that keeps agent state across restarts.
+    #[arg(long, env = "AGENTS_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Keep state in memory only (lost when the server stops).
+    #[arg(long, env = "AGENTS_IN_MEMORY", conflicts_with = "data_dir")]
+    in_memory: bool,
     /// Seconds an instance without connections stays in memory.
     #[arg(long, env = "AGENTS_IDLE_TIMEOUT", default_value_t = 60)]
     idle_timeout: u64,
@@ -40,7 +46,14 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_new(&args.log).context("bad --log filter")?)
         .init();
 
+    let storage = if args.in_memory {
+        agents_server::Storage::in_memory()
+    } else {
+        agents_server::Storage::open_dir(&args.data_dir)
+            .with_context(|| format!("cannot open --data-dir {}", args.data_dir.display()))?
+    };
     let agents = agents_server::demo::server()
+        .storage(storage)
         .idle_timeout(std::time::Duration::from_secs(args.idle_timeout))
         .build();
     let mut app = agents.router();

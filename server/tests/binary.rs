@@ -15,7 +15,14 @@ async fn binary_serves_static_files_and_shuts_down_on_sigterm() {
     std::fs::write(dir.join("index.html"), "<h1>hello app</h1>").unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_agents-server"))
-        .args(["--port", "0", "--log", "warn", "--static-dir"])
+        .args([
+            "--port",
+            "0",
+            "--log",
+            "warn",
+            "--in-memory",
+            "--static-dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -63,5 +70,48 @@ async fn binary_serves_static_files_and_shuts_down_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// State survives SIGKILL: kill the server right after `increment`, start it
+/// again on the same data directory, reconnect, and the count is there.
+#[tokio::test]
+async fn state_survives_sigkill_and_restart() {
+    let dir = std::env::temp_dir().join(format!("agents-rs-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = || async {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agents-server"))
+            .args(["--port", "0", "--log", "warn", "--data-dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let addr: std::net::SocketAddr = line
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        (child, addr)
+    };
+    let (mut child, addr) = start().await;
+    let mut c = Client::connect(&format!("ws://{addr}/agents/counter-agent/durable")).await;
+    c.handshake().await;
+    c.send(r#"{"type":"rpc","id":"1","method":"increment","args":[7]}"#)
+        .await;
+    assert_eq!(c.json().await["state"]["count"], 7);
+    assert_eq!(c.json().await["result"], 7);
+    child.kill().await.unwrap(); // SIGKILL
+    let (_child, addr) = start().await;
+    let mut c = Client::connect(&format!("ws://{addr}/agents/counter-agent/durable")).await;
+    assert_eq!(c.handshake().await.1, Some(serde_json::json!({"count": 7})));
     let _ = std::fs::remove_dir_all(&dir);
 }

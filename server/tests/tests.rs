@@ -11,5 +11,6 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod routing;
+mod rpc;
 mod state;
 mod wire;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agents_server::{
-    Agent, AgentContext, AgentServer, Agents, BoxError, ConnectContext, Connection, HookError,
-    Message, StateSource,
+    Agent, AgentContext, AgentServer, Agents, BoxError, Call, ConnectContext, Connection,
+    HookError, Message, Reply, RpcError, StateSource,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -348,6 +348,13 @@ impl Agent for Probe {
             Some(t) if t.starts_with("others:") => {
                 cx.broadcast(&t["others:".len()..], &[conn.id()]);
             }
+            Some(t) if t.starts_with("remember:") => {
+                cx.storage().put("memo", &t["remember:".len()..])?;
+            }
+            Some("recall") => {
+                let memo: Option<String> = cx.storage().get("memo")?;
+                conn.send(memo.unwrap_or_else(|| "nothing".into()))?;
+            }
             Some(t) if t.starts_with("state:") => {
                 let state: Value = serde_json::from_str(&t["state:".len()..])?;
                 cx.set_state(state)?;
@@ -379,6 +386,30 @@ impl Agent for Probe {
     ) -> Result<(), BoxError> {
         self.push(format!("close {} {code} {reason:?} {was_clean}", conn.id()));
         Ok(())
+    }
+
+    fn validate_state_change(&self, next: &Value, _source: &StateSource) -> Result<(), BoxError> {
+        if next.get("forbidden").is_some() {
+            return Err("forbidden key".into());
+        }
+        Ok(())
+    }
+
+    async fn on_call(
+        &mut self,
+        _cx: &mut AgentContext<Self>,
+        call: &mut Call,
+    ) -> Result<Reply, RpcError> {
+        match call.method() {
+            "boom" => panic!("rpc exploded"),
+            "fail" => Err(RpcError::msg("it failed")),
+            "nothing" => Reply::none(),
+            "add" => {
+                let (a, b): (f64, f64) = call.args()?;
+                Reply::json(&(a + b))
+            }
+            _ => Err(RpcError::NoSuchMethod),
+        }
     }
 
     async fn on_state_update(

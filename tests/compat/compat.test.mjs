@@ -16,7 +16,7 @@ let server;
 let host;
 
 before(async () => {
-  server = spawn(bin, ["--port", "0", "--log", "warn"], { stdio: ["ignore", "pipe", "inherit"] });
+  server = spawn(bin, ["--port", "0", "--log", "warn", "--in-memory"], { stdio: ["ignore", "pipe", "inherit"] });
   host = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("agents-server did not start")), 10_000);
     let out = "";
@@ -129,6 +129,26 @@ test("counter-agent: state handshake, broadcast, setState reaches another client
   assert.deepEqual(seenB.at(-1), [{ count: 41 }, "server"]);
 
   await assert.rejects(a.call("onMessage", []), /Method onMessage is not callable/);
+  a.close();
+  b.close();
+});
+
+test("counter-agent RPC: call and stub resolve, streaming delivers chunks in order", async () => {
+  const a = client({ agent: "CounterAgent", name: "compat-rpc" });
+  const b = client({ agent: "CounterAgent", name: "compat-rpc" });
+  await Promise.all([a.ready, b.ready]);
+  assert.equal(await a.call("increment", [2]), 2);
+  assert.equal(await a.stub.increment(3), 5);
+  assert.deepEqual(a.state, { count: 5 });
+  const deadline = Date.now() + WAIT_MS;
+  while (b.state?.count !== 5 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(b.state, { count: 5 });
+
+  const chunks = [];
+  const done = await a.call("count_to", [4], { stream: { onChunk: (c) => chunks.push(c) } });
+  assert.deepEqual(chunks, [1, 2, 3]);
+  assert.equal(done, 4);
+  await assert.rejects(a.call("increment", ["x"]), /Invalid arguments for increment/);
   a.close();
   b.close();
 });

@@ -1,0 +1,201 @@
+//! RPC: replies exactly as the reference, errors as data, streaming.
+
+use serde_json::json;
+
+use crate::util::*;
+
+fn call(id: &str, method: &str, args: serde_json::Value) -> String {
+    json!({"type":"rpc","id":id,"method":method,"args":args}).to_string()
+}
+
+/// Edge case 1 of the reference: the state broadcast reaches everyone before
+/// the caller gets its reply.
+#[tokio::test]
+async fn increment_broadcasts_state_before_the_reply() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    let mut a = server.connect("/agents/counter-agent/rpc?_pk=a").await;
+    let mut b = server.connect("/agents/counter-agent/rpc?_pk=b").await;
+    a.handshake().await;
+    b.handshake().await;
+    a.send(&call("r1", "increment", json!([5]))).await;
+    assert_eq!(
+        b.text().await,
+        r#"{"type":"cf_agent_state","state":{"count":5}}"#
+    );
+    assert_eq!(
+        a.text().await,
+        r#"{"type":"cf_agent_state","state":{"count":5}}"#
+    );
+    assert_eq!(
+        a.text().await,
+        r#"{"done":true,"id":"r1","result":5,"success":true,"type":"rpc"}"#
+    );
+}
+
+#[tokio::test]
+async fn errors_are_replies_and_the_connection_stays() {
+    let (server, log) = start_with_probe().await;
+    let mut c = server.connect("/agents/probe-agent/rpc-errors").await;
+    c.handshake().await;
+    c.send(&call("1", "nope", json!([]))).await;
+    assert_eq!(
+        c.json().await,
+        json!({"type":"rpc","id":"1","success":false,"error":"Method nope does not exist"})
+    );
+    c.send(&call("2", "add", json!(["x", 1]))).await;
+    let reply = c.json().await;
+    assert_eq!(reply["success"], false);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid arguments for add: invalid type"),
+        "{reply}"
+    );
+    c.send(&call("3", "add", json!([1]))).await;
+    assert!(c.json().await["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Invalid arguments for add"));
+    c.send(&call("4", "boom", json!([]))).await;
+    assert_eq!(
+        c.json().await,
+        json!({"type":"rpc","id":"4","success":false,"error":"rpc exploded"})
+    );
+    c.send(&call("5", "fail", json!([]))).await;
+    assert_eq!(
+        c.json().await,
+        json!({"type":"rpc","id":"5","success":false,"error":"it failed"})
+    );
+    c.send(&call("6", "onConnect", json!([]))).await;
+    assert_eq!(c.json().await["error"], "Method onConnect is not callable");
+    // Still up, and nothing reached on_message.
+    c.send(&call("7", "add", json!([1.5, 2]))).await;
+    assert_eq!(
+        c.text().await,
+        r#"{"done":true,"id":"7","result":3.5,"success":true,"type":"rpc"}"#
+    );
+    c.send(&call("8", "nothing", json!([]))).await;
+    assert_eq!(
+        c.text().await,
+        r#"{"done":true,"id":"8","success":true,"type":"rpc"}"#
+    );
+    assert!(!log_lines(&log).iter().any(|l| l.starts_with("message")));
+}
+
+#[tokio::test]
+async fn pipelined_calls_are_each_answered_by_id() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    let mut c = server.connect("/agents/counter-agent/pipe").await;
+    c.handshake().await;
+    for i in 1..=3 {
+        c.send(&call(&format!("p{i}"), "increment", json!([i])))
+            .await;
+    }
+    let mut results = Vec::new();
+    while results.len() < 3 {
+        let frame = c.json().await;
+        if frame["type"] == "rpc" {
+            results.push((
+                frame["id"].as_str().unwrap().to_owned(),
+                frame["result"].clone(),
+            ));
+        }
+    }
+    assert_eq!(
+        results,
+        [
+            ("p1".into(), json!(1)),
+            ("p2".into(), json!(3)),
+            ("p3".into(), json!(6))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn streaming_sends_chunks_in_order_then_done() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    let mut c = server.connect("/agents/counter-agent/stream").await;
+    c.handshake().await;
+    c.send(&call("s", "count_to", json!([4]))).await;
+    for i in 1..4 {
+        assert_eq!(
+            c.json().await,
+            json!({"type":"rpc","id":"s","success":true,"done":false,"result":i})
+        );
+    }
+    assert_eq!(
+        c.json().await,
+        json!({"type":"rpc","id":"s","success":true,"done":true,"result":4})
+    );
+    c.send(&call("t", "count_to", json!([1_000_000]))).await;
+    assert_eq!(c.json().await["error"], "n must be at most 10000");
+}
+
+#[tokio::test]
+async fn validation_rejects_a_client_state() {
+    let (server, log) = start_with_probe().await;
+    let mut a = server.connect("/agents/probe-agent/validate?_pk=a").await;
+    let mut b = server.connect("/agents/probe-agent/validate?_pk=b").await;
+    a.handshake().await;
+    b.handshake().await;
+    a.send(r#"{"type":"cf_agent_state","state":{"forbidden":true}}"#)
+        .await;
+    assert_eq!(
+        a.json().await,
+        json!({"type":"cf_agent_state_error","error":"State update rejected"})
+    );
+    b.quiet().await;
+    a.send(r#"{"type":"cf_agent_state","state":{"ok":1}}"#)
+        .await;
+    assert_eq!(
+        b.json().await,
+        json!({"type":"cf_agent_state","state":{"ok":1}})
+    );
+    assert_eq!(wait_for(&log, "state a").await, r#"state a {"ok":1}"#);
+}
+
+#[tokio::test]
+async fn instance_key_value_storage() {
+    let (server, _log) = start_with_probe().await;
+    let mut a = server.connect("/agents/probe-agent/kv-one").await;
+    a.handshake().await;
+    a.send("remember:blue").await;
+    a.send("recall").await;
+    assert_eq!(a.text().await, "blue");
+    let mut b = server.connect("/agents/probe-agent/kv-two").await;
+    b.handshake().await;
+    b.send("recall").await;
+    assert_eq!(b.text().await, "nothing");
+}
+
+#[tokio::test]
+async fn chat_keeps_history_for_newcomers() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    let mut a = server.connect("/agents/chat-agent/history?_pk=ann").await;
+    a.handshake().await;
+    a.send("first").await;
+    a.send("second").await;
+    let mut c = server.connect("/agents/chat-agent/history?_pk=cat").await;
+    // Wait until both messages are in the state the newcomer sees.
+    let state = loop {
+        let (_, state) = c.handshake().await;
+        let state = state.unwrap();
+        if state["messages"].as_array().unwrap().len() == 2 {
+            break state;
+        }
+        c = server.connect("/agents/chat-agent/history?_pk=cat").await;
+    };
+    let texts: Vec<_> = state["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("first"), json!("second")]);
+    assert_eq!(state["messages"][0]["from"], "ann");
+    // Clients cannot rewrite it.
+    c.send(r#"{"type":"cf_agent_state","state":{"messages":[]}}"#)
+        .await;
+    assert_eq!(c.json().await["type"], "cf_agent_state_error");
+}
