@@ -8,22 +8,11 @@ use tokio::process::Command;
 
 use crate::util::*;
 
-#[tokio::test]
-async fn binary_serves_static_files_and_shuts_down_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("agents-rs-static-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("index.html"), "<h1>hello app</h1>").unwrap();
-
+/// Starts the binary on a free port with `args`; returns it and its address.
+async fn spawn_server(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agents-server"))
-        .args([
-            "--port",
-            "0",
-            "--log",
-            "warn",
-            "--in-memory",
-            "--static-dir",
-        ])
-        .arg(&dir)
+        .args(["--port", "0", "--log", "warn"])
+        .args(args)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -34,13 +23,28 @@ async fn binary_serves_static_files_and_shuts_down_on_sigterm() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let addr: std::net::SocketAddr = line
+    let addr = line
         .rsplit("http://")
         .next()
         .unwrap()
         .trim()
         .parse()
         .unwrap();
+    (child, addr)
+}
+
+#[tokio::test]
+async fn binary_serves_static_files_and_shuts_down_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("agents-rs-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>hello app</h1>").unwrap();
+
+    let (mut child, addr) = spawn_server(&[
+        "--in-memory".as_ref(),
+        "--static-dir".as_ref(),
+        dir.as_os_str(),
+    ])
+    .await;
 
     assert_eq!(
         http_get(addr, "/", &[]).await,
@@ -79,29 +83,8 @@ async fn binary_serves_static_files_and_shuts_down_on_sigterm() {
 async fn state_survives_sigkill_and_restart() {
     let dir = std::env::temp_dir().join(format!("agents-rs-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let start = || async {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agents-server"))
-            .args(["--port", "0", "--log", "warn", "--data-dir"])
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let addr: std::net::SocketAddr = line
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        (child, addr)
-    };
+    let args = ["--data-dir".as_ref(), dir.as_os_str()];
+    let start = || spawn_server(&args);
     let (mut child, addr) = start().await;
     let mut c = Client::connect(&format!("ws://{addr}/agents/counter-agent/durable")).await;
     c.handshake().await;
