@@ -31,17 +31,41 @@
 //! - [`rpc`]: RPC requests and responses.
 //! - [`mcp`]: the MCP servers frame payload.
 //! - [`kebab`]: the reference's class name → URL segment rule.
+//!
+//! Everything but [`kebab`], [`frame_type`] and the constants sits behind the
+//! default `json` feature.
 
 pub mod kebab;
+#[cfg(feature = "json")]
 pub mod mcp;
+#[cfg(feature = "json")]
 pub mod message;
+#[cfg(feature = "json")]
 pub mod rpc;
 
 pub use kebab::camel_case_to_kebab_case;
+#[cfg(feature = "json")]
 pub use mcp::{McpServer, McpState};
+#[cfg(feature = "json")]
 pub use message::{ClientMessage, Identity, Incoming, ServerMessage, SetupError};
+#[cfg(feature = "json")]
 pub use rpc::{RpcRequest, RpcResponse};
+#[cfg(feature = "json")]
 pub use serde_json::value::RawValue;
+
+/// The `type` of each protocol frame, as on the wire.
+pub mod frame_type {
+    /// `cf_agent_identity` (server → client).
+    pub const IDENTITY: &str = "cf_agent_identity";
+    /// `cf_agent_state` (both directions).
+    pub const STATE: &str = "cf_agent_state";
+    /// `cf_agent_state_error` (server → client).
+    pub const STATE_ERROR: &str = "cf_agent_state_error";
+    /// `cf_agent_mcp_servers` (server → client).
+    pub const MCP_SERVERS: &str = "cf_agent_mcp_servers";
+    /// `rpc` (both directions).
+    pub const RPC: &str = "rpc";
+}
 
 /// The reason sent with close code 1011 when connection setup fails.
 pub const SETUP_FAILED_REASON: &str = "Uncaught exception during session setup";

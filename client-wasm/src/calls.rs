@@ -1,0 +1,133 @@
+//! The table of RPC calls awaiting an answer.
+
+use std::collections::HashMap;
+
+/// One pending call. `T` is whatever settles it (a JS resolver pair, a timer…).
+#[derive(Debug)]
+pub struct Pending<T> {
+    /// The method, for error messages.
+    pub method: String,
+    /// The socket generation the request was written to; `None` while it
+    /// waits in the send queue.
+    pub socket: Option<u64>,
+    /// Streaming calls get chunks until `done`.
+    pub streaming: bool,
+    /// The settlers.
+    pub handle: T,
+}
+
+/// Pending calls by id.
+#[derive(Debug)]
+pub struct Calls<T> {
+    pending: HashMap<String, Pending<T>>,
+    next: u64,
+}
+
+impl<T> Default for Calls<T> {
+    fn default() -> Self {
+        Calls {
+            pending: HashMap::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<T> Calls<T> {
+    /// A new call id: `random` (≥ 64 random bits, hex) plus a counter, so ids
+    /// are unique per client without `crypto.randomUUID`.
+    pub fn next_id(&mut self, random: u64) -> String {
+        self.next += 1;
+        format!("{random:016x}-{:x}", self.next)
+    }
+
+    /// Registers a call.
+    pub fn insert(&mut self, id: String, pending: Pending<T>) {
+        self.pending.insert(id, pending);
+    }
+
+    /// The call with `id`, if pending.
+    pub fn get(&self, id: &str) -> Option<&Pending<T>> {
+        self.pending.get(id)
+    }
+
+    /// Removes and returns the call with `id`.
+    pub fn take(&mut self, id: &str) -> Option<Pending<T>> {
+        self.pending.remove(id)
+    }
+
+    /// Marks every queued call as written to socket `generation`.
+    pub fn mark_sent(&mut self, generation: u64) {
+        for p in self.pending.values_mut() {
+            p.socket.get_or_insert(generation);
+        }
+    }
+
+    /// Removes the calls written to socket `generation` (it closed, so
+    /// their answers can never come); queued calls stay for the next socket.
+    pub fn take_sent_on(&mut self, generation: u64) -> Vec<Pending<T>> {
+        let ids: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.socket == Some(generation))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter()
+            .filter_map(|id| self.pending.remove(id))
+            .collect()
+    }
+
+    /// Removes every call.
+    pub fn take_all(&mut self) -> Vec<Pending<T>> {
+        self.pending.drain().map(|(_, p)| p).collect()
+    }
+
+    /// Pending calls.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether none are pending.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(method: &str, socket: Option<u64>) -> Pending<()> {
+        Pending {
+            method: method.into(),
+            socket,
+            streaming: false,
+            handle: (),
+        }
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let mut c = Calls::<()>::default();
+        let a = c.next_id(7);
+        let b = c.next_id(7);
+        assert_ne!(a, b);
+        assert_eq!(a, "0000000000000007-1");
+    }
+
+    #[test]
+    fn a_closed_socket_rejects_only_its_calls() {
+        let mut c = Calls::default();
+        c.insert("sent".into(), p("a", Some(1)));
+        c.insert("queued".into(), p("b", None));
+        c.insert("old".into(), p("c", Some(0)));
+        let gone = c.take_sent_on(1);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].method, "a");
+        assert!(c.get("queued").is_some());
+        c.mark_sent(2);
+        assert_eq!(c.get("queued").unwrap().socket, Some(2));
+        assert_eq!(c.get("old").unwrap().socket, Some(0));
+        assert_eq!(c.take_all().len(), 2);
+        assert!(c.is_empty());
+    }
+}
