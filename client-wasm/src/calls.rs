@@ -1,7 +1,5 @@
 //! The table of RPC calls awaiting an answer.
 
-use std::collections::HashMap;
-
 /// One pending call. `T` is whatever settles it (a JS resolver pair, a timer…).
 #[derive(Debug)]
 pub struct Pending<T> {
@@ -16,17 +14,18 @@ pub struct Pending<T> {
     pub handle: T,
 }
 
-/// Pending calls by id.
+/// Pending calls by id. A plain vector: a client has few calls in flight,
+/// and a hash map would add kilobytes to the WebAssembly.
 #[derive(Debug)]
 pub struct Calls<T> {
-    pending: HashMap<String, Pending<T>>,
+    pending: Vec<(String, Pending<T>)>,
     next: u64,
 }
 
 impl<T> Default for Calls<T> {
     fn default() -> Self {
         Calls {
-            pending: HashMap::new(),
+            pending: Vec::new(),
             next: 0,
         }
     }
@@ -42,22 +41,31 @@ impl<T> Calls<T> {
 
     /// Registers a call.
     pub fn insert(&mut self, id: String, pending: Pending<T>) {
-        self.pending.insert(id, pending);
+        self.take(&id);
+        self.pending.push((id, pending));
     }
 
     /// The call with `id`, if pending.
     pub fn get(&self, id: &str) -> Option<&Pending<T>> {
-        self.pending.get(id)
+        self.pending.iter().find(|(i, _)| i == id).map(|(_, p)| p)
     }
 
     /// Removes and returns the call with `id`.
     pub fn take(&mut self, id: &str) -> Option<Pending<T>> {
-        self.pending.remove(id)
+        let at = self.pending.iter().position(|(i, _)| i == id)?;
+        Some(self.pending.swap_remove(at).1)
+    }
+
+    /// Marks the call `id` as written to socket `generation`.
+    pub fn mark_one_sent(&mut self, id: &str, generation: u64) {
+        if let Some((_, p)) = self.pending.iter_mut().find(|(i, _)| i == id) {
+            p.socket = Some(generation);
+        }
     }
 
     /// Marks every queued call as written to socket `generation`.
     pub fn mark_sent(&mut self, generation: u64) {
-        for p in self.pending.values_mut() {
+        for (_, p) in &mut self.pending {
             p.socket.get_or_insert(generation);
         }
     }
@@ -65,20 +73,16 @@ impl<T> Calls<T> {
     /// Removes the calls written to socket `generation` (it closed, so
     /// their answers can never come); queued calls stay for the next socket.
     pub fn take_sent_on(&mut self, generation: u64) -> Vec<Pending<T>> {
-        let ids: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.socket == Some(generation))
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.iter()
-            .filter_map(|id| self.pending.remove(id))
-            .collect()
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, p)| p.socket == Some(generation));
+        self.pending = kept;
+        gone.into_iter().map(|(_, p)| p).collect()
     }
 
     /// Removes every call.
     pub fn take_all(&mut self) -> Vec<Pending<T>> {
-        self.pending.drain().map(|(_, p)| p).collect()
+        self.pending.drain(..).map(|(_, p)| p).collect()
     }
 
     /// Pending calls.

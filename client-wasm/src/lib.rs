@@ -5,6 +5,10 @@
 //!   the reference builds it), [`reconnect`] (backoff, retry and terminal
 //!   rules), [`outbox`] (the bounded send queue), [`calls`] (pending RPCs).
 //! - [`error`]: [`ClientError`].
+//! - Browser glue (wasm32 only): `client` (the Rust API, [`client::Client`]:
+//!   the socket, protocol and events; usable from Leptos or Yew), `js` (the
+//!   exported `AgentClient` class, translating only), `sys` (timers and
+//!   listeners that clean up on drop).
 
 pub mod calls;
 pub mod error;
@@ -12,4 +16,13 @@ pub mod outbox;
 pub mod reconnect;
 pub mod url;
 
+#[cfg(target_arch = "wasm32")]
+pub mod client;
+#[cfg(target_arch = "wasm32")]
+mod js;
+#[cfg(target_arch = "wasm32")]
+mod sys;
+
 pub use error::ClientError;
+#[cfg(target_arch = "wasm32")]
+pub use js::AgentClient;

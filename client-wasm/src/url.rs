@@ -3,8 +3,6 @@
 
 use std::fmt::Write;
 
-use agents_protocol::camel_case_to_kebab_case;
-
 use crate::error::ClientError;
 
 /// The address parts of the options.
@@ -47,7 +45,7 @@ impl Address {
             Some(p @ ("ws" | "wss")) => p,
             Some(other) => {
                 return Err(ClientError::Options(format!(
-                    "protocol must be \"ws\" or \"wss\", not {other:?}"
+                    "protocol must be \"ws\" or \"wss\", not \"{other}\""
                 )))
             }
             None if is_local(host) => "ws",
@@ -69,10 +67,27 @@ impl Address {
                 } else {
                     &self.name
                 };
-                format!("{prefix}/{}/{name}", camel_case_to_kebab_case(&self.agent))
+                format!("{prefix}/{}/{name}", kebab(&self.agent))
             }
         };
         Ok(format!("{scheme}://{host}/{target}{suffix}"))
+    }
+}
+
+/// The reference's kebab-case rule. In the browser the Unicode case mapping
+/// is JavaScript's, so Rust's case tables stay out of the WebAssembly.
+pub fn kebab(agent: &str) -> String {
+    #[cfg(target_arch = "wasm32")]
+    {
+        agents_protocol::camel_case_to_kebab_case_with(
+            agent,
+            |s| String::from(js_sys::JsString::from(s).to_upper_case()),
+            |s| String::from(js_sys::JsString::from(s).to_lower_case()),
+        )
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        agents_protocol::camel_case_to_kebab_case(agent)
     }
 }
 

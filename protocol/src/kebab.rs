@@ -16,9 +16,20 @@
 /// assert_eq!(kebab("MY_AGENT"), "my-agent");
 /// ```
 pub fn camel_case_to_kebab_case(name: &str) -> String {
-    let upper = name.to_uppercase();
-    if name == upper && name != name.to_lowercase() {
-        return name.to_lowercase().replace('_', "-");
+    camel_case_to_kebab_case_with(name, str::to_uppercase, str::to_lowercase)
+}
+
+/// [`camel_case_to_kebab_case`] with the Unicode case mappings supplied by
+/// the caller (the browser client passes JavaScript's, which avoids shipping
+/// Rust's case tables in its WebAssembly).
+pub fn camel_case_to_kebab_case_with(
+    name: &str,
+    to_upper: impl Fn(&str) -> String,
+    to_lower: impl Fn(&str) -> String,
+) -> String {
+    let lower = to_lower(name);
+    if name == to_upper(name) && name != lower {
+        return lower.replace('_', "-");
     }
     let mut out = String::with_capacity(name.len() + 4);
     for c in name.chars() {

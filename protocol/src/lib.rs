@@ -43,7 +43,7 @@ pub mod message;
 #[cfg(feature = "json")]
 pub mod rpc;
 
-pub use kebab::camel_case_to_kebab_case;
+pub use kebab::{camel_case_to_kebab_case, camel_case_to_kebab_case_with};
 #[cfg(feature = "json")]
 pub use mcp::{McpServer, McpState};
 #[cfg(feature = "json")]

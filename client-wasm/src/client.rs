@@ -1,0 +1,1154 @@
+//! The browser client: the reconnecting socket, the protocol (identity,
+//! state, RPC) and event dispatch. The only module that touches
+//! `web_sys::WebSocket`; the policies it applies live in the pure modules.
+//!
+//! Re-entrancy rule: JavaScript callbacks and event dispatch never run
+//! while the `RefCell` is borrowed, so listeners may call back into the
+//! client freely.
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
+use agents_protocol::frame_type;
+use js_sys::{Array, Function, Object, Promise, JSON};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{
+    BinaryType, CloseEvent, CloseEventInit, Event, MessageEvent, MessageEventInit, WebSocket,
+};
+
+use crate::calls::{Calls, Pending};
+use crate::error::ClientError;
+use crate::outbox::Outbox;
+use crate::reconnect::{AfterClose, Reconnect, ReconnectOptions};
+use crate::sys::{get, set, Listener, Target, Timeout};
+use crate::url::{with_query, Address};
+
+/// Default timeout of non-streaming calls, in ms (`0` disables).
+pub const DEFAULT_CALL_TIMEOUT: f64 = 30_000.0;
+
+/// `readyState` values.
+pub const CONNECTING: u16 = 0;
+/// The socket is open.
+pub const OPEN: u16 = 1;
+/// The socket is closing.
+pub const CLOSING: u16 = 2;
+/// The socket is closed (also between attempts, as the reference).
+pub const CLOSED: u16 = 3;
+
+/// Where the query comes from.
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// Fixed pairs, computed once.
+    Static(Vec<(String, String)>),
+    /// A JS function (sync or async) re-run before every attempt.
+    Dynamic(Function),
+}
+
+/// The JS callbacks of the options; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct Callbacks {
+    /// `onStateUpdate(state, "server" | "client")`.
+    pub on_state_update: Option<Function>,
+    /// `onStateUpdateError(error)`.
+    pub on_state_update_error: Option<Function>,
+    /// `onIdentity(name, agent)`.
+    pub on_identity: Option<Function>,
+    /// `onIdentityChange(oldName, newName, oldAgent, newAgent)`.
+    pub on_identity_change: Option<Function>,
+    /// `onConnectionError(error)`.
+    pub on_connection_error: Option<Function>,
+    /// `onMcpUpdate(mcp)`.
+    pub on_mcp_update: Option<Function>,
+}
+
+/// Everything `AgentClient` is configured with.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Where to connect.
+    pub address: Address,
+    /// Query parameters after `_pk`.
+    pub query: Query,
+    /// The `_pk` connection id; generated once per client when `None`.
+    pub id: Option<String>,
+    /// Subprotocols (a string or an array), or undefined.
+    pub protocols: JsValue,
+    /// Backoff and retry tuning.
+    pub reconnect: ReconnectOptions,
+    /// Most messages queued while disconnected. Defaults to unlimited, as the reference.
+    pub max_enqueued_messages: usize,
+    /// Do not connect until `reconnect()`.
+    pub start_closed: bool,
+    /// Timeout of non-streaming calls in ms; 0 disables. Defaults to 30 000.
+    pub default_call_timeout: f64,
+    /// JS callbacks.
+    pub callbacks: Callbacks,
+}
+
+struct CallHandle {
+    resolve: Function,
+    reject: Function,
+    on_chunk: Option<Function>,
+    on_done: Option<Function>,
+    on_error: Option<Function>,
+    _timeout: Option<Timeout>,
+}
+
+struct Socket {
+    ws: WebSocket,
+    generation: u64,
+    _onopen: Closure<dyn FnMut(Event)>,
+    _onmessage: Closure<dyn FnMut(MessageEvent)>,
+    _onclose: Closure<dyn FnMut(CloseEvent)>,
+    _onerror: Closure<dyn FnMut(Event)>,
+    _timeout: Option<Timeout>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        self.ws.set_onerror(None);
+        if matches!(self.ws.ready_state(), CONNECTING | OPEN) {
+            let _ = self.ws.close();
+        }
+        LIVE_SOCKETS.with(|n| n.set(n.get() - 1));
+    }
+}
+
+thread_local! {
+    static LIVE_SOCKETS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Sockets currently held by any client (for leak tests).
+#[doc(hidden)]
+pub fn live_sockets() -> usize {
+    LIVE_SOCKETS.with(|n| n.get())
+}
+
+/// The `on*` properties.
+#[derive(Default)]
+struct Handlers {
+    open: Option<Function>,
+    message: Option<Function>,
+    close: Option<Function>,
+    error: Option<Function>,
+}
+
+struct Inner {
+    options: ClientOptions,
+    base_url: String,
+    id: String,
+    reconnect: Reconnect,
+    outbox: Outbox<JsValue>,
+    calls: Calls<CallHandle>,
+    socket: Option<Socket>,
+    generation: u64,
+    backoff: Option<Timeout>,
+    uptime: Option<Timeout>,
+    binary_type: BinaryType,
+    handlers: Handlers,
+    state: JsValue,
+    identified: bool,
+    state_seen: bool,
+    held_identity: Option<(String, String)>,
+    last_identity: Option<(String, String)>,
+    agent: String,
+    name: String,
+    ready: Promise,
+    resolve_ready: Option<Function>,
+    connection_error: JsValue,
+    closed: bool,
+    env: Vec<Listener>,
+    warned_closed_send: bool,
+}
+
+struct Core {
+    inner: RefCell<Inner>,
+    target: Target,
+}
+
+/// The client. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct Client {
+    core: Rc<Core>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = self.core.inner.borrow();
+        f.debug_struct("Client")
+            .field("url", &i.base_url)
+            .field("id", &i.id)
+            .finish()
+    }
+}
+
+fn new_ready() -> (Promise, Option<Function>) {
+    let mut resolve = None;
+    let promise = Promise::new(&mut |res, _rej| resolve = Some(res));
+    (promise, resolve)
+}
+
+/// A random hex id (not cryptographic; ids only need to be unique per client).
+fn random_u64() -> u64 {
+    let hi = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    let lo = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    (hi << 32) | lo
+}
+
+/// A UUID-v4-shaped random id for `_pk`.
+fn random_uuid() -> String {
+    let (a, b) = (random_u64(), random_u64());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:x}{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        8 | (b >> 62),
+        (b >> 48) & 0xfff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn call1(f: &Option<Function>, a: &JsValue) {
+    if let Some(f) = f {
+        let _ = f.call1(&JsValue::NULL, a);
+    }
+}
+
+fn error_value(message: &str) -> JsValue {
+    js_sys::Error::new(message).into()
+}
+
+fn close_event(code: u16, reason: &str, was_clean: bool) -> CloseEvent {
+    let init = CloseEventInit::new();
+    init.set_code(code);
+    init.set_reason(reason);
+    init.set_was_clean(was_clean);
+    CloseEvent::new_with_event_init_dict("close", &init).expect("CloseEvent")
+}
+
+/// UTF-16 length of strings, `size` of Blobs, `byteLength` of buffers.
+fn size_of(data: &JsValue) -> f64 {
+    if let Some(s) = data.as_string() {
+        return s.encode_utf16().count() as f64;
+    }
+    let n = get(data, "byteLength")
+        .as_f64()
+        .or_else(|| get(data, "size").as_f64());
+    n.unwrap_or(0.0)
+}
+
+impl Client {
+    /// Creates the client and, unless `start_closed`, starts connecting.
+    ///
+    /// # Errors
+    /// [`ClientError::Options`] for options the reference would reject.
+    pub fn new(options: ClientOptions) -> Result<Client, ClientError> {
+        let base_url = options.address.base_url()?;
+        let id = options
+            .id
+            .clone()
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(random_uuid);
+        let (ready, resolve_ready) = new_ready();
+        let agent = crate::url::kebab(&options.address.agent);
+        let name = if options.address.name.is_empty() {
+            "default".into()
+        } else {
+            options.address.name.clone()
+        };
+        let inner = Inner {
+            reconnect: Reconnect::new(options.reconnect.clone(), options.start_closed),
+            outbox: Outbox::new(options.max_enqueued_messages),
+            calls: Calls::default(),
+            socket: None,
+            generation: 0,
+            backoff: None,
+            uptime: None,
+            binary_type: BinaryType::Blob,
+            handlers: Handlers::default(),
+            state: JsValue::UNDEFINED,
+            identified: false,
+            state_seen: false,
+            held_identity: None,
+            last_identity: None,
+            agent,
+            name,
+            ready,
+            resolve_ready,
+            connection_error: JsValue::NULL,
+            closed: options.start_closed,
+            env: Vec::new(),
+            warned_closed_send: false,
+            options,
+            base_url,
+            id,
+        };
+        let client = Client {
+            core: Rc::new(Core {
+                inner: RefCell::new(inner),
+                target: Target::new(),
+            }),
+        };
+        client.watch_environment();
+        if !client.core.inner.borrow().closed {
+            client.core.inner.borrow_mut().reconnect.first_attempt();
+            client.connect();
+        }
+        Ok(client)
+    }
+
+    fn weak(&self) -> Weak<Core> {
+        Rc::downgrade(&self.core)
+    }
+
+    fn from_weak(weak: &Weak<Core>) -> Option<Client> {
+        weak.upgrade().map(|core| Client { core })
+    }
+
+    /// `online`/`offline` and tab visibility: reconnect at once when the
+    /// network returns or a hidden tab with a dead socket becomes visible.
+    fn watch_environment(&self) {
+        let global = JsValue::from(js_sys::global());
+        if !global.is_object() || get(&global, "addEventListener").is_undefined() {
+            return;
+        }
+        let target: Target = global.unchecked_into();
+        let mut env = Vec::new();
+        let weak = self.weak();
+        env.push(Listener::new(target.clone(), "offline", move |_| {
+            if let Some(c) = Client::from_weak(&weak) {
+                c.core.inner.borrow_mut().reconnect.set_offline(true);
+            }
+        }));
+        let weak = self.weak();
+        env.push(Listener::new(target.clone(), "online", move |_| {
+            if let Some(c) = Client::from_weak(&weak) {
+                c.core.inner.borrow_mut().reconnect.set_offline(false);
+                c.wake();
+            }
+        }));
+        let document = get(&JsValue::from(js_sys::global()), "document");
+        if document.is_object() {
+            let document: Target = document.unchecked_into();
+            let weak = self.weak();
+            let doc = document.clone();
+            env.push(Listener::new(document, "visibilitychange", move |_| {
+                if get(&doc, "visibilityState").as_string().as_deref() == Some("visible") {
+                    if let Some(c) = Client::from_weak(&weak) {
+                        c.wake();
+                    }
+                }
+            }));
+        }
+        if get(
+            &get(&JsValue::from(js_sys::global()), "navigator"),
+            "onLine",
+        ) == JsValue::FALSE
+        {
+            self.core.inner.borrow_mut().reconnect.set_offline(true);
+        }
+        self.core.inner.borrow_mut().env = env;
+    }
+
+    /// Connects now if reconnecting is on and no socket is alive.
+    fn wake(&self) {
+        {
+            let mut i = self.core.inner.borrow_mut();
+            let dead = i
+                .socket
+                .as_ref()
+                .is_none_or(|s| s.ws.ready_state() >= CLOSING);
+            if !dead || !i.reconnect.active() || i.closed {
+                return;
+            }
+            i.backoff = None;
+        }
+        self.connect();
+    }
+
+    /// Starts an attempt: resolves the query (re-running a query function),
+    /// then opens the socket.
+    fn connect(&self) {
+        let (generation, query) = {
+            let mut i = self.core.inner.borrow_mut();
+            i.generation += 1;
+            i.socket = None;
+            (i.generation, i.options.query.clone())
+        };
+        match query {
+            Query::Static(pairs) => self.open_socket(generation, &pairs),
+            Query::Dynamic(f) => {
+                let weak = self.weak();
+                wasm_bindgen_futures::spawn_local(async move {
+                    let value = match f.call0(&JsValue::NULL) {
+                        Ok(v) if v.has_type::<Promise>() => {
+                            wasm_bindgen_futures::JsFuture::from(v.unchecked_into::<Promise>())
+                                .await
+                        }
+                        other => other,
+                    };
+                    let Some(client) = Client::from_weak(&weak) else {
+                        return;
+                    };
+                    if client.core.inner.borrow().generation != generation {
+                        return;
+                    }
+                    match value {
+                        Ok(obj) => client.open_socket(generation, &query_pairs(&obj)),
+                        Err(err) => {
+                            web_sys::console::error_2(
+                                &"agents-rs: query function failed".into(),
+                                &err,
+                            );
+                            client.on_close(generation, 1006, "query failed", false);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn open_socket(&self, generation: u64, pairs: &[(String, String)]) {
+        let mut i = self.core.inner.borrow_mut();
+        if i.generation != generation || i.closed {
+            return;
+        }
+        let url = with_query(
+            &i.base_url,
+            &i.id,
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let protocols = &i.options.protocols;
+        let ws = if protocols.is_undefined() || protocols.is_null() {
+            WebSocket::new(&url)
+        } else {
+            WebSocket::new_with_str_sequence(&url, protocols)
+        };
+        let ws = match ws {
+            Ok(ws) => ws,
+            Err(err) => {
+                drop(i);
+                web_sys::console::error_2(&"agents-rs: cannot open WebSocket".into(), &err);
+                self.dispatch_error();
+                self.on_close(generation, 1006, "invalid url", false);
+                return;
+            }
+        };
+        ws.set_binary_type(i.binary_type);
+        let w = self.weak();
+        let onopen = Closure::<dyn FnMut(Event)>::new(move |_| {
+            if let Some(c) = Client::from_weak(&w) {
+                c.on_open(generation);
+            }
+        });
+        let w = self.weak();
+        let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+            if let Some(c) = Client::from_weak(&w) {
+                c.on_message(generation, e.data());
+            }
+        });
+        let w = self.weak();
+        let onclose = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
+            if let Some(c) = Client::from_weak(&w) {
+                c.on_close(generation, e.code(), &e.reason(), e.was_clean());
+            }
+        });
+        let w = self.weak();
+        let onerror = Closure::<dyn FnMut(Event)>::new(move |_| {
+            if let Some(c) = Client::from_weak(&w) {
+                if c.core.inner.borrow().generation == generation {
+                    c.dispatch_error();
+                }
+            }
+        });
+        ws.set_onopen(Some(onopen.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(onclose.as_ref().unchecked_ref()));
+        ws.set_onerror(Some(onerror.as_ref().unchecked_ref()));
+        let w = self.weak();
+        let timeout = Timeout::new(i.reconnect.options.connection_timeout, move || {
+            if let Some(c) = Client::from_weak(&w) {
+                let stuck = {
+                    let i = c.core.inner.borrow();
+                    i.generation == generation
+                        && i.socket
+                            .as_ref()
+                            .is_some_and(|s| s.ws.ready_state() == CONNECTING)
+                };
+                if stuck {
+                    c.dispatch_error();
+                    c.on_close(generation, 1006, "timeout", false);
+                }
+            }
+        });
+        LIVE_SOCKETS.with(|n| n.set(n.get() + 1));
+        i.socket = Some(Socket {
+            ws,
+            generation,
+            _onopen: onopen,
+            _onmessage: onmessage,
+            _onclose: onclose,
+            _onerror: onerror,
+            _timeout: Some(timeout),
+        });
+    }
+
+    fn on_open(&self, generation: u64) {
+        let handler = {
+            let mut i = self.core.inner.borrow_mut();
+            if i.generation != generation {
+                return;
+            }
+            let Some(socket) = i.socket.as_mut() else {
+                return;
+            };
+            socket._timeout = None;
+            let ws = socket.ws.clone();
+            ws.set_binary_type(i.binary_type);
+            // Flush what was queued, in order, before announcing `open`.
+            for data in i.outbox.drain() {
+                let _ = send_on(&ws, &data);
+            }
+            i.calls.mark_sent(generation);
+            i.connection_error = JsValue::NULL;
+            let w = self.weak();
+            let min_uptime = i.reconnect.options.min_uptime;
+            i.uptime = Some(Timeout::new(min_uptime, move || {
+                if let Some(c) = Client::from_weak(&w) {
+                    c.core.inner.borrow_mut().reconnect.stable();
+                }
+            }));
+            i.handlers.open.clone()
+        };
+        let event = Event::new("open").expect("Event");
+        call1(&handler, &event);
+        self.core.target.dispatch(&event);
+    }
+
+    fn on_message(&self, generation: u64, data: JsValue) {
+        if self.core.inner.borrow().generation != generation {
+            return;
+        }
+        if let Some(text) = data.as_string() {
+            if text.starts_with('{') {
+                if let Ok(frame) = JSON::parse(&text) {
+                    self.handle_frame(&frame);
+                }
+            }
+        }
+        let handler = self.core.inner.borrow().handlers.message.clone();
+        let init = MessageEventInit::new();
+        init.set_data(&data);
+        let event = MessageEvent::new_with_event_init_dict("message", &init).expect("MessageEvent");
+        call1(&handler, &event);
+        self.core.target.dispatch(&event);
+    }
+
+    /// Acts on protocol frames; every frame still reaches the listeners.
+    fn handle_frame(&self, frame: &JsValue) {
+        let ty = get(frame, "type").as_string().unwrap_or_default();
+        match ty.as_str() {
+            frame_type::IDENTITY => {
+                let name = get(frame, "name").as_string().unwrap_or_default();
+                let agent = get(frame, "agent").as_string().unwrap_or_default();
+                let hold = {
+                    let mut i = self.core.inner.borrow_mut();
+                    let hold = get(frame, "stateFollows") == JsValue::TRUE && !i.state_seen;
+                    if hold {
+                        i.held_identity = Some((name.clone(), agent.clone()));
+                    }
+                    hold
+                };
+                if !hold {
+                    self.apply_identity(name, agent);
+                }
+            }
+            frame_type::STATE => {
+                let state = get(frame, "state");
+                let (callback, held) = {
+                    let mut i = self.core.inner.borrow_mut();
+                    i.state = state.clone();
+                    i.state_seen = true;
+                    (
+                        i.options.callbacks.on_state_update.clone(),
+                        i.held_identity.take(),
+                    )
+                };
+                if let Some(f) = callback {
+                    let _ = f.call2(&JsValue::NULL, &state, &"server".into());
+                }
+                if let Some((name, agent)) = held {
+                    self.apply_identity(name, agent);
+                }
+            }
+            frame_type::STATE_ERROR => {
+                let callback = self
+                    .core
+                    .inner
+                    .borrow()
+                    .options
+                    .callbacks
+                    .on_state_update_error
+                    .clone();
+                call1(&callback, &get(frame, "error"));
+            }
+            frame_type::MCP_SERVERS => {
+                let callback = self
+                    .core
+                    .inner
+                    .borrow()
+                    .options
+                    .callbacks
+                    .on_mcp_update
+                    .clone();
+                call1(&callback, &get(frame, "mcp"));
+            }
+            frame_type::RPC => self.handle_rpc(frame),
+            _ => {}
+        }
+    }
+
+    fn apply_identity(&self, name: String, agent: String) {
+        let (resolve, on_identity, on_change, previous) = {
+            let mut i = self.core.inner.borrow_mut();
+            i.identified = true;
+            i.name = name.clone();
+            i.agent = agent.clone();
+            let previous = i.last_identity.replace((name.clone(), agent.clone()));
+            let previous = previous.filter(|p| *p != (name.clone(), agent.clone()));
+            (
+                i.resolve_ready.take(),
+                i.options.callbacks.on_identity.clone(),
+                i.options.callbacks.on_identity_change.clone(),
+                previous,
+            )
+        };
+        if let Some(resolve) = resolve {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+        if let Some(f) = on_identity {
+            let _ = f.call2(&JsValue::NULL, &name.clone().into(), &agent.clone().into());
+        }
+        if let Some((old_name, old_agent)) = previous {
+            match on_change {
+                Some(f) => {
+                    let args = Array::of4(
+                        &old_name.into(),
+                        &name.into(),
+                        &old_agent.into(),
+                        &agent.into(),
+                    );
+                    let _ = f.apply(&JsValue::NULL, &args);
+                }
+                None => web_sys::console::warn_1(
+                    &format!(
+                        "agents-rs: identity changed from {old_agent}/{old_name} to {agent}/{name}"
+                    )
+                    .into(),
+                ),
+            }
+        }
+    }
+
+    fn handle_rpc(&self, frame: &JsValue) {
+        let Some(id) = get(frame, "id").as_string() else {
+            return;
+        };
+        let success = get(frame, "success");
+        let done = get(frame, "done");
+        let result = get(frame, "result");
+        let mut i = self.core.inner.borrow_mut();
+        if success == JsValue::FALSE {
+            let Some(p) = i.calls.take(&id) else { return };
+            drop(i);
+            let error = get(frame, "error")
+                .as_string()
+                .unwrap_or_else(|| "Unknown error".into());
+            let _ = p.handle.reject.call1(&JsValue::NULL, &error_value(&error));
+            call1(&p.handle.on_error, &error.into());
+        } else if done == JsValue::FALSE {
+            let on_chunk = i.calls.get(&id).and_then(|p| p.handle.on_chunk.clone());
+            drop(i);
+            call1(&on_chunk, &result);
+        } else {
+            let Some(p) = i.calls.take(&id) else { return };
+            drop(i);
+            let _ = p.handle.resolve.call1(&JsValue::NULL, &result);
+            call1(&p.handle.on_done, &result);
+        }
+    }
+
+    fn on_close(&self, generation: u64, code: u16, reason: &str, was_clean: bool) {
+        let (decision, rejected, handler, on_error, error) = {
+            let mut i = self.core.inner.borrow_mut();
+            if i.generation != generation
+                || i.socket
+                    .as_ref()
+                    .is_some_and(|s| s.generation != generation)
+            {
+                return;
+            }
+            i.socket = None;
+            i.uptime = None;
+            i.identified = false;
+            i.state_seen = false;
+            i.held_identity = None;
+            let (ready, resolve) = new_ready();
+            i.ready = ready;
+            i.resolve_ready = resolve;
+            let decision = i.reconnect.after_close(code, js_sys::Math::random());
+            let mut rejected = i.calls.take_sent_on(generation);
+            let mut error = JsValue::NULL;
+            match decision {
+                AfterClose::Retry(ms) if ms.is_finite() => {
+                    let w = self.weak();
+                    i.backoff = Some(Timeout::new(ms, move || {
+                        if let Some(c) = Client::from_weak(&w) {
+                            c.core.inner.borrow_mut().backoff = None;
+                            c.connect();
+                        }
+                    }));
+                }
+                AfterClose::Retry(_) | AfterClose::Stopped => {}
+                AfterClose::Terminal | AfterClose::Exhausted => {
+                    rejected.extend(i.calls.take_all());
+                    error = connection_error(code, reason, was_clean);
+                    i.connection_error = error.clone();
+                }
+            }
+            let on_error = i.options.callbacks.on_connection_error.clone();
+            (
+                decision,
+                rejected,
+                i.handlers.close.clone(),
+                on_error,
+                error,
+            )
+        };
+        reject_all(rejected, &ClientError::ConnectionClosed);
+        if matches!(decision, AfterClose::Terminal | AfterClose::Exhausted) {
+            call1(&on_error, &error);
+        }
+        let event = close_event(code, reason, was_clean);
+        call1(&handler, &event);
+        self.core.target.dispatch(&event);
+    }
+
+    fn dispatch_error(&self) {
+        let handler = self.core.inner.borrow().handlers.error.clone();
+        let event = Event::new("error").expect("Event");
+        call1(&handler, &event);
+        self.core.target.dispatch(&event);
+    }
+
+    /// Sends `data` (a string, `ArrayBuffer`, typed array/`DataView` or
+    /// `Blob`) now if the socket is open, else queues it. Returns whether it
+    /// went out now.
+    ///
+    /// # Errors
+    /// [`ClientError::QueueFull`] when the queue is at `maxEnqueuedMessages`;
+    /// [`ClientError::Options`] for an unsupported type.
+    pub fn send(&self, data: JsValue) -> Result<bool, ClientError> {
+        if !(data.is_string()
+            || data.is_instance_of::<js_sys::ArrayBuffer>()
+            || js_sys::ArrayBuffer::is_view(&data)
+            || data.is_instance_of::<web_sys::Blob>())
+        {
+            return Err(ClientError::Options(
+                "send() takes a string, ArrayBuffer, ArrayBufferView or Blob".into(),
+            ));
+        }
+        let mut i = self.core.inner.borrow_mut();
+        if let Some(socket) = i.socket.as_ref().filter(|s| s.ws.ready_state() == OPEN) {
+            send_on(&socket.ws, &data).map_err(|_| ClientError::ConnectionClosed)?;
+            return Ok(true);
+        }
+        if i.closed && !i.warned_closed_send {
+            i.warned_closed_send = true;
+            web_sys::console::warn_1(
+                &"agents-rs: send() after close() is queued until reconnect()".into(),
+            );
+        }
+        i.outbox.push(data).map_err(|_| ClientError::QueueFull)?;
+        Ok(false)
+    }
+
+    /// Closes for good (until [`reconnect`](Self::reconnect)): rejects
+    /// pending calls, closes the socket and dispatches `close` at once.
+    pub fn close(&self, code: u16, reason: &str) {
+        let (socket, rejected, handler) = {
+            let mut i = self.core.inner.borrow_mut();
+            i.closed = true;
+            i.reconnect.stop();
+            i.backoff = None;
+            i.uptime = None;
+            i.identified = false;
+            i.generation += 1;
+            let rejected = i.calls.take_all();
+            (i.socket.take(), rejected, i.handlers.close.clone())
+        };
+        reject_all(rejected, &ClientError::ConnectionClosed);
+        if let Some(socket) = socket {
+            let live = matches!(socket.ws.ready_state(), CONNECTING | OPEN);
+            socket.ws.set_onclose(None);
+            if live {
+                let _ = socket.ws.close_with_code_and_reason(code, reason);
+                drop(socket);
+                let event = close_event(code, reason, true);
+                call1(&handler, &event);
+                self.core.target.dispatch(&event);
+            }
+        }
+    }
+
+    /// Reconnects now: clears a terminal state or `close()`, resets the
+    /// retry count and replaces any live socket.
+    pub fn reconnect(&self, code: u16, reason: &str) {
+        let (socket, handler) = {
+            let mut i = self.core.inner.borrow_mut();
+            i.closed = false;
+            i.reconnect.restart();
+            i.reconnect.first_attempt();
+            i.backoff = None;
+            i.connection_error = JsValue::NULL;
+            (i.socket.take(), i.handlers.close.clone())
+        };
+        if let Some(socket) = socket {
+            let rejected = self
+                .core
+                .inner
+                .borrow_mut()
+                .calls
+                .take_sent_on(socket.generation);
+            reject_all(rejected, &ClientError::ConnectionClosed);
+            if matches!(socket.ws.ready_state(), CONNECTING | OPEN) {
+                socket.ws.set_onclose(None);
+                let _ = socket.ws.close_with_code_and_reason(code, reason);
+                drop(socket);
+                let event = close_event(code, reason, true);
+                call1(&handler, &event);
+                self.core.target.dispatch(&event);
+            }
+        }
+        self.connect();
+    }
+
+    /// Calls `method` with `args` (a JS array). `stream` callbacks receive
+    /// chunks; `timeout_ms` of 0 disables the timeout.
+    pub fn call(
+        &self,
+        method: &str,
+        args: &JsValue,
+        timeout_ms: f64,
+        stream: [Option<Function>; 3],
+    ) -> Promise {
+        let [on_chunk, on_done, on_error] = stream;
+        let mut parts = None;
+        let promise = Promise::new(&mut |res, rej| parts = Some((res, rej)));
+        let (resolve, reject) = parts.expect("Promise executor runs synchronously");
+        let (closed, id) = {
+            let mut i = self.core.inner.borrow_mut();
+            let closed = i.closed || !i.connection_error.is_null();
+            (closed, i.calls.next_id(random_u64()))
+        };
+        if closed {
+            let _ = reject.call1(&JsValue::NULL, &error_value("Connection closed"));
+            call1(&on_error, &"Connection closed".into());
+            return promise;
+        }
+        let frame = Object::new();
+        set(&frame, "type", &frame_type::RPC.into());
+        set(&frame, "id", &id.as_str().into());
+        set(&frame, "method", &method.into());
+        set(&frame, "args", args);
+        let text = match JSON::stringify(&frame) {
+            Ok(t) => t,
+            Err(err) => {
+                let _ = reject.call1(&JsValue::NULL, &err);
+                return promise;
+            }
+        };
+        let timer = (timeout_ms > 0.0).then(|| {
+            let w = self.weak();
+            let id = id.clone();
+            let method = method.to_owned();
+            Timeout::new(timeout_ms, move || {
+                let Some(c) = Client::from_weak(&w) else {
+                    return;
+                };
+                let Some(p) = c.core.inner.borrow_mut().calls.take(&id) else {
+                    return;
+                };
+                let error = ClientError::Timeout {
+                    method,
+                    ms: timeout_ms as u32,
+                }
+                .to_string();
+                let _ = p.handle.reject.call1(&JsValue::NULL, &error_value(&error));
+                call1(&p.handle.on_error, &error.into());
+            })
+        });
+        let streaming = on_chunk.is_some() || on_done.is_some() || on_error.is_some();
+        let handle = CallHandle {
+            resolve,
+            reject,
+            on_chunk,
+            on_done,
+            on_error,
+            _timeout: timer,
+        };
+        let pending = Pending {
+            method: method.to_owned(),
+            socket: None,
+            streaming,
+            handle,
+        };
+        self.core
+            .inner
+            .borrow_mut()
+            .calls
+            .insert(id.clone(), pending);
+        match self.send(JsValue::from(text)) {
+            Ok(true) => {
+                let mut i = self.core.inner.borrow_mut();
+                let generation = i.generation;
+                i.calls.mark_one_sent(&id, generation);
+            }
+            Ok(false) => {}
+            Err(err) => {
+                let p = self.core.inner.borrow_mut().calls.take(&id);
+                reject_all(p.into_iter().collect(), &err);
+            }
+        }
+        promise
+    }
+
+    /// Sends `cf_agent_state`, updates [`state`](Self::state) and calls
+    /// `onStateUpdate(state, "client")` (optimistically, as the reference).
+    pub fn set_state(&self, state: JsValue) -> Result<(), ClientError> {
+        let frame = Object::new();
+        set(&frame, "type", &frame_type::STATE.into());
+        set(&frame, "state", &state);
+        let text = JSON::stringify(&frame)
+            .map_err(|_| ClientError::Options("state must be JSON-serializable".into()))?;
+        self.send(text.into())?;
+        let callback = {
+            let mut i = self.core.inner.borrow_mut();
+            i.state = state.clone();
+            i.options.callbacks.on_state_update.clone()
+        };
+        if let Some(f) = callback {
+            let _ = f.call2(&JsValue::NULL, &state, &"client".into());
+        }
+        Ok(())
+    }
+
+    /// The event target listeners are added to.
+    pub(crate) fn target(&self) -> &Target {
+        &self.core.target
+    }
+
+    /// `readyState`: 0 connecting, 1 open, 2 closing, 3 closed (also between
+    /// attempts and after `close()`).
+    pub fn ready_state(&self) -> u16 {
+        let i = self.core.inner.borrow();
+        if i.closed {
+            return CLOSED;
+        }
+        match &i.socket {
+            Some(s) => s.ws.ready_state(),
+            None if i.generation == 0 && !i.closed => CONNECTING,
+            None => CLOSED,
+        }
+    }
+
+    /// The live socket's URL, or `""`.
+    pub fn url(&self) -> String {
+        self.core
+            .inner
+            .borrow()
+            .socket
+            .as_ref()
+            .map(|s| s.ws.url())
+            .unwrap_or_default()
+    }
+
+    /// The live socket's selected subprotocol, or `""`.
+    pub fn protocol(&self) -> String {
+        self.core
+            .inner
+            .borrow()
+            .socket
+            .as_ref()
+            .map(|s| s.ws.protocol())
+            .unwrap_or_default()
+    }
+
+    /// The `_pk` connection id.
+    pub fn id(&self) -> String {
+        self.core.inner.borrow().id.clone()
+    }
+
+    /// The agent (kebab-case; the server's identity once identified).
+    pub fn agent(&self) -> String {
+        self.core.inner.borrow().agent.clone()
+    }
+
+    /// The instance name (the server's identity once identified).
+    pub fn name(&self) -> String {
+        self.core.inner.borrow().name.clone()
+    }
+
+    /// The last state seen or set (`undefined` before any).
+    pub fn state(&self) -> JsValue {
+        self.core.inner.borrow().state.clone()
+    }
+
+    /// Whether the identity frame has been applied on this socket.
+    pub fn identified(&self) -> bool {
+        self.core.inner.borrow().identified
+    }
+
+    /// Resolves once identified (after the state when one follows).
+    pub fn ready(&self) -> Promise {
+        self.core.inner.borrow().ready.clone()
+    }
+
+    /// The terminal close or retry exhaustion, or `null`.
+    pub fn connection_error(&self) -> JsValue {
+        self.core.inner.borrow().connection_error.clone()
+    }
+
+    /// Retries since the last stable connection.
+    pub fn retry_count(&self) -> u32 {
+        self.core.inner.borrow().reconnect.retry_count()
+    }
+
+    /// Whether automatic reconnection is on.
+    pub fn should_reconnect(&self) -> bool {
+        self.core.inner.borrow().reconnect.active()
+    }
+
+    /// `"blob"` (default) or `"arraybuffer"`; kept across reconnects.
+    pub fn binary_type(&self) -> BinaryType {
+        self.core.inner.borrow().binary_type
+    }
+
+    /// Sets the binary type for this and every later socket.
+    pub fn set_binary_type(&self, binary_type: BinaryType) {
+        let mut i = self.core.inner.borrow_mut();
+        i.binary_type = binary_type;
+        if let Some(s) = &i.socket {
+            s.ws.set_binary_type(binary_type);
+        }
+    }
+
+    /// Queued bytes (UTF-16 units for strings) plus the socket's own buffer.
+    pub fn buffered_amount(&self) -> f64 {
+        let i = self.core.inner.borrow();
+        let queued: f64 = i.outbox.iter().map(size_of).sum();
+        queued
+            + i.socket
+                .as_ref()
+                .map_or(0.0, |s| f64::from(s.ws.buffered_amount()))
+    }
+
+    /// The `on*` property for `kind` (`open`, `message`, `close`, `error`).
+    pub fn handler(&self, kind: &str) -> Option<Function> {
+        let i = self.core.inner.borrow();
+        match kind {
+            "open" => i.handlers.open.clone(),
+            "message" => i.handlers.message.clone(),
+            "close" => i.handlers.close.clone(),
+            _ => i.handlers.error.clone(),
+        }
+    }
+
+    /// Sets the `on*` property for `kind`.
+    pub fn set_handler(&self, kind: &str, f: Option<Function>) {
+        let mut i = self.core.inner.borrow_mut();
+        match kind {
+            "open" => i.handlers.open = f,
+            "message" => i.handlers.message = f,
+            "close" => i.handlers.close = f,
+            _ => i.handlers.error = f,
+        }
+    }
+
+    /// The default timeout of non-streaming calls, in ms.
+    pub fn default_call_timeout(&self) -> f64 {
+        self.core.inner.borrow().options.default_call_timeout
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        let i = self.inner.get_mut();
+        i.env.clear();
+        i.backoff = None;
+        i.uptime = None;
+        i.socket = None;
+    }
+}
+
+fn send_on(ws: &WebSocket, data: &JsValue) -> Result<(), JsValue> {
+    if let Some(s) = data.as_string() {
+        ws.send_with_str(&s)
+    } else if let Some(b) = data.dyn_ref::<js_sys::ArrayBuffer>() {
+        ws.send_with_array_buffer(b)
+    } else if let Some(b) = data.dyn_ref::<web_sys::Blob>() {
+        ws.send_with_blob(b)
+    } else {
+        ws.send_with_array_buffer_view(data.unchecked_ref())
+    }
+}
+
+fn reject_all(calls: Vec<Pending<CallHandle>>, error: &ClientError) {
+    let message = error.to_string();
+    for p in calls {
+        let _ = p
+            .handle
+            .reject
+            .call1(&JsValue::NULL, &error_value(&message));
+        call1(&p.handle.on_error, &message.as_str().into());
+    }
+}
+
+/// An `Error` named `AgentConnectionError` carrying `code`, `reason`, `wasClean`.
+fn connection_error(code: u16, reason: &str, was_clean: bool) -> JsValue {
+    let err = js_sys::Error::new(&format!("Connection closed: {code} {reason}"));
+    err.set_name("AgentConnectionError");
+    set(&err, "code", &code.into());
+    set(&err, "reason", &reason.into());
+    set(&err, "wasClean", &was_clean.into());
+    err.into()
+}
+
+/// Query pairs from a JS object, skipping `null`/`undefined` values.
+pub fn query_pairs(obj: &JsValue) -> Vec<(String, String)> {
+    if !obj.is_object() {
+        return Vec::new();
+    }
+    let entries = Object::entries(obj.unchecked_ref());
+    entries
+        .iter()
+        .filter_map(|pair| {
+            let pair: Array = pair.unchecked_into();
+            let key = pair.get(0).as_string()?;
+            let value = pair.get(1);
+            if value.is_null() || value.is_undefined() {
+                return None;
+            }
+            let value = value.as_string().unwrap_or_else(|| {
+                String::from(js_sys::JsString::from(
+                    js_sys::JSON::stringify(&value).unwrap_or_default(),
+                ))
+            });
+            Some((key, value))
+        })
+        .collect()
+}
