@@ -33,3 +33,60 @@ npm_install() {
     (cd "$dir" && npm ci --no-audit --no-fund)
   fi
 }
+
+# Debian's Chromium and ChromeDriver, for browser tests.
+need_browser() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "chromium and chromium-driver are missing: apt-get install chromium chromium-driver (as root)" >&2
+      exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
+  fi
+  export CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver)}"
+}
+
+# The wasm32 target, wasm-bindgen-cli exactly matching the crate in
+# Cargo.lock, and wasm-opt from npm binaryen (Debian's is too old).
+TOOLS="${AGENTS_RS_TOOLS:-$HOME/.cache/agents-rs-tools}"
+BINARYEN_VERSION=132.0.0
+need_wasm_tools() {
+  rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  local want
+  want=$(cd "$ROOT" && cargo pkgid -p wasm-bindgen | sed 's/.*@//')
+  ver() { "$1" --version 2>/dev/null | awk '{print $2}'; }
+  if [ "$(ver wasm-bindgen)" != "$want" ] || [ "$(ver wasm-bindgen-test-runner)" != "$want" ]; then
+    # --locked can fail when the registry lacks a locked dependency; fall back.
+    cargo install wasm-bindgen-cli --version "$want" --locked ||
+      cargo install wasm-bindgen-cli --version "$want"
+  fi
+  WASM_OPT="$TOOLS/node_modules/.bin/wasm-opt"
+  if ! "$WASM_OPT" --version 2>/dev/null | grep -q "version ${BINARYEN_VERSION%%.*}"; then
+    mkdir -p "$TOOLS"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --no-save "binaryen@$BINARYEN_VERSION"
+  fi
+  export WASM_OPT
+}
+
+# Background processes started by the scripts, killed on exit.
+BG_PIDS=()
+cleanup_bg() { for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup_bg EXIT
+
+# Starts tests/browser/supervisor.mjs; sets AGENTS_SERVER_HOST and AGENTS_CONTROL.
+start_supervisor() {
+  local log="$1"
+  node "$ROOT/tests/browser/supervisor.mjs" "$ROOT/target/debug/agents-server" >"$log" 2>&1 &
+  SUPERVISOR_PID=$!
+  BG_PIDS+=("$SUPERVISOR_PID")
+  for _ in $(seq 100); do grep -q '^control ' "$log" && break; sleep 0.1; done
+  AGENTS_SERVER_HOST=$(sed -n 's/^agents //p' "$log")
+  AGENTS_CONTROL=$(sed -n 's/^control //p' "$log")
+  if [ -z "$AGENTS_CONTROL" ]; then
+    cat "$log" >&2
+    echo "the test supervisor did not start" >&2
+    exit 1
+  fi
+  export AGENTS_SERVER_HOST AGENTS_CONTROL
+}

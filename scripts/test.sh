@@ -4,10 +4,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 need_rust
 need_node
+need_browser
+need_wasm_tools
 
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p agents-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 
 step "build"
 cargo build --workspace --all-targets --locked
@@ -16,6 +19,19 @@ LOG="$ROOT/target/test-logs"
 mkdir -p "$LOG"
 step "rust tests (protocol golden frames, server integration)"
 cargo test --workspace --locked 2>&1 | tee "$LOG/cargo.log"
+
+step "browser tests: the wasm AgentClient in headless Chromium against agents-server"
+start_supervisor "$LOG/supervisor.out"
+export WASM_BINDGEN_TEST_TIMEOUT=180
+cargo test -p agents-client --target wasm32-unknown-unknown --test browser --locked 2>&1 | tee "$LOG/browser.log"
+kill "$SUPERVISOR_PID"; wait "$SUPERVISOR_PID" 2>/dev/null || true
+
+step "negative check: the browser tests must fail without a server"
+if cargo test -p agents-client --target wasm32-unknown-unknown --test browser --locked >"$LOG/negative.out" 2>&1; then
+  echo "ERROR: the browser tests passed without a server" >&2
+  exit 1
+fi
+echo "ok: $(grep -c '^test .* FAIL' "$LOG/negative.out") browser tests failed without the server, as they must"
 
 step "compatibility: the real agents npm AgentClient against agents-server"
 npm_install tests/compat

@@ -1144,9 +1144,7 @@ pub fn query_pairs(obj: &JsValue) -> Vec<(String, String)> {
                 return None;
             }
             let value = value.as_string().unwrap_or_else(|| {
-                String::from(js_sys::JsString::from(
-                    js_sys::JSON::stringify(&value).unwrap_or_default(),
-                ))
+                String::from(js_sys::JSON::stringify(&value).unwrap_or_default())
             });
             Some((key, value))
         })

@@ -4,7 +4,7 @@
 //! - Pure logic, tested natively with `cargo test`: [`url`] (socket URL as
 //!   the reference builds it), [`reconnect`] (backoff, retry and terminal
 //!   rules), [`outbox`] (the bounded send queue), [`calls`] (pending RPCs).
-//! - [`error`]: [`ClientError`].
+//! - [`error`]: the [`ClientError`] type.
 //! - Browser glue (wasm32 only): `client` (the Rust API, [`client::Client`]:
 //!   the socket, protocol and events; usable from Leptos or Yew), `js` (the
 //!   exported `AgentClient` class, translating only), `sys` (timers and

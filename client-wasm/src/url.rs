@@ -117,7 +117,7 @@ fn is_local(host: &str) -> bool {
     if let Some(rest) = host.strip_prefix("172.") {
         let second = rest.split('.').next().unwrap_or("");
         // A string comparison, like the original's.
-        return second >= "16" && second <= "31";
+        return ("16"..="31").contains(&second);
     }
     false
 }

@@ -170,10 +170,48 @@ impl Agent for ChatAgent {
     }
 }
 
-/// A server with the three example agents registered.
+/// The token [`PrivateAgent`] expects in `?token=`.
+pub const PRIVATE_TOKEN: &str = "let-me-in";
+
+/// `private-agent`: an echo agent that shows auth from the query string.
+/// Browsers cannot read an HTTP 401 from a WebSocket handshake (they see
+/// 1006 and retry), so a wrong or missing `?token=` is accepted and then
+/// closed with 4001 `Unauthorized` — a terminal code: clients stop
+/// reconnecting.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrivateAgent;
+
+impl Agent for PrivateAgent {
+    type State = serde_json::Value;
+
+    async fn on_connect(
+        &mut self,
+        _cx: &mut AgentContext<Self>,
+        conn: &Connection,
+        ctx: &crate::ConnectContext,
+    ) -> Result<(), BoxError> {
+        if ctx.request().query("token") != Some(PRIVATE_TOKEN) {
+            conn.close(4001, "Unauthorized");
+        }
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        _cx: &mut AgentContext<Self>,
+        conn: &Connection,
+        message: Message,
+    ) -> Result<(), BoxError> {
+        conn.send(message)?;
+        Ok(())
+    }
+}
+
+/// A server with the example agents registered.
 pub fn server() -> crate::AgentServer {
     crate::AgentServer::new()
         .agent("EchoAgent", |_| EchoAgent)
         .agent("CounterAgent", |_| CounterAgent)
         .agent("ChatAgent", |_| ChatAgent)
+        .agent("PrivateAgent", |_| PrivateAgent)
 }

@@ -85,3 +85,18 @@ async fn chat_agent_broadcasts_text() {
     assert_eq!(a.text().await, "hi all");
     assert_eq!(b.text().await, "hi all");
 }
+
+/// The private example agent closes unauthorized sockets with terminal 4001.
+#[tokio::test]
+async fn private_agent_needs_its_token() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    let mut c = server.connect("/agents/private-agent/p").await;
+    c.handshake().await;
+    assert_eq!(c.closed().await, (4001, "Unauthorized".into()));
+    let mut ok = server
+        .connect("/agents/private-agent/p?token=let-me-in")
+        .await;
+    ok.handshake().await;
+    ok.send("hi").await;
+    assert_eq!(ok.text().await, "hi");
+}
