@@ -64,7 +64,7 @@ need_wasm_tools() {
   WASM_OPT="$TOOLS/node_modules/.bin/wasm-opt"
   if ! "$WASM_OPT" --version 2>/dev/null | grep -q "version ${BINARYEN_VERSION%%.*}"; then
     mkdir -p "$TOOLS"
-    npm install --prefix "$TOOLS" --no-audit --no-fund --no-save "binaryen@$BINARYEN_VERSION"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --no-save "binaryen@$BINARYEN_VERSION" "esbuild@$ESBUILD_VERSION"
   fi
   export WASM_OPT
 }
@@ -89,4 +89,15 @@ start_supervisor() {
     exit 1
   fi
   export AGENTS_SERVER_HOST AGENTS_CONTROL
+}
+
+# esbuild (to minify the wasm-bindgen glue), from npm.
+ESBUILD_VERSION=0.25.12
+need_esbuild() {
+  ESBUILD="$TOOLS/node_modules/.bin/esbuild"
+  if [ "$("$ESBUILD" --version 2>/dev/null)" != "$ESBUILD_VERSION" ]; then
+    mkdir -p "$TOOLS"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --no-save "esbuild@$ESBUILD_VERSION" "binaryen@$BINARYEN_VERSION"
+  fi
+  export ESBUILD
 }

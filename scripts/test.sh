@@ -33,6 +33,11 @@ if cargo test -p agents-client --target wasm32-unknown-unknown --test browser --
 fi
 echo "ok: $(grep -c '^test .* FAIL' "$LOG/negative.out") browser tests failed without the server, as they must"
 
+step "end-to-end in headless Chromium (playwright-core): examples"
+"$ROOT/scripts/build-client.sh" >"$LOG/build-client.out" 2>&1 || { cat "$LOG/build-client.out"; exit 1; }
+npm_install tests/browser
+AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/browser test 2>&1 | tee "$LOG/e2e.log"
+
 step "compatibility: the real agents npm AgentClient against agents-server"
 npm_install tests/compat
 AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/compat test 2>&1 | tee "$LOG/compat.log"

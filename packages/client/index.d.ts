@@ -1,0 +1,7 @@
+export {
+  AgentClient,
+  AgentClientOptions,
+  AgentConnectionError,
+  CallOptions,
+  StreamCallbacks,
+} from "./pkg/agents_client.js";
