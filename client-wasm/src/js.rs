@@ -202,9 +202,9 @@ impl AgentClient {
         #[wasm_bindgen(unchecked_param_type = "EventListenerOrEventListenerObject | null")]
         listener: &JsValue,
         #[wasm_bindgen(unchecked_param_type = "boolean | AddEventListenerOptions")]
-        options: &JsValue,
+        options: Option<JsValue>,
     ) {
-        self.client.target().add_listener(ty, listener, options);
+        self.client.target().add_listener(ty, listener, &options.unwrap_or(JsValue::UNDEFINED));
     }
 
     /// `removeEventListener(type, listener, options)`.
@@ -214,9 +214,9 @@ impl AgentClient {
         ty: &str,
         #[wasm_bindgen(unchecked_param_type = "EventListenerOrEventListenerObject | null")]
         listener: &JsValue,
-        #[wasm_bindgen(unchecked_param_type = "boolean | EventListenerOptions")] options: &JsValue,
+        #[wasm_bindgen(unchecked_param_type = "boolean | EventListenerOptions")] options: Option<JsValue>,
     ) {
-        self.client.target().remove_listener(ty, listener, options);
+        self.client.target().remove_listener(ty, listener, &options.unwrap_or(JsValue::UNDEFINED));
     }
 
     /// Dispatches `event` to the listeners.
@@ -257,8 +257,9 @@ impl AgentClient {
         &self,
         method: &str,
         #[wasm_bindgen(unchecked_param_type = "unknown[]")] args: Option<Array>,
-        #[wasm_bindgen(unchecked_param_type = "CallOptions")] options: &JsValue,
+        #[wasm_bindgen(unchecked_param_type = "CallOptions")] options: Option<JsValue>,
     ) -> Result<Promise, JsValue> {
+        let options = &options.unwrap_or(JsValue::UNDEFINED);
         let args = args.unwrap_or_default();
         let stream_obj = get(options, "stream");
         let legacy = ["onChunk", "onDone", "onError"]

@@ -102,7 +102,7 @@ impl Recorder {
             let f = Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
                 events.borrow_mut().push((ty.to_owned(), e.into()));
             });
-            client.add_event_listener(ty, f.as_ref(), &JsValue::UNDEFINED);
+            client.add_event_listener(ty, f.as_ref(), None);
             listeners.push(f);
         }
         Recorder {
@@ -191,7 +191,7 @@ async fn call(
 ) -> Result<JsValue, String> {
     let args: Array = JSON::parse(args).unwrap().unchecked_into();
     let promise = client
-        .call(method, Some(args), opts)
+        .call(method, Some(args), Some(opts.clone()))
         .map_err(|e| format!("{e:?}"))?;
     JsFuture::from(promise).await.map_err(|e| {
         Reflect::get(&e, &"message".into())

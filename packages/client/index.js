@@ -3,13 +3,15 @@
 // with `agents/client`.
 import init, { initSync, AgentClient } from "./pkg/agents_client.js";
 
-const wasm = new URL("./pkg/agents_client_bg.wasm", import.meta.url);
-if (wasm.protocol === "file:" && typeof process !== "undefined" && process.versions?.node) {
+const here = import.meta.url;
+const node = globalThis.process?.getBuiltinModule;
+if (node && here.startsWith("file:")) {
   // Node (tests, SSR): fetch() cannot read file: URLs.
-  const { readFileSync } = await import("node:fs");
-  initSync({ module: readFileSync(wasm) });
+  const { readFileSync } = node("node:fs");
+  initSync({ module: readFileSync(new URL("./pkg/agents_client_bg.wasm", here)) });
 } else {
-  await init({ module_or_path: wasm });
+  // Bundlers (Vite) see this pattern and ship the .wasm as an asset.
+  await init({ module_or_path: new URL("./pkg/agents_client_bg.wasm", import.meta.url) });
 }
 
 export { AgentClient };

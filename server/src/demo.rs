@@ -117,7 +117,8 @@ pub struct ChatState {
 
 /// `chat-agent`: a chat room that broadcasts each text message to every
 /// connection, the sender included, and keeps the recent history in its
-/// (synced, durable) state so a newcomer sees past messages.
+/// (synced, durable) state so a newcomer sees past messages. Callable
+/// `who()` lists the connection ids in the room.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ChatAgent;
 
@@ -167,6 +168,22 @@ impl Agent for ChatAgent {
         state.messages.drain(..excess);
         cx.set_state(state)?;
         Ok(())
+    }
+
+    /// Callable `who()`: the connection ids in the room (presence).
+    async fn on_call(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        call: &mut Call,
+    ) -> Result<Reply, RpcError> {
+        match call.method() {
+            "who" => {
+                let mut ids: Vec<&str> = cx.connections().map(Connection::id).collect();
+                ids.sort_unstable();
+                Reply::json(&ids)
+            }
+            _ => Err(RpcError::NoSuchMethod),
+        }
     }
 }
 

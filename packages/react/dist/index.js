@@ -1,0 +1,3 @@
+export { useAgent } from "./use-agent.js";
+export { connectionKey, isProtocolMessage, PROTOCOL_TYPES, } from "./types.js";
+//# sourceMappingURL=index.js.map
