@@ -33,8 +33,17 @@ if cargo test -p agents-client --target wasm32-unknown-unknown --test browser --
 fi
 echo "ok: $(grep -c '^test .* FAIL' "$LOG/negative.out") browser tests failed without the server, as they must"
 
-step "end-to-end in headless Chromium (playwright-core): examples"
+step "build @agents-rs/client, @agents-rs/react and the example app"
 "$ROOT/scripts/build-client.sh" >"$LOG/build-client.out" 2>&1 || { cat "$LOG/build-client.out"; exit 1; }
+npm_install .
+npm run --workspace @agents-rs/react build
+npm run --workspace agents-rs-react-app build
+
+step "useAgent hook tests (vitest + jsdom, real wasm client, real server)"
+AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" NO_COLOR=1 \
+  npm run --workspace @agents-rs/react test 2>&1 | tee "$LOG/react.log"
+
+step "end-to-end in headless Chromium (playwright-core): examples/plain-js and examples/react-app"
 npm_install tests/browser
 AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/browser test 2>&1 | tee "$LOG/e2e.log"
 
@@ -42,6 +51,6 @@ step "compatibility: the real agents npm AgentClient against agents-server"
 npm_install tests/compat
 AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/compat test 2>&1 | tee "$LOG/compat.log"
 
-passed=$(cat "$LOG"/*.log | sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p; s/^ℹ pass \([0-9]*\)$/\1/p' | awk '{s+=$1} END {print s+0}')
+passed=$(cat "$LOG"/*.log | sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p; s/^ℹ pass \([0-9]*\)$/\1/p; s/^ *Tests *\([0-9]*\) passed.*/\1/p' | awk '{s+=$1} END {print s+0}')
 step "done"
 echo "all suites: $passed passed, 0 failed"

@@ -201,10 +201,13 @@ impl AgentClient {
         #[wasm_bindgen(unchecked_param_type = "\"open\" | \"message\" | \"close\" | \"error\"")] ty: &str,
         #[wasm_bindgen(unchecked_param_type = "EventListenerOrEventListenerObject | null")]
         listener: &JsValue,
-        #[wasm_bindgen(unchecked_param_type = "boolean | AddEventListenerOptions")]
-        options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_param_type = "boolean | AddEventListenerOptions")] options: Option<
+            JsValue,
+        >,
     ) {
-        self.client.target().add_listener(ty, listener, &options.unwrap_or(JsValue::UNDEFINED));
+        self.client
+            .target()
+            .add_listener(ty, listener, &options.unwrap_or(JsValue::UNDEFINED));
     }
 
     /// `removeEventListener(type, listener, options)`.
@@ -214,9 +217,13 @@ impl AgentClient {
         ty: &str,
         #[wasm_bindgen(unchecked_param_type = "EventListenerOrEventListenerObject | null")]
         listener: &JsValue,
-        #[wasm_bindgen(unchecked_param_type = "boolean | EventListenerOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_param_type = "boolean | EventListenerOptions")] options: Option<
+            JsValue,
+        >,
     ) {
-        self.client.target().remove_listener(ty, listener, &options.unwrap_or(JsValue::UNDEFINED));
+        self.client
+            .target()
+            .remove_listener(ty, listener, &options.unwrap_or(JsValue::UNDEFINED));
     }
 
     /// Dispatches `event` to the listeners.

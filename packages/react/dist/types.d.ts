@@ -20,15 +20,12 @@ export interface UseAgentOptions<State = unknown> extends Omit<AgentClientOption
     /** The server's identity arrived. */
     onIdentity?: (name: string, agent: string) => void;
 }
-/** What {@link useAgent} returns: the client, with `state` and `readyState` kept as React state. */
-export type UseAgentResult<State = unknown> = AgentClient & {
-    /** The agent's state; components re-render when it changes. `undefined` before the first state. */
-    readonly state: State | undefined;
-    /** 0 connecting, 1 open, 2 closing, 3 closed; components re-render when it changes. */
-    readonly readyState: ReadyState;
-    /** Sends `cf_agent_state` and updates `state` at once. */
-    setState(state: State): void;
-};
+/**
+ * What {@link useAgent} returns: the client itself. Its `state` and
+ * `readyState` are always current, and the hook re-renders the component
+ * whenever they change.
+ */
+export type UseAgentResult<State = unknown> = AgentClient<State>;
 /** The `type`s `agents/react` treats as protocol frames and keeps out of `onMessage`. */
 export declare const PROTOCOL_TYPES: ReadonlySet<string>;
 /** Whether a message event's data is a protocol frame. */
