@@ -85,6 +85,29 @@ pub struct ClientOptions {
     pub callbacks: Callbacks,
 }
 
+impl ClientOptions {
+    /// Options for `agent`/`name` on `host`, everything else at the
+    /// reference's defaults.
+    pub fn new(agent: &str, name: &str, host: &str) -> Self {
+        ClientOptions {
+            address: Address {
+                agent: agent.to_owned(),
+                name: name.to_owned(),
+                host: host.to_owned(),
+                ..Address::default()
+            },
+            query: Query::Static(Vec::new()),
+            id: None,
+            protocols: JsValue::UNDEFINED,
+            reconnect: ReconnectOptions::default(),
+            max_enqueued_messages: usize::MAX,
+            start_closed: false,
+            default_call_timeout: DEFAULT_CALL_TIMEOUT,
+            callbacks: Callbacks::default(),
+        }
+    }
+}
+
 struct CallHandle {
     resolve: Function,
     reject: Function,

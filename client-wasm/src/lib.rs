@@ -7,8 +7,20 @@
 //! - [`error`]: the [`ClientError`] type.
 //! - Browser glue (wasm32 only): `client` (the Rust API, [`client::Client`]:
 //!   the socket, protocol and events; usable from Leptos or Yew), `js` (the
-//!   exported `AgentClient` class, translating only), `sys` (timers and
+//!   exported `AgentClient` class, translating only), `stream` (for Rust
+//!   apps: `async` calls and a `Stream` of messages), `sys` (timers and
 //!   listeners that clean up on drop).
+//!
+//! # From Rust
+//! ```ignore
+//! use agents_client::client::{Client, ClientOptions};
+//! use futures_util::StreamExt;
+//!
+//! let client = Client::new(ClientOptions::new("counter-agent", "room-1", "127.0.0.1:8787"))?;
+//! let mut messages = client.messages();
+//! let count = client.call_async("increment", &[1.into()]).await?;
+//! while let Some(message) = messages.next().await { /* … */ }
+//! ```
 
 pub mod calls;
 pub mod error;
@@ -20,6 +32,8 @@ pub mod url;
 pub mod client;
 #[cfg(target_arch = "wasm32")]
 mod js;
+#[cfg(target_arch = "wasm32")]
+pub mod stream;
 #[cfg(target_arch = "wasm32")]
 mod sys;
 

@@ -586,3 +586,87 @@ async fn create_close_cycles_do_not_leak() {
         "wasm memory grew by {grown} bytes over 900 cycles"
     );
 }
+
+/// Resolves `fut`, or panics after `WAIT_MS`.
+async fn timed<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    use futures_util::future::{select, Either};
+    let timeout = JsFuture::from(sleep(WAIT_MS as u32));
+    match select(Box::pin(fut), timeout).await {
+        Either::Left((v, _)) => v,
+        Either::Right(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// The Rust API (for Leptos/Yew apps): a `Stream` of messages and `async` calls.
+#[wasm_bindgen_test]
+async fn rust_api_streams_messages_and_awaits_calls() {
+    use agents_client::client::{Client, ClientOptions};
+    use agents_client::stream::Message;
+    use futures_util::StreamExt;
+    server_up().await;
+    let client = Client::new(ClientOptions::new("CounterAgent", &unique("rust"), host())).unwrap();
+    let mut messages = client.messages();
+    client.send_text("broadcast:from rust").unwrap();
+    timed("the broadcast", async {
+        while let Some(m) = messages.next().await {
+            if m == Message::Text("from rust".into()) {
+                break;
+            }
+        }
+    })
+    .await;
+    let count = timed("increment", client.call_async("increment", &[4.into()]))
+        .await
+        .unwrap();
+    assert_eq!(count, 4);
+    let err = timed("nope", client.call_async("nope", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        agents_client::ClientError::Rpc("Method nope does not exist".into())
+    );
+    client.close(1000, "");
+    let err = client
+        .call_async("increment", &[1.into()])
+        .await
+        .unwrap_err();
+    assert_eq!(err, agents_client::ClientError::ConnectionClosed);
+}
+
+/// Offline, failed attempts do not use up retries; `online` reconnects at once.
+#[wasm_bindgen_test]
+async fn offline_keeps_retries_and_online_reconnects_at_once() {
+    server_up().await;
+    let client = AgentClient::new(
+        options(&format!(
+            r#"{{"agent":"EchoAgent","name":"{}","maxRetries":0,"minReconnectionDelay":60000,"maxReconnectionDelay":60000}}"#,
+            unique("offline")
+        ))
+        .into(),
+    )
+    .unwrap();
+    let rec = Recorder::new(&client);
+    ready(&client).await;
+    let window = web_sys::window().unwrap();
+    window
+        .dispatch_event(&web_sys::Event::new("offline").unwrap())
+        .unwrap();
+    ctl("kill").await;
+    rec.until("close", |r| r.count("close") >= 1).await;
+    pause(100).await;
+    // With maxRetries 0 this would have been terminal, were we online.
+    assert!(client.connection_error().is_null());
+    assert!(client.should_reconnect());
+    ctl("start").await;
+    let before = now();
+    window
+        .dispatch_event(&web_sys::Event::new("online").unwrap())
+        .unwrap();
+    rec.until("reopen", |r| r.count("open") == 2).await;
+    assert!(
+        now() - before < 5000.0,
+        "online must reconnect at once, not after the 60 s backoff"
+    );
+    client.close(None, None);
+}
