@@ -8,6 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 need_rust
 need_node
+need_wasm_tools
 ROUNDS="${ROUNDS:-3}"
 OUT="$ROOT/target/bench"
 mkdir -p "$OUT"
@@ -44,6 +45,28 @@ done
 
 step "client size"
 "$ROOT/scripts/size.sh" | tee -a "$OUT/results.log" | grep -v '^{' || true
+
+step "client throughput in headless Chromium: AgentClient vs native WebSocket"
+need_browser
+npm_install tests/browser
+AGENTS_SERVER_BIN="$ROOT/target/release/agents-server" node tests/browser/bench-client.mjs 5 2>&1 |
+  tee -a "$OUT/results.log" | grep -v '^JSON'
+
+step "profile: where agents-server spends its time (perf, when available)"
+if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
+  (pin 0 ./target/release/agents-server --port 0 --in-memory --log warn) >"$OUT/perf.server.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do grep -q listening "$OUT/perf.server.log" && break; sleep 0.1; done
+  port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/perf.server.log")
+  perf record -q -g -p "$pid" -o "$OUT/perf.data" -- sleep 8 >/dev/null 2>&1 &
+  perfpid=$!
+  (pin 1 ./target/release/agents-bench --url "ws://127.0.0.1:$port" --scenario echo,broadcast --messages 1000 --broadcasts 100) >/dev/null
+  wait "$perfpid" || true
+  perf report -q -i "$OUT/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25 | tee "$OUT/profile.txt"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+else
+  echo "perf not available; skipped"
+fi
 
 step "summary"
 node tests/bench/report.mjs <"$OUT/results.log" | tee "$OUT/summary.md" | grep -v '^MEDIAN'

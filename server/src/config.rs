@@ -42,7 +42,7 @@ pub const MAX_TAG_LEN: usize = 256;
 
 /// Read buffer per socket. Small buffers keep idle connections cheap and
 /// avoid zero-filling large buffers on every read (see performance notes).
-pub const READ_BUFFER_SIZE: usize = 8 * 1024;
+pub const READ_BUFFER_SIZE: usize = 4 * 1024;
 
 /// The server's tunables. Built through [`AgentServer`](crate::AgentServer).
 #[derive(Debug, Clone)]

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::rpc::{Call, Reply, RpcError};
 use crate::{Agent, AgentContext, BoxError, Connection, Message};
 
-/// Longest `count_to` stream [`CounterAgent`] accepts.
-pub const MAX_COUNT_TO: u32 = 10_000;
+/// Longest `count_to` stream [`CounterAgent`] accepts. The chunks are
+/// queued for the caller in one go, so this stays well under the per-connection
+/// outbound queue ([`DEFAULT_OUTBOUND_QUEUE`](crate::DEFAULT_OUTBOUND_QUEUE)).
+pub const MAX_COUNT_TO: u32 = 1000;
 
 /// Messages [`ChatAgent`] keeps in its state for newcomers.
 pub const CHAT_HISTORY: usize = 100;

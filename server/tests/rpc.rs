@@ -129,7 +129,7 @@ async fn streaming_sends_chunks_in_order_then_done() {
         json!({"type":"rpc","id":"s","success":true,"done":true,"result":4})
     );
     c.send(&call("t", "count_to", json!([1_000_000]))).await;
-    assert_eq!(c.json().await["error"], "n must be at most 10000");
+    assert_eq!(c.json().await["error"], "n must be at most 1000");
 }
 
 #[tokio::test]
