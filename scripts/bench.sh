@@ -62,7 +62,9 @@ if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; t
   perfpid=$!
   (pin 1 ./target/release/agents-bench --url "ws://127.0.0.1:$port" --scenario echo,broadcast --messages 1000 --broadcasts 100) >/dev/null
   wait "$perfpid" || true
-  perf report -q -i "$OUT/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25 | tee "$OUT/profile.txt"
+  perf report -q -i "$OUT/perf.data" --no-children -g none --percent-limit 1.5 --sort dso,sym --stdio \
+    >"$OUT/profile.txt" 2>/dev/null || true
+  sed -n '1,30p' "$OUT/profile.txt"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 else
   echo "perf not available; skipped"

@@ -57,6 +57,16 @@ struct Inner {
     close_sent: CancellationToken,
     /// Cancelled to drop the socket at once.
     kill: CancellationToken,
+    /// Mirrors `kill` for the per-send check (the token's own check takes a lock).
+    killed: AtomicBool,
+}
+
+impl Inner {
+    /// Drops the socket at once.
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.kill.cancel();
+    }
 }
 
 /// What the writer task writes.
@@ -99,6 +109,7 @@ impl Connection {
             close_queued: AtomicBool::new(false),
             close_sent: CancellationToken::new(),
             kill: CancellationToken::new(),
+            killed: AtomicBool::new(false),
         };
         (
             Connection {
@@ -174,7 +185,7 @@ impl Connection {
 
     pub(crate) fn send_message(&self, message: Message) -> Result<(), SendError> {
         let inner = &self.inner;
-        if inner.close_queued.load(Ordering::Relaxed) || inner.kill.is_cancelled() {
+        if inner.close_queued.load(Ordering::Relaxed) || inner.killed.load(Ordering::Relaxed) {
             return Err(SendError::Closed);
         }
         let len = message.len();
@@ -197,7 +208,7 @@ impl Connection {
 
     fn drop_slow_client(&self) {
         tracing::warn!(id = %self.inner.id, "client is not reading; dropping the connection");
-        self.inner.kill.cancel();
+        self.inner.kill();
     }
 
     /// Starts the closing handshake with `code` and `reason` (truncated to
@@ -214,13 +225,13 @@ impl Connection {
             .try_send(Outbound::Close(code, reason.into()))
             .is_err()
         {
-            self.inner.kill.cancel();
+            self.inner.kill();
         }
     }
 
     /// Whether the socket is still open for sending.
     pub fn is_open(&self) -> bool {
-        !self.inner.close_queued.load(Ordering::Relaxed) && !self.inner.kill.is_cancelled()
+        !self.inner.close_queued.load(Ordering::Relaxed) && !self.inner.killed.load(Ordering::Relaxed)
     }
 
     pub(crate) fn key(&self) -> u64 {
@@ -276,7 +287,7 @@ pub(crate) async fn drive(
         // Let the writer put our close frame (e.g. 1009) on the wire.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, inner.close_sent.cancelled()).await;
     }
-    inner.kill.cancel();
+    inner.kill();
     let _ = writer.await;
     handle.map(|h| (h, info))
 }
@@ -293,10 +304,13 @@ async fn read_loop(
         tokio::time::sleep(CLOSE_TIMEOUT).await;
     };
     tokio::pin!(close_deadline);
+    // Created once: a fresh `cancelled()` per frame costs a lock each time.
+    let killed = inner.kill.cancelled();
+    tokio::pin!(killed);
     loop {
         let next = tokio::select! {
             biased;
-            _ = inner.kill.cancelled() => break,
+            _ = &mut killed => break,
             _ = &mut close_deadline => break,
             next = stream.next() => next,
         };
@@ -382,10 +396,12 @@ async fn write_loop(
     conn: Connection,
 ) {
     let inner = &conn.inner;
+    let killed = inner.kill.cancelled();
+    tokio::pin!(killed);
     loop {
         let first = tokio::select! {
             biased;
-            _ = inner.kill.cancelled() => return,
+            _ = &mut killed => return,
             next = rx.recv() => match next {
                 Some(out) => out,
                 None => return,
@@ -393,7 +409,7 @@ async fn write_loop(
         };
         let done = tokio::select! {
             biased;
-            _ = inner.kill.cancelled() => return,
+            _ = &mut killed => return,
             done = write_batch(&mut sink, &mut rx, first, inner) => done,
         };
         match done {
@@ -404,7 +420,7 @@ async fn write_loop(
             }
             Err(err) => {
                 tracing::debug!(cause = %err, id = %inner.id, "write failed");
-                inner.kill.cancel();
+                inner.kill();
                 return;
             }
         }
