@@ -231,7 +231,8 @@ impl Connection {
 
     /// Whether the socket is still open for sending.
     pub fn is_open(&self) -> bool {
-        !self.inner.close_queued.load(Ordering::Relaxed) && !self.inner.killed.load(Ordering::Relaxed)
+        !self.inner.close_queued.load(Ordering::Relaxed)
+            && !self.inner.killed.load(Ordering::Relaxed)
     }
 
     pub(crate) fn key(&self) -> u64 {
@@ -308,12 +309,17 @@ async fn read_loop(
     let killed = inner.kill.cancelled();
     tokio::pin!(killed);
     loop {
+        // The socket is polled first: while frames keep coming, the kill and
+        // deadline futures (each poll takes a lock) are not polled at all.
         let next = tokio::select! {
             biased;
+            next = stream.next() => next,
             _ = &mut killed => break,
             _ = &mut close_deadline => break,
-            next = stream.next() => next,
         };
+        if inner.killed.load(Ordering::Relaxed) {
+            break;
+        }
         let message = match next {
             None => break,
             Some(Err(err)) => {
@@ -401,12 +407,15 @@ async fn write_loop(
     loop {
         let first = tokio::select! {
             biased;
-            _ = &mut killed => return,
             next = rx.recv() => match next {
                 Some(out) => out,
                 None => return,
             },
+            _ = &mut killed => return,
         };
+        if inner.killed.load(Ordering::Relaxed) {
+            return;
+        }
         let done = tokio::select! {
             biased;
             _ = &mut killed => return,

@@ -17,6 +17,12 @@ pub const CHAT_HISTORY: usize = 100;
 /// Longest chat message [`ChatAgent`] stores, in bytes; longer ones are cut.
 pub const MAX_CHAT_MESSAGE: usize = 4096;
 
+/// Sends `message` back to `conn`.
+fn echo(conn: &Connection, message: Message) -> Result<(), BoxError> {
+    conn.send(message)?;
+    Ok(())
+}
+
 /// `echo-agent`: echoes every text and binary message to its sender.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EchoAgent;
@@ -30,8 +36,7 @@ impl Agent for EchoAgent {
         conn: &Connection,
         message: Message,
     ) -> Result<(), BoxError> {
-        conn.send(message)?;
-        Ok(())
+        echo(conn, message)
     }
 }
 
@@ -221,8 +226,7 @@ impl Agent for PrivateAgent {
         conn: &Connection,
         message: Message,
     ) -> Result<(), BoxError> {
-        conn.send(message)?;
-        Ok(())
+        echo(conn, message)
     }
 }
 
