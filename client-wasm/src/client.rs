@@ -556,9 +556,11 @@ impl Client {
         if self.core.inner.borrow().generation != generation {
             return;
         }
-        if let Some(text) = data.as_string() {
-            if text.starts_with('{') {
-                if let Ok(frame) = JSON::parse(&text) {
+        // Only JSON objects can be protocol frames. The text stays a JS
+        // string: checked and parsed on the JS side, never copied into wasm.
+        if let Some(text) = data.dyn_ref::<js_sys::JsString>() {
+            if text.length() > 1 && text.char_code_at(0) == f64::from(b'{') {
+                if let Ok(frame) = crate::sys::json_parse(&data) {
                     self.handle_frame(&frame);
                 }
             }

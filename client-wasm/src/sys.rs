@@ -23,6 +23,10 @@ extern "C" {
     /// `target.removeEventListener(type, listener, options)`.
     #[wasm_bindgen(method, js_class = "EventTarget", js_name = removeEventListener)]
     pub(crate) fn remove_listener(this: &Target, ty: &str, f: &JsValue, options: &JsValue);
+    /// `JSON.parse(text)` on a JS string, without copying it into wasm memory.
+    #[wasm_bindgen(catch, js_namespace = JSON, js_name = parse)]
+    pub(crate) fn json_parse(text: &JsValue) -> Result<JsValue, JsValue>;
+
     /// `target.dispatchEvent(event)`.
     #[wasm_bindgen(method, js_class = "EventTarget", js_name = dispatchEvent)]
     pub(crate) fn dispatch(this: &Target, event: &web_sys::Event) -> bool;
