@@ -167,7 +167,7 @@ impl Connection {
 
     /// Replaces the per-connection state (any serializable value; lives as
     /// long as the connection).
-    pub fn set_state<T: Serialize>(&self, state: &T) -> Result<(), serde_json::Error> {
+    pub fn set_state<T: Serialize + ?Sized>(&self, state: &T) -> Result<(), serde_json::Error> {
         let value = serde_json::to_value(state)?;
         *self.inner.state.lock().unwrap_or_else(|e| e.into_inner()) = value;
         Ok(())

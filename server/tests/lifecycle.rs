@@ -271,3 +271,43 @@ async fn connects_racing_eviction_are_not_lost() {
         tokio::time::sleep(Duration::from_millis(round % 3)).await;
     }
 }
+
+/// `on_start` runs once per instance, before its first connection.
+#[tokio::test]
+async fn on_start_runs_before_the_first_connection() {
+    let (server, log) = start_with_probe().await;
+    let mut a = server.connect("/agents/probe-agent/started?_pk=a").await;
+    let mut b = server.connect("/agents/probe-agent/started?_pk=b").await;
+    a.handshake().await;
+    b.handshake().await;
+    wait_for(&log, "connect b").await;
+    let lines = log_lines(&log);
+    let starts: Vec<_> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("start "))
+        .collect();
+    assert_eq!(starts.len(), 1, "{lines:?}");
+    let first_connect = lines
+        .iter()
+        .position(|l| l.starts_with("connect "))
+        .unwrap();
+    assert!(starts[0].0 < first_connect, "{lines:?}");
+}
+
+/// Per-connection state lives on the connection, separate for each socket.
+#[tokio::test]
+async fn per_connection_state() {
+    let (server, _log) = start_with_probe().await;
+    let mut a = server.connect("/agents/probe-agent/cstate?_pk=a").await;
+    let mut b = server.connect("/agents/probe-agent/cstate?_pk=b").await;
+    a.handshake().await;
+    b.handshake().await;
+    a.send("cstate?").await;
+    assert_eq!(a.text().await, "unset");
+    a.send("cstate:alice").await;
+    a.send("cstate?").await;
+    assert_eq!(a.text().await, "alice");
+    b.send("cstate?").await;
+    assert_eq!(b.text().await, "unset");
+}

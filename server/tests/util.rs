@@ -269,6 +269,11 @@ impl Probe {
 impl Agent for Probe {
     type State = Value;
 
+    async fn on_start(&mut self, cx: &mut AgentContext<Self>) -> Result<(), BoxError> {
+        self.push(format!("start {}", cx.name()));
+        Ok(())
+    }
+
     fn connection_tags(&self, _conn: &Connection, ctx: &ConnectContext) -> Vec<String> {
         ctx.request()
             .query("tags")
@@ -347,6 +352,13 @@ impl Agent for Probe {
             }
             Some(t) if t.starts_with("others:") => {
                 cx.broadcast(&t["others:".len()..], &[conn.id()]);
+            }
+            Some(t) if t.starts_with("cstate:") => {
+                conn.set_state(&t["cstate:".len()..])?;
+            }
+            Some("cstate?") => {
+                let state: Option<String> = conn.state();
+                conn.send(state.unwrap_or_else(|| "unset".into()))?;
             }
             Some(t) if t.starts_with("remember:") => {
                 cx.storage().put("memo", &t["remember:".len()..])?;
