@@ -11,6 +11,7 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p agents-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q -p agents-protocol -p agents-server
 
 step "build"
 cargo build --workspace --all-targets --locked
