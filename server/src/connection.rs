@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::{self, CloseFrame, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::actor::{AgentHandle, Command};
 use crate::config::CLOSE_TIMEOUT;
@@ -54,18 +54,62 @@ struct Inner {
     max_queued_bytes: usize,
     close_queued: AtomicBool,
     /// Cancelled once our close frame has been written.
-    close_sent: CancellationToken,
-    /// Cancelled to drop the socket at once.
-    kill: CancellationToken,
-    /// Mirrors `kill` for the per-send check (the token's own check takes a lock).
-    killed: AtomicBool,
+    close_sent: Signal,
+    /// Set to drop the socket at once.
+    killed: Signal,
 }
 
 impl Inner {
     /// Drops the socket at once.
     fn kill(&self) {
-        self.killed.store(true, Ordering::Relaxed);
-        self.kill.cancel();
+        self.killed.set();
+    }
+}
+
+/// A one-way flag the socket's two tasks can await. Lock-free: polling it
+/// (which the loops do once per frame) costs an atomic load and a waker
+/// registration, where a `CancellationToken` takes a mutex.
+#[derive(Default)]
+struct Signal {
+    set: AtomicBool,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+/// Which task is waiting on a [`Signal`].
+#[derive(Clone, Copy)]
+enum Side {
+    Reader,
+    Writer,
+}
+
+impl Signal {
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.reader.wake();
+        self.writer.wake();
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Completes once the signal is set.
+    fn wait(&self, side: Side) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_set() {
+                return std::task::Poll::Ready(());
+            }
+            match side {
+                Side::Reader => self.reader.register(cx.waker()),
+                Side::Writer => self.writer.register(cx.waker()),
+            }
+            if self.is_set() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 }
 
@@ -107,9 +151,8 @@ impl Connection {
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes,
             close_queued: AtomicBool::new(false),
-            close_sent: CancellationToken::new(),
-            kill: CancellationToken::new(),
-            killed: AtomicBool::new(false),
+            close_sent: Signal::default(),
+            killed: Signal::default(),
         };
         (
             Connection {
@@ -185,7 +228,7 @@ impl Connection {
 
     pub(crate) fn send_message(&self, message: Message) -> Result<(), SendError> {
         let inner = &self.inner;
-        if inner.close_queued.load(Ordering::Relaxed) || inner.killed.load(Ordering::Relaxed) {
+        if inner.close_queued.load(Ordering::Relaxed) || inner.killed.is_set() {
             return Err(SendError::Closed);
         }
         let len = message.len();
@@ -231,8 +274,7 @@ impl Connection {
 
     /// Whether the socket is still open for sending.
     pub fn is_open(&self) -> bool {
-        !self.inner.close_queued.load(Ordering::Relaxed)
-            && !self.inner.killed.load(Ordering::Relaxed)
+        !self.inner.close_queued.load(Ordering::Relaxed) && !self.inner.killed.is_set()
     }
 
     pub(crate) fn key(&self) -> u64 {
@@ -284,9 +326,9 @@ pub(crate) async fn drive(
     let handle = actor(conn.clone()).await;
     let info = read_loop(stream, &conn, handle.as_ref()).await;
     let inner = &conn.inner;
-    if inner.close_queued.load(Ordering::Relaxed) && !inner.close_sent.is_cancelled() {
+    if inner.close_queued.load(Ordering::Relaxed) && !inner.close_sent.is_set() {
         // Let the writer put our close frame (e.g. 1009) on the wire.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, inner.close_sent.cancelled()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, inner.close_sent.wait(Side::Reader)).await;
     }
     inner.kill();
     let _ = writer.await;
@@ -301,12 +343,12 @@ async fn read_loop(
     let inner = &conn.inner;
     let mut closed: Option<CloseInfo> = None;
     let close_deadline = async {
-        inner.close_sent.cancelled().await;
+        inner.close_sent.wait(Side::Reader).await;
         tokio::time::sleep(CLOSE_TIMEOUT).await;
     };
     tokio::pin!(close_deadline);
-    // Created once: a fresh `cancelled()` per frame costs a lock each time.
-    let killed = inner.kill.cancelled();
+    // Created once per socket, and lock-free to poll (see `Signal`).
+    let killed = inner.killed.wait(Side::Reader);
     tokio::pin!(killed);
     loop {
         // The socket is polled first: while frames keep coming, the kill and
@@ -317,7 +359,7 @@ async fn read_loop(
             _ = &mut killed => break,
             _ = &mut close_deadline => break,
         };
-        if inner.killed.load(Ordering::Relaxed) {
+        if inner.killed.is_set() {
             break;
         }
         let message = match next {
@@ -402,7 +444,7 @@ async fn write_loop(
     conn: Connection,
 ) {
     let inner = &conn.inner;
-    let killed = inner.kill.cancelled();
+    let killed = inner.killed.wait(Side::Writer);
     tokio::pin!(killed);
     loop {
         let first = tokio::select! {
@@ -413,7 +455,7 @@ async fn write_loop(
             },
             _ = &mut killed => return,
         };
-        if inner.killed.load(Ordering::Relaxed) {
+        if inner.killed.is_set() {
             return;
         }
         let done = tokio::select! {
@@ -424,7 +466,7 @@ async fn write_loop(
         match done {
             Ok(false) => {}
             Ok(true) => {
-                inner.close_sent.cancel();
+                inner.close_sent.set();
                 return;
             }
             Err(err) => {
