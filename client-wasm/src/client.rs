@@ -120,10 +120,11 @@ struct CallHandle {
 struct Socket {
     ws: WebSocket,
     generation: u64,
-    _onopen: Closure<dyn FnMut(Event)>,
-    _onmessage: Closure<dyn FnMut(MessageEvent)>,
-    _onclose: Closure<dyn FnMut(CloseEvent)>,
-    _onerror: Closure<dyn FnMut(Event)>,
+    // One closure type for all four handlers keeps the wasm smaller.
+    _onopen: Closure<dyn FnMut(JsValue)>,
+    _onmessage: Closure<dyn FnMut(JsValue)>,
+    _onclose: Closure<dyn FnMut(JsValue)>,
+    _onerror: Closure<dyn FnMut(JsValue)>,
     _timeout: Option<Timeout>,
 }
 
@@ -185,6 +186,8 @@ struct Inner {
     closed: bool,
     env: Vec<Listener>,
     warned_closed_send: bool,
+    /// Settle callbacks of the pending async `query`, if any.
+    query_callbacks: Option<(Closure<dyn FnMut(JsValue)>, Closure<dyn FnMut(JsValue)>)>,
 }
 
 struct Core {
@@ -306,6 +309,7 @@ impl Client {
             closed: options.start_closed,
             env: Vec::new(),
             warned_closed_send: false,
+            query_callbacks: None,
             options,
             base_url,
             id,
@@ -404,35 +408,42 @@ impl Client {
         };
         match query {
             Query::Static(pairs) => self.open_socket(generation, &pairs),
-            Query::Dynamic(f) => {
-                let weak = self.weak();
-                wasm_bindgen_futures::spawn_local(async move {
-                    let value = match f.call0(&JsValue::NULL) {
-                        Ok(v) if v.has_type::<Promise>() => {
-                            wasm_bindgen_futures::JsFuture::from(v.unchecked_into::<Promise>())
-                                .await
-                        }
-                        other => other,
-                    };
-                    let Some(client) = Client::from_weak(&weak) else {
-                        return;
-                    };
-                    if client.core.inner.borrow().generation != generation {
-                        return;
-                    }
-                    match value {
-                        Ok(obj) => client.open_socket(generation, &query_pairs(&obj)),
-                        Err(err) => {
-                            web_sys::console::error_2(
-                                &"agents-rs: query function failed".into(),
-                                &err,
-                            );
-                            client.on_close(generation, 1006, "query failed", false);
-                        }
-                    }
-                });
-            }
+            Query::Dynamic(f) => match f.call0(&JsValue::NULL) {
+                Ok(v) if v.is_instance_of::<Promise>() => {
+                    // Settled through two closures owned by the client (replaced
+                    // on the next attempt, freed with the client): nothing leaks.
+                    let ok = self.query_callback(generation, true);
+                    let err = self.query_callback(generation, false);
+                    let _ = v.unchecked_into::<Promise>().then2(&ok, &err);
+                    self.core.inner.borrow_mut().query_callbacks = Some((ok, err));
+                }
+                Ok(obj) => self.open_socket(generation, &query_pairs(&obj)),
+                Err(err) => self.query_failed(generation, &err),
+            },
         }
+    }
+
+    /// A settle callback for a query promise of attempt `generation`.
+    fn query_callback(&self, generation: u64, ok: bool) -> Closure<dyn FnMut(JsValue)> {
+        let weak = self.weak();
+        Closure::<dyn FnMut(JsValue)>::new(move |value: JsValue| {
+            let Some(client) = Client::from_weak(&weak) else {
+                return;
+            };
+            if client.core.inner.borrow().generation != generation {
+                return;
+            }
+            if ok {
+                client.open_socket(generation, &query_pairs(&value));
+            } else {
+                client.query_failed(generation, &value);
+            }
+        })
+    }
+
+    fn query_failed(&self, generation: u64, err: &JsValue) {
+        web_sys::console::error_2(&"agents-rs: query function failed".into(), err);
+        self.on_close(generation, 1006, "query failed", false);
     }
 
     fn open_socket(&self, generation: u64, pairs: &[(String, String)]) {
@@ -463,25 +474,32 @@ impl Client {
         };
         ws.set_binary_type(i.binary_type);
         let w = self.weak();
-        let onopen = Closure::<dyn FnMut(Event)>::new(move |_| {
+        let onopen = Closure::<dyn FnMut(JsValue)>::new(move |_| {
             if let Some(c) = Client::from_weak(&w) {
                 c.on_open(generation);
             }
         });
         let w = self.weak();
-        let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+        let onmessage = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
             if let Some(c) = Client::from_weak(&w) {
-                c.on_message(generation, e.data());
+                c.on_message(generation, get(&e, "data"));
             }
         });
         let w = self.weak();
-        let onclose = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
+        let onclose = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
             if let Some(c) = Client::from_weak(&w) {
-                c.on_close(generation, e.code(), &e.reason(), e.was_clean());
+                let code = get(&e, "code").as_f64().unwrap_or(1006.0) as u16;
+                let reason = get(&e, "reason").as_string().unwrap_or_default();
+                c.on_close(
+                    generation,
+                    code,
+                    &reason,
+                    get(&e, "wasClean") == JsValue::TRUE,
+                );
             }
         });
         let w = self.weak();
-        let onerror = Closure::<dyn FnMut(Event)>::new(move |_| {
+        let onerror = Closure::<dyn FnMut(JsValue)>::new(move |_| {
             if let Some(c) = Client::from_weak(&w) {
                 if c.core.inner.borrow().generation == generation {
                     c.dispatch_error();

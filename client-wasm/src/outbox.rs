@@ -1,12 +1,10 @@
 //! The send queue used while the socket is not open: FIFO, bounded.
 
-use std::collections::VecDeque;
-
 /// Messages waiting for an open socket, flushed in order before `open`
 /// fires. Bounded by `maxEnqueuedMessages`; a message beyond it is refused.
 #[derive(Debug)]
 pub struct Outbox<T> {
-    items: VecDeque<T>,
+    items: Vec<T>,
     max: usize,
 }
 
@@ -14,7 +12,7 @@ impl<T> Outbox<T> {
     /// An empty queue holding at most `max` messages.
     pub fn new(max: usize) -> Self {
         Outbox {
-            items: VecDeque::new(),
+            items: Vec::new(),
             max,
         }
     }
@@ -24,13 +22,13 @@ impl<T> Outbox<T> {
         if self.items.len() >= self.max {
             return Err(item);
         }
-        self.items.push_back(item);
+        self.items.push(item);
         Ok(())
     }
 
     /// Takes everything, oldest first.
     pub fn drain(&mut self) -> Vec<T> {
-        self.items.drain(..).collect()
+        std::mem::take(&mut self.items)
     }
 
     /// Queued messages.

@@ -68,16 +68,16 @@ impl Drop for Timeout {
 pub(crate) struct Listener {
     target: Target,
     ty: &'static str,
-    closure: Closure<dyn FnMut(web_sys::Event)>,
+    closure: Closure<dyn FnMut(JsValue)>,
 }
 
 impl Listener {
     pub(crate) fn new(
         target: Target,
         ty: &'static str,
-        f: impl FnMut(web_sys::Event) + 'static,
+        f: impl FnMut(JsValue) + 'static,
     ) -> Listener {
-        let closure = Closure::<dyn FnMut(web_sys::Event)>::new(f);
+        let closure = Closure::<dyn FnMut(JsValue)>::new(f);
         target.add_listener(ty, closure.as_ref(), &JsValue::UNDEFINED);
         Listener {
             target,

@@ -670,3 +670,44 @@ async fn offline_keeps_retries_and_online_reconnects_at_once() {
     );
     client.close(None, None);
 }
+
+/// A `query` function (here async) runs before every connection attempt, so a
+/// token can be refreshed on reconnect.
+#[wasm_bindgen_test]
+async fn async_query_runs_on_every_attempt() {
+    server_up().await;
+    let calls = Rc::new(RefCell::new(0));
+    let c = calls.clone();
+    let query = Closure::<dyn FnMut() -> js_sys::Promise>::new(move || {
+        *c.borrow_mut() += 1;
+        let q = Object::new();
+        Reflect::set(&q, &"token".into(), &"let-me-in".into()).unwrap();
+        js_sys::Promise::resolve(&JsValue::from(q))
+    });
+    let o = options(&format!(
+        r#"{{"agent":"PrivateAgent","name":"{}","minReconnectionDelay":20,"maxReconnectionDelay":50}}"#,
+        unique("query")
+    ));
+    Reflect::set(&o, &"query".into(), query.as_ref()).unwrap();
+    let client = AgentClient::new(o.into()).unwrap();
+    let rec = Recorder::new(&client);
+    ready(&client).await;
+    assert!(
+        client.url().contains("&token=let-me-in"),
+        "{}",
+        client.url()
+    );
+    assert_eq!(*calls.borrow(), 1);
+    ctl("restart").await;
+    rec.until("reopen", |r| r.count("open") >= 2).await;
+    assert!(
+        *calls.borrow() >= 2,
+        "the query function must run again on reconnect"
+    );
+    client.send("still authorized".into()).unwrap();
+    rec.until("echo", |r| {
+        r.texts().contains(&"still authorized".to_owned())
+    })
+    .await;
+    client.close(None, None);
+}
