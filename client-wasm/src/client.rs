@@ -108,6 +108,9 @@ impl ClientOptions {
     }
 }
 
+/// A Rust closure JavaScript can call with one value.
+type JsCallback = Closure<dyn FnMut(JsValue)>;
+
 struct CallHandle {
     resolve: Function,
     reject: Function,
@@ -187,7 +190,7 @@ struct Inner {
     env: Vec<Listener>,
     warned_closed_send: bool,
     /// Settle callbacks of the pending async `query`, if any.
-    query_callbacks: Option<(Closure<dyn FnMut(JsValue)>, Closure<dyn FnMut(JsValue)>)>,
+    query_callbacks: Option<(JsCallback, JsCallback)>,
 }
 
 struct Core {
