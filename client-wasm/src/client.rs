@@ -256,7 +256,7 @@ fn close_event(code: u16, reason: &str, was_clean: bool) -> CloseEvent {
     init.set_code(code);
     init.set_reason(reason);
     init.set_was_clean(was_clean);
-    CloseEvent::new_with_event_init_dict("close", &init).expect("CloseEvent")
+    CloseEvent::new_with_event_init_dict("close", &init).unwrap_throw()
 }
 
 /// UTF-16 length of strings, `size` of Blobs, `byteLength` of buffers.
@@ -568,7 +568,7 @@ impl Client {
             }));
             i.handlers.open.clone()
         };
-        let event = Event::new("open").expect("Event");
+        let event = Event::new("open").unwrap_throw();
         call1(&handler, &event);
         self.core.target.dispatch(&event);
     }
@@ -589,7 +589,7 @@ impl Client {
         let handler = self.core.inner.borrow().handlers.message.clone();
         let init = MessageEventInit::new();
         init.set_data(&data);
-        let event = MessageEvent::new_with_event_init_dict("message", &init).expect("MessageEvent");
+        let event = MessageEvent::new_with_event_init_dict("message", &init).unwrap_throw();
         call1(&handler, &event);
         self.core.target.dispatch(&event);
     }
@@ -786,7 +786,7 @@ impl Client {
 
     fn dispatch_error(&self) {
         let handler = self.core.inner.borrow().handlers.error.clone();
-        let event = Event::new("error").expect("Event");
+        let event = Event::new("error").unwrap_throw();
         call1(&handler, &event);
         self.core.target.dispatch(&event);
     }
@@ -895,7 +895,7 @@ impl Client {
         let [on_chunk, on_done, on_error] = stream;
         let mut parts = None;
         let promise = Promise::new(&mut |res, rej| parts = Some((res, rej)));
-        let (resolve, reject) = parts.expect("Promise executor runs synchronously");
+        let (resolve, reject) = parts.unwrap_throw(); // the executor runs synchronously
         let (closed, id) = {
             let mut i = self.core.inner.borrow_mut();
             let closed = i.closed || !i.connection_error.is_null();
@@ -1166,7 +1166,8 @@ fn reject_all(calls: Vec<Pending<CallHandle>>, error: &ClientError) {
 
 /// An `Error` named `AgentConnectionError` carrying `code`, `reason`, `wasClean`.
 fn connection_error(code: u16, reason: &str, was_clean: bool) -> JsValue {
-    let err = js_sys::Error::new(&format!("Connection closed: {code} {reason}"));
+    let err =
+        js_sys::Error::new(&("Connection closed: ".to_owned() + &code.to_string() + " " + reason));
     err.set_name("AgentConnectionError");
     set(&err, "code", &code.into());
     set(&err, "reason", &reason.into());

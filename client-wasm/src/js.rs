@@ -37,7 +37,7 @@ fn string_opt(options: &JsValue, key: &str) -> Result<Option<String>, ClientErro
     }
     v.as_string()
         .map(Some)
-        .ok_or_else(|| ClientError::Options(format!("{key} must be a string")))
+        .ok_or_else(|| ClientError::Options(key.to_owned() + " must be a string"))
 }
 
 fn number_opt(options: &JsValue, key: &str, default: f64, min: u8) -> Result<f64, ClientError> {
@@ -47,9 +47,9 @@ fn number_opt(options: &JsValue, key: &str, default: f64, min: u8) -> Result<f64
     }
     match v.as_f64() {
         Some(n) if n >= f64::from(min) && !n.is_nan() => Ok(n),
-        _ => Err(ClientError::Options(format!(
-            "{key} must be a number >= {min}"
-        ))),
+        _ => Err(ClientError::Options(
+            key.to_owned() + " must be a number >= " + &min.to_string(),
+        )),
     }
 }
 
@@ -60,7 +60,7 @@ fn function_opt(options: &JsValue, key: &str) -> Result<Option<Function>, Client
     }
     v.dyn_into::<Function>()
         .map(Some)
-        .map_err(|_| ClientError::Options(format!("{key} must be a function")))
+        .map_err(|_| ClientError::Options(key.to_owned() + " must be a function"))
 }
 
 fn parse_options(options: &JsValue) -> Result<ClientOptions, ClientError> {
