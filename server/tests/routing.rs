@@ -118,3 +118,26 @@ fn colliding_class_names_are_refused() {
         .agent("MyAgent", |_| Http)
         .agent("my_agent", |_| Http);
 }
+
+/// The agents' router merges into an app that has routes of its own.
+#[tokio::test]
+async fn router_mounts_into_a_users_app() {
+    let agents = agents_server::demo::server().build();
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .merge(agents.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = agents.clone();
+    let task =
+        tokio::spawn(async move { serving.serve(listener, app, std::future::pending()).await });
+    assert_eq!(http_get(addr, "/health", &[]).await, (200, "ok".into()));
+    let mut c = Client::connect(&format!("ws://{addr}/agents/echo-agent/mounted")).await;
+    c.handshake().await;
+    c.send("inside an app").await;
+    assert_eq!(c.text().await, "inside an app");
+    let stopping = tokio::spawn(async move { agents.shutdown().await });
+    assert_eq!(c.closed().await.0, 1001);
+    stopping.await.unwrap();
+    task.abort();
+}
