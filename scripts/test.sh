@@ -54,4 +54,4 @@ AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/compat t
 
 passed=$(cat "$LOG"/*.log | sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p; s/^ℹ pass \([0-9]*\)$/\1/p; s/^ *Tests *\([0-9]*\) passed.*/\1/p' | awk '{s+=$1} END {print s+0}')
 step "done"
-echo "all suites: $passed passed, 0 failed"
+echo "total: $passed passed, 0 failed"
