@@ -568,9 +568,7 @@ impl Client {
             }));
             i.handlers.open.clone()
         };
-        let event = Event::new("open").unwrap_throw();
-        call1(&handler, &event);
-        self.core.target.dispatch(&event);
+        self.emit(&handler, &Event::new("open").unwrap_throw());
     }
 
     fn on_message(&self, generation: u64, data: JsValue) {
@@ -589,9 +587,10 @@ impl Client {
         let handler = self.core.inner.borrow().handlers.message.clone();
         let init = MessageEventInit::new();
         init.set_data(&data);
-        let event = MessageEvent::new_with_event_init_dict("message", &init).unwrap_throw();
-        call1(&handler, &event);
-        self.core.target.dispatch(&event);
+        self.emit(
+            &handler,
+            &MessageEvent::new_with_event_init_dict("message", &init).unwrap_throw(),
+        );
     }
 
     /// Acts on protocol frames; every frame still reaches the listeners.
@@ -779,16 +778,32 @@ impl Client {
         if matches!(decision, AfterClose::Terminal | AfterClose::Exhausted) {
             call1(&on_error, &error);
         }
-        let event = close_event(code, reason, was_clean);
-        call1(&handler, &event);
-        self.core.target.dispatch(&event);
+        self.emit(&handler, &close_event(code, reason, was_clean));
     }
 
     fn dispatch_error(&self) {
         let handler = self.core.inner.borrow().handlers.error.clone();
-        let event = Event::new("error").unwrap_throw();
-        call1(&handler, &event);
-        self.core.target.dispatch(&event);
+        self.emit(&handler, &Event::new("error").unwrap_throw());
+    }
+
+    /// Calls the `on*` property, then the listeners (the reference's order).
+    fn emit(&self, handler: &Option<Function>, event: &Event) {
+        call1(handler, event);
+        self.core.target.dispatch(event);
+    }
+
+    /// Closes a socket on the user's behalf (`close()`, `reconnect()`) and,
+    /// if it was live, dispatches `close` at once as the reference does; the
+    /// socket's own close event is detached and never arrives.
+    fn close_now(&self, socket: Socket, code: u16, reason: &str) {
+        if !matches!(socket.ws.ready_state(), CONNECTING | OPEN) {
+            return;
+        }
+        socket.ws.set_onclose(None);
+        let _ = socket.ws.close_with_code_and_reason(code, reason);
+        drop(socket);
+        let handler = self.core.inner.borrow().handlers.close.clone();
+        self.emit(&handler, &close_event(code, reason, true));
     }
 
     /// Sends `data` (a string, `ArrayBuffer`, typed array/`DataView` or
@@ -826,7 +841,7 @@ impl Client {
     /// Closes for good (until [`reconnect`](Self::reconnect)): rejects
     /// pending calls, closes the socket and dispatches `close` at once.
     pub fn close(&self, code: u16, reason: &str) {
-        let (socket, rejected, handler) = {
+        let (socket, rejected) = {
             let mut i = self.core.inner.borrow_mut();
             i.closed = true;
             i.reconnect.stop();
@@ -834,34 +849,25 @@ impl Client {
             i.uptime = None;
             i.identified = false;
             i.generation += 1;
-            let rejected = i.calls.take_all();
-            (i.socket.take(), rejected, i.handlers.close.clone())
+            (i.socket.take(), i.calls.take_all())
         };
         reject_all(rejected, &ClientError::ConnectionClosed);
         if let Some(socket) = socket {
-            let live = matches!(socket.ws.ready_state(), CONNECTING | OPEN);
-            socket.ws.set_onclose(None);
-            if live {
-                let _ = socket.ws.close_with_code_and_reason(code, reason);
-                drop(socket);
-                let event = close_event(code, reason, true);
-                call1(&handler, &event);
-                self.core.target.dispatch(&event);
-            }
+            self.close_now(socket, code, reason);
         }
     }
 
     /// Reconnects now: clears a terminal state or `close()`, resets the
     /// retry count and replaces any live socket.
     pub fn reconnect(&self, code: u16, reason: &str) {
-        let (socket, handler) = {
+        let socket = {
             let mut i = self.core.inner.borrow_mut();
             i.closed = false;
             i.reconnect.restart();
             i.reconnect.first_attempt();
             i.backoff = None;
             i.connection_error = JsValue::NULL;
-            (i.socket.take(), i.handlers.close.clone())
+            i.socket.take()
         };
         if let Some(socket) = socket {
             let rejected = self
@@ -871,14 +877,7 @@ impl Client {
                 .calls
                 .take_sent_on(socket.generation);
             reject_all(rejected, &ClientError::ConnectionClosed);
-            if matches!(socket.ws.ready_state(), CONNECTING | OPEN) {
-                socket.ws.set_onclose(None);
-                let _ = socket.ws.close_with_code_and_reason(code, reason);
-                drop(socket);
-                let event = close_event(code, reason, true);
-                call1(&handler, &event);
-                self.core.target.dispatch(&event);
-            }
+            self.close_now(socket, code, reason);
         }
         self.connect();
     }
@@ -1007,7 +1006,7 @@ impl Client {
         }
         match &i.socket {
             Some(s) => s.ws.ready_state(),
-            None if i.generation == 0 && !i.closed => CONNECTING,
+            None if i.generation == 0 => CONNECTING,
             None => CLOSED,
         }
     }

@@ -177,6 +177,27 @@ impl Recorder {
     }
 }
 
+/// An `onStateUpdate` callback recording `"<state JSON> <source>"` lines.
+/// What a recording callback saw, and the callback.
+type Recorded = (
+    Rc<RefCell<Vec<String>>>,
+    Closure<dyn FnMut(JsValue, JsValue)>,
+);
+
+fn state_recorder() -> Recorded {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    let on_state =
+        Closure::<dyn FnMut(JsValue, JsValue)>::new(move |state: JsValue, source: JsValue| {
+            s.borrow_mut().push(format!(
+                "{} {}",
+                JSON::stringify(&state).unwrap(),
+                source.as_string().unwrap()
+            ));
+        });
+    (seen, on_state)
+}
+
 async fn ready(client: &AgentClient) {
     JsFuture::from(within(&client.ready(), WAIT_MS, "ready"))
         .await
@@ -242,16 +263,7 @@ async fn echoes_text_and_binary() {
 #[wasm_bindgen_test]
 async fn identity_and_state_handshake() {
     server_up().await;
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let s = seen.clone();
-    let on_state =
-        Closure::<dyn FnMut(JsValue, JsValue)>::new(move |state: JsValue, source: JsValue| {
-            s.borrow_mut().push(format!(
-                "{} {}",
-                JSON::stringify(&state).unwrap(),
-                source.as_string().unwrap()
-            ));
-        });
+    let (seen, on_state) = state_recorder();
     let name = unique("hs");
     let o = options(&format!(r#"{{"agent":"CounterAgent","name":"{name}"}}"#));
     set_fn(&o, "onStateUpdate", &on_state);
@@ -270,16 +282,7 @@ async fn identity_and_state_handshake() {
 #[wasm_bindgen_test]
 async fn two_clients_sync_state() {
     server_up().await;
-    let seen = Rc::new(RefCell::new(Vec::new()));
-    let s = seen.clone();
-    let on_state =
-        Closure::<dyn FnMut(JsValue, JsValue)>::new(move |state: JsValue, source: JsValue| {
-            s.borrow_mut().push(format!(
-                "{} {}",
-                JSON::stringify(&state).unwrap(),
-                source.as_string().unwrap()
-            ));
-        });
+    let (seen, on_state) = state_recorder();
     let name = unique("sync");
     let a =
         AgentClient::new(options(&format!(r#"{{"agent":"CounterAgent","name":"{name}"}}"#)).into())
