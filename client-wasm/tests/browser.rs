@@ -177,13 +177,13 @@ impl Recorder {
     }
 }
 
-/// An `onStateUpdate` callback recording `"<state JSON> <source>"` lines.
 /// What a recording callback saw, and the callback.
 type Recorded = (
     Rc<RefCell<Vec<String>>>,
     Closure<dyn FnMut(JsValue, JsValue)>,
 );
 
+/// An `onStateUpdate` callback recording `"<state JSON> <source>"` lines.
 fn state_recorder() -> Recorded {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let s = seen.clone();
