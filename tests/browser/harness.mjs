@@ -1,71 +1,12 @@
 // Helpers for the end-to-end tests: the agents-server binary (killable and
-// restartable), a static file server, and headless Debian Chromium.
-import { spawn } from "node:child_process";
+// restartable, from ../agents-server.mjs), a static file server, and
+// headless Debian Chromium.
 import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const BIN = process.env.AGENTS_SERVER_BIN ?? path.join(ROOT, "target/debug/agents-server");
-
-/** agents-server on a fixed port once chosen, so a restart keeps the address. */
-export class AgentsServer {
-  constructor({ dataDir, staticDir } = {}) {
-    this.dataDir = dataDir;
-    this.staticDir = staticDir;
-    this.port = 0;
-    this.child = null;
-  }
-
-  get host() {
-    return `127.0.0.1:${this.port}`;
-  }
-
-  async start() {
-    const args = ["--port", String(this.port), "--log", "warn"];
-    args.push(...(this.dataDir ? ["--data-dir", this.dataDir] : ["--in-memory"]));
-    if (this.staticDir) args.push("--static-dir", this.staticDir);
-    const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "inherit"] });
-    this.child = child;
-    const line = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("agents-server did not start")), 10_000);
-      let out = "";
-      child.stdout.on("data", (d) => {
-        out += d;
-        const m = out.match(/listening on http:\/\/\S+:(\d+)/);
-        if (m) {
-          clearTimeout(timer);
-          resolve(m[1]);
-        }
-      });
-      child.on("exit", (code) => reject(new Error(`agents-server exited with ${code}`)));
-    });
-    this.port = Number(line);
-  }
-
-  /** SIGKILL: no close frames, like a crash. */
-  async kill() {
-    const child = this.child;
-    if (!child) return;
-    this.child = null;
-    await new Promise((resolve) => {
-      child.on("exit", resolve);
-      child.kill("SIGKILL");
-    });
-  }
-
-  async stop() {
-    const child = this.child;
-    if (!child) return;
-    this.child = null;
-    await new Promise((resolve) => {
-      child.on("exit", resolve);
-      child.kill("SIGTERM");
-    });
-  }
-}
+export { AgentsServer, ROOT } from "../agents-server.mjs";
 
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json", ".svg": "image/svg+xml" };
 

@@ -2,37 +2,21 @@
 // `ws` as its WebSocket) against our agents-server binary.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
-import path from "node:path";
 import WebSocket from "ws";
 import { AgentClient } from "agents/client";
+import { AgentsServer } from "../agents-server.mjs";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const bin = process.env.AGENTS_SERVER_BIN ?? path.join(root, "target/debug/agents-server");
 const WAIT_MS = 5000;
 
-let server;
+const server = new AgentsServer();
 let host;
 
 before(async () => {
-  server = spawn(bin, ["--port", "0", "--log", "warn", "--in-memory"], { stdio: ["ignore", "pipe", "inherit"] });
-  host = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("agents-server did not start")), 10_000);
-    let out = "";
-    server.stdout.on("data", (chunk) => {
-      out += chunk;
-      const m = out.match(/listening on http:\/\/(\S+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    server.on("exit", (code) => reject(new Error(`agents-server exited with ${code}`)));
-  });
+  await server.start();
+  host = server.host;
 });
 
-after(() => server?.kill("SIGTERM"));
+after(() => server.stop());
 
 /** Resolves with the next value `register` delivers, or rejects after WAIT_MS. */
 function next(register, what) {
