@@ -6,7 +6,6 @@ cd "$ROOT"
 need_rust
 need_node
 need_wasm_tools
-need_esbuild
 OUT="$ROOT/packages/client/pkg"
 step "cargo build --profile wasm-release (agents-client)"
 cargo build --profile wasm-release --target wasm32-unknown-unknown -p agents-client --locked

@@ -48,9 +48,11 @@ need_browser() {
 }
 
 # The wasm32 target, wasm-bindgen-cli exactly matching the crate in
-# Cargo.lock, and wasm-opt from npm binaryen (Debian's is too old).
+# Cargo.lock, and from npm (in $TOOLS) wasm-opt (Debian's binaryen is too
+# old) and esbuild (minifies the wasm-bindgen glue). Sets WASM_OPT, ESBUILD.
 TOOLS="${AGENTS_RS_TOOLS:-$HOME/.cache/agents-rs-tools}"
 BINARYEN_VERSION=132.0.0
+ESBUILD_VERSION=0.25.12
 need_wasm_tools() {
   rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
   local want
@@ -62,11 +64,15 @@ need_wasm_tools() {
       cargo install wasm-bindgen-cli --version "$want"
   fi
   WASM_OPT="$TOOLS/node_modules/.bin/wasm-opt"
-  if ! "$WASM_OPT" --version 2>/dev/null | grep -q "version ${BINARYEN_VERSION%%.*}"; then
+  ESBUILD="$TOOLS/node_modules/.bin/esbuild"
+  if ! "$WASM_OPT" --version 2>/dev/null | grep -q "version ${BINARYEN_VERSION%%.*}" ||
+    [ "$("$ESBUILD" --version 2>/dev/null)" != "$ESBUILD_VERSION" ]; then
+    # One command for both: a --no-save install prunes what it was not given.
     mkdir -p "$TOOLS"
-    npm install --prefix "$TOOLS" --no-audit --no-fund --no-save "binaryen@$BINARYEN_VERSION" "esbuild@$ESBUILD_VERSION"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --no-save \
+      "binaryen@$BINARYEN_VERSION" "esbuild@$ESBUILD_VERSION"
   fi
-  export WASM_OPT
+  export WASM_OPT ESBUILD
 }
 
 # Background processes started by the scripts, killed on exit.
@@ -91,13 +97,3 @@ start_supervisor() {
   export AGENTS_SERVER_HOST AGENTS_CONTROL
 }
 
-# esbuild (to minify the wasm-bindgen glue), from npm.
-ESBUILD_VERSION=0.25.12
-need_esbuild() {
-  ESBUILD="$TOOLS/node_modules/.bin/esbuild"
-  if [ "$("$ESBUILD" --version 2>/dev/null)" != "$ESBUILD_VERSION" ]; then
-    mkdir -p "$TOOLS"
-    npm install --prefix "$TOOLS" --no-audit --no-fund --no-save "esbuild@$ESBUILD_VERSION" "binaryen@$BINARYEN_VERSION"
-  fi
-  export ESBUILD
-}
