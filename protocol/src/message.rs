@@ -235,6 +235,22 @@ impl ServerMessage {
         })
     }
 
+    /// Encodes `{"type":"cf_agent_state","state":…}` from a borrowed state,
+    /// so a server can build the frame without copying its state first.
+    pub fn encode_state(state: &RawValue) -> String {
+        #[derive(Serialize)]
+        struct StateOut<'a> {
+            #[serde(rename = "type")]
+            ty: &'static str,
+            state: &'a RawValue,
+        }
+        serde_json::to_string(&StateOut {
+            ty: "cf_agent_state",
+            state,
+        })
+        .expect("protocol frames always serialize")
+    }
+
     /// Encodes the frame. Key order follows the reference where it is fixed
     /// (`type` first on connect frames, alphabetical on broadcasts and RPC
     /// replies); readers must not depend on it.
@@ -247,12 +263,6 @@ impl ServerMessage {
             agent: &'a str,
             #[serde(rename = "stateFollows", skip_serializing_if = "std::ops::Not::not")]
             state_follows: bool,
-        }
-        #[derive(Serialize)]
-        struct StateOut<'a> {
-            #[serde(rename = "type")]
-            ty: &'static str,
-            state: &'a RawValue,
         }
         #[derive(Serialize)]
         struct ErrorOut<'a> {
@@ -291,10 +301,7 @@ impl ServerMessage {
                 agent: &i.agent,
                 state_follows: i.state_follows,
             }),
-            ServerMessage::State(state) => serde_json::to_string(&StateOut {
-                ty: "cf_agent_state",
-                state,
-            }),
+            ServerMessage::State(state) => return Self::encode_state(state),
             ServerMessage::StateError(error) => serde_json::to_string(&ErrorOut {
                 ty: "cf_agent_state_error",
                 error,

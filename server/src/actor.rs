@@ -313,7 +313,7 @@ impl<A: Agent> Actor<A> {
     /// Identity (with `stateFollows` when state exists), state, MCP — the
     /// reference's order.
     fn send_connect_frames(&self, conn: &Connection) {
-        let state = self.cx.state_json();
+        let state = self.cx.state_frame();
         let identity = ServerMessage::Identity(Identity {
             name: self.cx.name().to_owned(),
             agent: self.cx.agent().to_owned(),
@@ -321,7 +321,7 @@ impl<A: Agent> Actor<A> {
         });
         let _ = conn.send(identity.to_json());
         if let Some(state) = state {
-            let _ = conn.send(ServerMessage::State(state.to_owned()).to_json());
+            let _ = conn.send(state.clone());
         }
         let _ = conn.send(ServerMessage::McpServers(McpState::default()).to_json());
     }

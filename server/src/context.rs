@@ -46,6 +46,9 @@ pub struct AgentContext<A: Agent> {
     state: Option<A::State>,
     /// The state's JSON, serialized once per change.
     state_json: Option<Box<RawValue>>,
+    /// The `cf_agent_state` frame for it, encoded once per change and shared
+    /// by every broadcast and connect.
+    state_frame: Option<Message>,
     /// The connection whose event is being handled, if any.
     pub(crate) current: Option<Connection>,
     /// Set by [`set_state`](Self::set_state); the actor then calls
@@ -74,6 +77,7 @@ impl<A: Agent> AgentContext<A> {
             connections: HashMap::new(),
             state: None,
             state_json: None,
+            state_frame: None,
             current: None,
             state_changed: false,
         }
@@ -176,14 +180,21 @@ impl<A: Agent> AgentContext<A> {
 
     pub(crate) fn store_state(&mut self, state: A::State, json: Box<RawValue>) {
         self.state = Some(state);
+        self.state_frame = Some(ServerMessage::encode_state(&json).into());
         self.state_json = Some(json);
+    }
+
+    /// The current state's `cf_agent_state` frame, if there is state.
+    pub(crate) fn state_frame(&self) -> Option<&Message> {
+        self.state_frame.as_ref()
     }
 
     /// Sends the current state to protocol-enabled connections, skipping
     /// those with id `exclude`.
     pub(crate) fn broadcast_state(&self, exclude: Option<&str>) {
-        let Some(json) = &self.state_json else { return };
-        let frame = Message::from(ServerMessage::State(json.clone()).to_json());
+        let Some(frame) = &self.state_frame else {
+            return;
+        };
         for conn in self.connections.values() {
             if !conn.is_protocol_enabled() || exclude.is_some_and(|id| id == conn.id()) {
                 continue;
