@@ -8,15 +8,22 @@ need_node
 need_wasm_tools
 OUT="$ROOT/packages/client/pkg"
 step "cargo build --profile wasm-release (agents-client)"
-cargo build --profile wasm-release --target wasm32-unknown-unknown -p agents-client --locked
+cargo build --profile wasm-release --target wasm32-unknown-unknown -p agents-client --locked \
+  --no-default-features --features standalone
 RAW="$ROOT/target/wasm32-unknown-unknown/wasm-release/agents_client.wasm"
 rm -rf "$OUT" && mkdir -p "$OUT"
 step "wasm-bindgen, wasm-opt -Oz, minify"
 wasm-bindgen --target web --remove-name-section --remove-producers-section \
   --out-dir "$OUT" --out-name agents_client "$RAW"
-"$WASM_OPT" -Oz --enable-reference-types --enable-bulk-memory --enable-nontrapping-float-to-int \
+# Also shortens every import and export name (hashed wasm-bindgen names of
+# 20-45 characters, in both the wasm and the glue) to one or two letters.
+"$WASM_OPT" -Oz --strip-target-features --minify-imports-and-exports-and-modules \
+  --enable-reference-types --enable-bulk-memory --enable-nontrapping-float-to-int \
   --enable-sign-ext --enable-mutable-globals --enable-multivalue \
-  "$OUT/agents_client_bg.wasm" -o "$OUT/agents_client_bg.wasm"
+  "$OUT/agents_client_bg.wasm" -o "$OUT/agents_client_bg.wasm" >"$OUT/names.json"
+node "$ROOT/scripts/minify-wasm-names.mjs" "$OUT/names.json" "$OUT/agents_client.js" \
+  "$OUT/agents_client_bg.wasm"
+rm "$OUT/names.json"
 "$ESBUILD" "$OUT/agents_client.js" --minify --format=esm --log-level=warning --outfile="$OUT/agents_client.min.js"
 mv "$OUT/agents_client.min.js" "$OUT/agents_client.js"
 rm -f "$OUT/agents_client_bg.wasm.d.ts"

@@ -11,6 +11,8 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p agents-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
+cargo clippy -p agents-client --target wasm32-unknown-unknown --locked \
+  --no-default-features --features standalone -- -D warnings # as the npm package is built
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q -p agents-protocol -p agents-server
 
 step "build"
@@ -24,11 +26,11 @@ cargo test --workspace --locked 2>&1 | tee "$LOG/cargo.log"
 step "browser tests: the wasm AgentClient in headless Chromium against agents-server"
 start_supervisor "$LOG/supervisor.out"
 export WASM_BINDGEN_TEST_TIMEOUT=180
-cargo test -p agents-client --target wasm32-unknown-unknown --test browser --locked 2>&1 | tee "$LOG/browser.log"
+cargo test -p agents-client --target wasm32-unknown-unknown --test browser --locked --features small-alloc 2>&1 | tee "$LOG/browser.log"
 kill "$SUPERVISOR_PID"; wait "$SUPERVISOR_PID" 2>/dev/null || true
 
 step "negative check: the browser tests must fail without a server"
-if cargo test -p agents-client --target wasm32-unknown-unknown --test browser --locked >"$LOG/negative.out" 2>&1; then
+if cargo test -p agents-client --target wasm32-unknown-unknown --test browser --locked --features small-alloc >"$LOG/negative.out" 2>&1; then
   echo "ERROR: the browser tests passed without a server" >&2
   exit 1
 fi

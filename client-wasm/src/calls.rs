@@ -1,5 +1,9 @@
 //! The table of RPC calls awaiting an answer.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 /// One pending call. `T` is whatever settles it (a JS resolver pair, a timer…).
 #[derive(Debug)]
 pub struct Pending<T> {
@@ -73,7 +77,7 @@ impl<T> Calls<T> {
     /// Removes the calls written to socket `generation` (it closed, so
     /// their answers can never come); queued calls stay for the next socket.
     pub fn take_sent_on(&mut self, generation: u64) -> Vec<Pending<T>> {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+        let (gone, kept): (Vec<_>, Vec<_>) = core::mem::take(&mut self.pending)
             .into_iter()
             .partition(|(_, p)| p.socket == Some(generation));
         self.pending = kept;

@@ -6,8 +6,15 @@
 //! while the `RefCell` is borrowed, so listeners may call back into the
 //! client freely.
 
-use std::cell::RefCell;
-use std::rc::{Rc, Weak};
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use alloc::rc::{Rc, Weak};
+use core::cell::RefCell;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use agents_protocol::frame_type;
 use js_sys::{Array, Function, Object, Promise, JSON};
@@ -140,18 +147,16 @@ impl Drop for Socket {
         if matches!(self.ws.ready_state(), CONNECTING | OPEN) {
             let _ = self.ws.close();
         }
-        LIVE_SOCKETS.with(|n| n.set(n.get() - 1));
+        LIVE_SOCKETS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-thread_local! {
-    static LIVE_SOCKETS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
+static LIVE_SOCKETS: AtomicUsize = AtomicUsize::new(0);
 
 /// Sockets currently held by any client (for leak tests).
 #[doc(hidden)]
 pub fn live_sockets() -> usize {
-    LIVE_SOCKETS.with(|n| n.get())
+    LIVE_SOCKETS.load(Ordering::Relaxed)
 }
 
 /// The `on*` properties.
@@ -204,8 +209,8 @@ pub struct Client {
     core: Rc<Core>,
 }
 
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Client {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let i = self.core.inner.borrow();
         f.debug_struct("Client")
             .field("url", &i.base_url)
@@ -529,7 +534,7 @@ impl Client {
                 }
             }
         });
-        LIVE_SOCKETS.with(|n| n.set(n.get() + 1));
+        LIVE_SOCKETS.fetch_add(1, Ordering::Relaxed);
         i.socket = Some(Socket {
             ws,
             generation,

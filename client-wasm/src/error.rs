@@ -1,6 +1,8 @@
 //! The client's error type.
 
-use std::fmt;
+use alloc::string::String;
+
+use core::fmt;
 
 /// What can go wrong in the client. Thrown to JavaScript as an `Error`
 /// whose message is the `Display` text.
@@ -38,4 +40,4 @@ impl fmt::Display for ClientError {
     }
 }
 
-impl std::error::Error for ClientError {}
+impl core::error::Error for ClientError {}

@@ -1,6 +1,11 @@
 //! The JavaScript surface: `AgentClient` as `agents/client` exports it. Only
 //! translates between JS values and [`Client`]; no logic of its own.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
 use js_sys::{Array, Function, Promise, Proxy, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;

@@ -22,6 +22,13 @@
 //! while let Some(message) = messages.next().await { /* … */ }
 //! ```
 
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+#[cfg(all(feature = "small-alloc", target_arch = "wasm32"))]
+mod standalone;
+
 pub mod calls;
 pub mod error;
 pub mod outbox;

@@ -1,5 +1,7 @@
 //! The send queue used while the socket is not open: FIFO, bounded.
 
+use alloc::vec::Vec;
+
 /// Messages waiting for an open socket, flushed in order before `open`
 /// fires. Bounded by `maxEnqueuedMessages`; a message beyond it is refused.
 #[derive(Debug)]
@@ -28,7 +30,7 @@ impl<T> Outbox<T> {
 
     /// Takes everything, oldest first.
     pub fn drain(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.items)
+        core::mem::take(&mut self.items)
     }
 
     /// Queued messages.

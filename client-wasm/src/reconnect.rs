@@ -38,8 +38,15 @@ impl ReconnectOptions {
         if retry == 0 {
             return 0.0;
         }
-        let d = self.min_reconnection_delay
-            * self.reconnection_delay_grow_factor.powi(retry as i32 - 1);
+        // min * grow^(retry - 1), capped; by repeated multiplication since
+        // `f64::powi` needs `std`, stopping once the cap is reached.
+        let mut d = self.min_reconnection_delay;
+        for _ in 1..retry {
+            if d >= self.max_reconnection_delay {
+                break;
+            }
+            d *= self.reconnection_delay_grow_factor;
+        }
         d.min(self.max_reconnection_delay)
     }
 }

@@ -1,11 +1,15 @@
 //! The Rust-side API extras: `async` calls and a `Stream` of messages, for
 //! Rust web apps (Leptos, Yew, …) that use [`Client`] directly.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use core::cell::RefCell;
+use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
 
 use js_sys::Array;
 use wasm_bindgen::prelude::*;
@@ -39,8 +43,8 @@ pub struct Messages {
     listener: Closure<dyn FnMut(web_sys::MessageEvent)>,
 }
 
-impl std::fmt::Debug for Messages {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Messages")
             .field("queued", &self.queue.borrow().items.len())
             .finish()

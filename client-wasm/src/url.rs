@@ -1,7 +1,11 @@
 //! Building the socket URL exactly as the reference (partysocket's
 //! `getPartyInfo` plus `AgentClient`'s option mapping).
 
-use std::fmt::Write;
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+
+use core::fmt::Write;
 
 use crate::error::ClientError;
 

@@ -1,5 +1,8 @@
 //! The reference's `camelCaseToKebabCase`: how an agent class name becomes a URL segment.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+
 /// Converts an agent class (or binding) name into its URL segment, exactly as
 /// the reference's `camelCaseToKebabCase` does.
 ///

@@ -35,6 +35,10 @@
 //! Everything but [`kebab`], [`frame_type`] and the constants sits behind the
 //! default `json` feature.
 
+#![cfg_attr(not(feature = "json"), no_std)]
+
+extern crate alloc;
+
 pub mod kebab;
 #[cfg(feature = "json")]
 pub mod mcp;
