@@ -24,7 +24,9 @@ wasm-bindgen --target web --remove-name-section --remove-producers-section \
 node "$ROOT/scripts/minify-wasm-names.mjs" "$OUT/names.json" "$OUT/agents_client.js" \
   "$OUT/agents_client_bg.wasm"
 rm "$OUT/names.json"
-"$ESBUILD" "$OUT/agents_client.js" --minify --format=esm --log-level=warning --outfile="$OUT/agents_client.min.js"
-mv "$OUT/agents_client.min.js" "$OUT/agents_client.js"
-rm -f "$OUT/agents_client_bg.wasm.d.ts"
+# One minified ES module: the package entry (src/index.js) and the glue.
+"$ESBUILD" "$ROOT/packages/client/src/index.js" --bundle --minify --format=esm \
+  --target=es2022 --log-level=warning --outfile="$OUT/index.js"
+# pkg/agents_client.d.ts stays: index.d.ts takes the option types from it.
+rm -f "$OUT/agents_client.js" "$OUT/agents_client_bg.wasm.d.ts"
 echo "built $OUT"

@@ -8,7 +8,7 @@ BUDGET=$((22 * 1024)) # bytes, gzip: agents/client minified is 21.5 KiB
 PKG="$ROOT/packages/client"
 total=0
 printf '%-34s %10s %10s\n' file raw gzip
-for f in index.js pkg/agents_client.js pkg/agents_client_bg.wasm; do
+for f in pkg/index.js pkg/agents_client_bg.wasm; do
   raw=$(stat -c%s "$PKG/$f")
   gz=$(gzip -9c "$PKG/$f" | wc -c)
   total=$((total + gz))

@@ -1,6 +1,6 @@
 //! The table of RPC calls awaiting an answer.
 
-use alloc::format;
+use crate::text::push_hex;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -40,7 +40,11 @@ impl<T> Calls<T> {
     /// are unique per client without `crypto.randomUUID`.
     pub fn next_id(&mut self, random: u64) -> String {
         self.next += 1;
-        format!("{random:016x}-{:x}", self.next)
+        let mut id = String::with_capacity(24);
+        push_hex(&mut id, random, 16);
+        id.push('-');
+        push_hex(&mut id, self.next, 1);
+        id
     }
 
     /// Registers a call.

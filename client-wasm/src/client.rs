@@ -7,9 +7,7 @@
 //! client freely.
 
 use alloc::borrow::ToOwned;
-use alloc::format;
 use alloc::string::String;
-use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use alloc::rc::{Rc, Weak};
@@ -29,6 +27,7 @@ use crate::error::ClientError;
 use crate::outbox::Outbox;
 use crate::reconnect::{AfterClose, Reconnect, ReconnectOptions};
 use crate::sys::{get, set, Listener, Target, Timeout};
+use crate::text::{decimal, push_hex};
 use crate::url::{with_query, Address};
 
 /// Default timeout of non-streaming calls, in ms (`0` disables).
@@ -235,15 +234,21 @@ fn random_u64() -> u64 {
 /// A UUID-v4-shaped random id for `_pk`.
 fn random_uuid() -> String {
     let (a, b) = (random_u64(), random_u64());
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:x}{:03x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        8 | (b >> 62),
-        (b >> 48) & 0xfff,
-        b & 0xffff_ffff_ffff
-    )
+    // {:08x}-{:04x}-4{:03x}-{8..b}{:03x}-{:012x}
+    let mut id = String::with_capacity(36);
+    let parts = [
+        (a >> 32, 8, "-"),
+        ((a >> 16) & 0xffff, 4, "-4"),
+        (a & 0xfff, 3, "-"),
+        (8 | (b >> 62), 1, ""),
+        ((b >> 48) & 0xfff, 3, "-"),
+        (b & 0xffff_ffff_ffff, 12, ""),
+    ];
+    for (value, width, then) in parts {
+        push_hex(&mut id, value, width);
+        id.push_str(then);
+    }
+    id
 }
 
 fn call1(f: &Option<Function>, a: &JsValue) {
@@ -695,10 +700,15 @@ impl Client {
                     let _ = f.apply(&JsValue::NULL, &args);
                 }
                 None => web_sys::console::warn_1(
-                    &format!(
-                        "agents-rs: identity changed from {old_agent}/{old_name} to {agent}/{name}"
-                    )
-                    .into(),
+                    &("agents-rs: identity changed from ".to_owned()
+                        + &old_agent
+                        + "/"
+                        + &old_name
+                        + " to "
+                        + &agent
+                        + "/"
+                        + &name)
+                        .into(),
                 ),
             }
         }
@@ -937,7 +947,7 @@ impl Client {
                     method,
                     ms: timeout_ms as u32,
                 }
-                .to_string();
+                .message();
                 let _ = p.handle.reject.call1(&JsValue::NULL, &error_value(&error));
                 call1(&p.handle.on_error, &error.into());
             })
@@ -1158,7 +1168,7 @@ fn send_on(ws: &WebSocket, data: &JsValue) -> Result<(), JsValue> {
 }
 
 fn reject_all(calls: Vec<Pending<CallHandle>>, error: &ClientError) {
-    let message = error.to_string();
+    let message = error.message();
     for p in calls {
         let _ = p
             .handle
@@ -1170,8 +1180,9 @@ fn reject_all(calls: Vec<Pending<CallHandle>>, error: &ClientError) {
 
 /// An `Error` named `AgentConnectionError` carrying `code`, `reason`, `wasClean`.
 fn connection_error(code: u16, reason: &str, was_clean: bool) -> JsValue {
-    let err =
-        js_sys::Error::new(&("Connection closed: ".to_owned() + &code.to_string() + " " + reason));
+    let err = js_sys::Error::new(
+        &("Connection closed: ".to_owned() + &decimal(code.into()) + " " + reason),
+    );
     err.set_name("AgentConnectionError");
     set(&err, "code", &code.into());
     set(&err, "reason", &reason.into());

@@ -1,6 +1,9 @@
 //! The client's error type.
 
+use alloc::borrow::ToOwned;
 use alloc::string::String;
+
+use crate::text::push_decimal;
 
 use core::fmt;
 
@@ -26,17 +29,25 @@ pub enum ClientError {
     QueueFull,
 }
 
+impl ClientError {
+    /// The message (the `Display` text), built without `core::fmt`.
+    pub fn message(&self) -> String {
+        match self {
+            ClientError::Options(m) | ClientError::Rpc(m) => m.clone(),
+            ClientError::ConnectionClosed => "Connection closed".into(),
+            ClientError::Timeout { method, ms } => {
+                let mut m = "RPC call to ".to_owned() + method + " timed out after ";
+                push_decimal(&mut m, (*ms).into());
+                m + "ms"
+            }
+            ClientError::QueueFull => "send queue is full".into(),
+        }
+    }
+}
+
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Options(m) => f.write_str(m),
-            ClientError::ConnectionClosed => f.write_str("Connection closed"),
-            ClientError::Timeout { method, ms } => {
-                write!(f, "RPC call to {method} timed out after {ms}ms")
-            }
-            ClientError::Rpc(m) => f.write_str(m),
-            ClientError::QueueFull => f.write_str("send queue is full"),
-        }
+        f.write_str(&self.message())
     }
 }
 

@@ -3,10 +3,9 @@
 
 use alloc::borrow::ToOwned;
 use alloc::string::String;
-use alloc::string::ToString;
 use alloc::vec::Vec;
 
-use js_sys::{Array, Function, Promise, Proxy, Reflect};
+use js_sys::{Array, Function, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{BinaryType, Event};
@@ -15,6 +14,7 @@ use crate::client::{Callbacks, Client, ClientOptions, Query, DEFAULT_CALL_TIMEOU
 use crate::error::ClientError;
 use crate::reconnect::ReconnectOptions;
 use crate::sys::get;
+use crate::text::decimal;
 use crate::url::Address;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -22,7 +22,7 @@ const TS: &'static str = include_str!("types.d.ts");
 
 impl From<ClientError> for JsValue {
     fn from(err: ClientError) -> JsValue {
-        js_sys::Error::new(&err.to_string()).into()
+        js_sys::Error::new(&err.message()).into()
     }
 }
 
@@ -32,7 +32,6 @@ impl From<ClientError> for JsValue {
 #[derive(Debug)]
 pub struct AgentClient {
     client: Client,
-    stub: Option<Proxy>,
 }
 
 fn string_opt(options: &JsValue, key: &str) -> Result<Option<String>, ClientError> {
@@ -53,7 +52,7 @@ fn number_opt(options: &JsValue, key: &str, default: f64, min: u8) -> Result<f64
     match v.as_f64() {
         Some(n) if n >= f64::from(min) && !n.is_nan() => Ok(n),
         _ => Err(ClientError::Options(
-            key.to_owned() + " must be a number >= " + &min.to_string(),
+            key.to_owned() + " must be a number >= " + &decimal(min.into()),
         )),
     }
 }
@@ -169,23 +168,6 @@ fn parse_options(options: &JsValue) -> Result<ClientOptions, ClientError> {
     })
 }
 
-/// Keys a `stub` proxy answers with `undefined` so `await`, logging and test
-/// matchers do not fire RPCs (as the reference).
-const STUB_IGNORED: &[&str] = &[
-    "toJSON",
-    "then",
-    "catch",
-    "finally",
-    "valueOf",
-    "toString",
-    "constructor",
-    "prototype",
-    "$$typeof",
-    "@@toStringTag",
-    "asymmetricMatch",
-    "nodeType",
-];
-
 #[wasm_bindgen]
 impl AgentClient {
     /// Creates the client and starts connecting (unless `startClosed`).
@@ -195,7 +177,7 @@ impl AgentClient {
         #[wasm_bindgen(unchecked_param_type = "AgentClientOptions")] options: JsValue,
     ) -> Result<AgentClient, JsValue> {
         let client = Client::new(parse_options(&options)?)?;
-        Ok(AgentClient { client, stub: None })
+        Ok(AgentClient { client })
     }
 
     /// `addEventListener(type, listener, options)` for `open`, `message`,
@@ -292,49 +274,6 @@ impl AgentClient {
             None => self.client.default_call_timeout(),
         };
         Ok(self.client.call(method, &args, timeout_ms, callbacks))
-    }
-
-    /// A proxy: `client.stub.increment(2)` is `client.call("increment", [2])`.
-    #[wasm_bindgen(
-        getter,
-        unchecked_return_type = "Record<string, (...args: unknown[]) => Promise<any>>"
-    )]
-    pub fn stub(&mut self) -> Proxy {
-        if let Some(stub) = &self.stub {
-            return stub.clone();
-        }
-        let client = self.client.clone();
-        let get_trap = Closure::<dyn FnMut(JsValue, JsValue) -> JsValue>::new(
-            move |_t: JsValue, key: JsValue| {
-                let Some(method) = key.as_string() else {
-                    return JsValue::UNDEFINED;
-                };
-                if STUB_IGNORED.contains(&method.as_str()) {
-                    return JsValue::UNDEFINED;
-                }
-                let client = client.clone();
-                let call = Closure::<dyn Fn(Array) -> Promise>::new(move |args: Array| {
-                    client.call(
-                        &method,
-                        &args,
-                        client.default_call_timeout(),
-                        [None, None, None],
-                    )
-                });
-                // A rest-parameter shim so `stub.m(a, b)` passes `[a, b]`.
-                let f: Function = call.into_js_value().unchecked_into();
-                Function::new_with_args("f", "return (...a) => f(a)")
-                    .call1(&JsValue::NULL, &f)
-                    .unwrap_or(JsValue::UNDEFINED)
-            },
-        );
-        let handler = js_sys::Object::new();
-        let _ = Reflect::set(&handler, &"get".into(), get_trap.as_ref());
-        // The trap lives as long as the proxy; dropped with the client via the handler object.
-        let _ = Reflect::set(&handler, &"__trap".into(), &get_trap.into_js_value());
-        let proxy = Proxy::new(&js_sys::Object::new(), &handler);
-        self.stub = Some(proxy.clone());
-        proxy
     }
 
     /// Sends `cf_agent_state` and updates `state` at once.
@@ -473,27 +412,6 @@ impl AgentClient {
     #[wasm_bindgen(setter)]
     pub fn set_onerror(&self, f: Option<Function>) {
         self.client.set_handler("error", f);
-    }
-
-    /// `WebSocket.CONNECTING`.
-    #[wasm_bindgen(getter = CONNECTING)]
-    pub fn connecting(&self) -> u16 {
-        0
-    }
-    /// `WebSocket.OPEN`.
-    #[wasm_bindgen(getter = OPEN)]
-    pub fn open(&self) -> u16 {
-        1
-    }
-    /// `WebSocket.CLOSING`.
-    #[wasm_bindgen(getter = CLOSING)]
-    pub fn closing(&self) -> u16 {
-        2
-    }
-    /// `WebSocket.CLOSED`.
-    #[wasm_bindgen(getter = CLOSED)]
-    pub fn closed(&self) -> u16 {
-        3
     }
 }
 

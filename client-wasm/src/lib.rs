@@ -33,6 +33,7 @@ pub mod calls;
 pub mod error;
 pub mod outbox;
 pub mod reconnect;
+pub mod text;
 pub mod url;
 
 #[cfg(target_arch = "wasm32")]

@@ -2,10 +2,7 @@
 //! `getPartyInfo` plus `AgentClient`'s option mapping).
 
 use alloc::borrow::ToOwned;
-use alloc::format;
 use alloc::string::String;
-
-use core::fmt::Write;
 
 use crate::error::ClientError;
 
@@ -43,14 +40,14 @@ impl Address {
                 ))
             }
             Some("") | None => String::new(),
-            Some(p) => format!("/{p}"),
+            Some(p) => "/".to_owned() + p,
         };
         let scheme = match self.protocol.as_deref() {
             Some(p @ ("ws" | "wss")) => p,
             Some(other) => {
-                return Err(ClientError::Options(format!(
-                    "protocol must be \"ws\" or \"wss\", not \"{other}\""
-                )))
+                return Err(ClientError::Options(
+                    "protocol must be \"ws\" or \"wss\", not \"".to_owned() + other + "\"",
+                ))
             }
             None if is_local(host) => "ws",
             None => "wss",
@@ -71,10 +68,10 @@ impl Address {
                 } else {
                     &self.name
                 };
-                format!("{prefix}/{}/{name}", kebab(&self.agent))
+                prefix.to_owned() + "/" + &kebab(&self.agent) + "/" + name
             }
         };
-        Ok(format!("{scheme}://{host}/{target}{suffix}"))
+        Ok(scheme.to_owned() + "://" + host + "/" + &target + &suffix)
     }
 }
 
@@ -154,7 +151,10 @@ fn form_encode(out: &mut String, s: &str) {
             }
             b' ' => out.push('+'),
             _ => {
-                let _ = write!(out, "%{b:02X}");
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
             }
         }
     }

@@ -23,7 +23,7 @@ page.on("crash", () => console.error("page crashed"));
 
 // Runs in the page. `kind` is "native" or "wasm"; returns messages per second.
 async function measure({ host, kind, what, n, chunk }) {
-  const { AgentClient } = await import("/client/index.js");
+  const { AgentClient } = await import("/client/pkg/index.js");
   const room = `bench-${kind}-${Math.random().toString(36).slice(2)}`;
   if (kind === "native") {
     const agent = what === "receive" ? "counter-agent" : "echo-agent";

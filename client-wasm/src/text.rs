@@ -1,0 +1,57 @@
+//! Numbers into text without `core::fmt`, which would add several KB to the WebAssembly.
+
+use alloc::string::String;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `value` in lowercase hexadecimal, zero-padded to `width` digits
+/// (`format!("{value:0width$x}")`).
+pub fn push_hex(out: &mut String, value: u64, width: u32) {
+    let digits = (64 - value.leading_zeros()).div_ceil(4).max(width).max(1);
+    for i in (0..digits).rev() {
+        let nibble = value.checked_shr(i * 4).unwrap_or(0) & 0xf;
+        out.push(HEX[nibble as usize] as char);
+    }
+}
+
+/// Appends `value` in decimal (`format!("{value}")`).
+pub fn push_decimal(out: &mut String, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut n = value;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in digits[..len].iter().rev() {
+        out.push(d as char);
+    }
+}
+
+/// `value` in decimal.
+pub fn decimal(value: u64) -> String {
+    let mut out = String::new();
+    push_decimal(&mut out, value);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_core_fmt() {
+        for v in [0, 1, 9, 10, 15, 16, 255, 4096, 65_535, 1 << 40, u64::MAX] {
+            assert_eq!(decimal(v), format!("{v}"));
+            for width in [0, 1, 3, 8, 16, 20] {
+                let mut s = String::new();
+                push_hex(&mut s, v, width);
+                assert_eq!(s, format!("{v:0w$x}", w = width as usize), "{v} {width}");
+            }
+        }
+    }
+}

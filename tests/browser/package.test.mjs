@@ -1,0 +1,129 @@
+// The published @agents-rs/client module (packages/client/pkg/index.js) in
+// headless Chromium, on a page whose CSP forbids eval: the parts of the
+// surface defined in its JavaScript entry (stub, readyState constants) and
+// construction errors.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import path from "node:path";
+import { AgentsServer, serveStatic, launchBrowser, watchErrors, ROOT } from "./harness.mjs";
+
+let server, site, browser, page, errors;
+
+before(async () => {
+  server = new AgentsServer();
+  await server.start();
+  site = await serveStatic({
+    "/": path.join(ROOT, "tests/browser"),
+    "/client/": path.join(ROOT, "packages/client"),
+  });
+  browser = await launchBrowser();
+  page = await browser.newPage();
+  errors = watchErrors(page);
+  await page.goto(`${site.url}/strict-csp.html`);
+});
+
+after(async () => {
+  await browser?.close();
+  await site?.close();
+  await server?.stop();
+});
+
+test("stub calls methods, ignores probe keys, and works under a CSP without unsafe-eval", async () => {
+  // page.evaluate runs through DevTools, not eval: the page's CSP still
+  // applies to everything the package does.
+  const result = await page.evaluate(async (host) => {
+    const { AgentClient } = await import("/client/pkg/index.js");
+    const client = new AgentClient({ agent: "CounterAgent", name: "stub-" + Math.random(), host });
+    await new Promise((resolve) => client.addEventListener("open", resolve, { once: true }));
+    const viaStub = await client.stub.increment(2);
+    const viaCall = await client.call("increment", [3]);
+    let error = null;
+    try {
+      await client.stub.no_such_method();
+    } catch (e) {
+      error = String(e.message ?? e);
+    }
+    let evalBlocked = false;
+    try {
+      new Function("return 1")();
+    } catch {
+      evalBlocked = true;
+    }
+    const out = {
+      evalBlocked,
+      viaStub,
+      viaCall,
+      error,
+      sameStub: client.stub === client.stub,
+      then: typeof client.stub.then,
+      toJSON: typeof client.stub.toJSON,
+      symbol: typeof client.stub[Symbol.iterator],
+      awaited: (await client.stub) === client.stub,
+    };
+    client.close();
+    return out;
+  }, server.host);
+  assert.equal(result.evalBlocked, true, "the page's CSP must forbid eval");
+  assert.equal(result.viaStub, 2);
+  assert.equal(result.viaCall, 5);
+  assert.match(result.error, /no_such_method/);
+  assert.equal(result.sameStub, true);
+  assert.equal(result.then, "undefined");
+  assert.equal(result.toJSON, "undefined");
+  assert.equal(result.symbol, "undefined");
+  assert.equal(result.awaited, true);
+  assert.deepEqual(errors, []);
+});
+
+test("readyState constants on the class and instances follow the socket", async () => {
+  const result = await page.evaluate(async (host) => {
+    const { AgentClient } = await import("/client/pkg/index.js");
+    const client = new AgentClient({ agent: "echo-agent", name: "states", host });
+    const seen = [client.readyState];
+    await new Promise((resolve) => client.addEventListener("open", resolve, { once: true }));
+    seen.push(client.readyState);
+    const closed = new Promise((resolve) => client.addEventListener("close", resolve, { once: true }));
+    client.close();
+    await closed;
+    seen.push(client.readyState);
+    const names = ["CONNECTING", "OPEN", "CLOSING", "CLOSED"];
+    return {
+      seen,
+      onClass: names.map((n) => AgentClient[n]),
+      onInstance: names.map((n) => client[n]),
+      socket: names.map((n) => WebSocket[n]),
+    };
+  }, server.host);
+  assert.deepEqual(result.onClass, [0, 1, 2, 3]);
+  assert.deepEqual(result.onInstance, result.onClass);
+  assert.deepEqual(result.socket, result.onClass);
+  assert.deepEqual(result.seen, [0, 1, 3]);
+});
+
+test("bad options throw clear errors at construction", async () => {
+  const messages = await page.evaluate(async (host) => {
+    const { AgentClient } = await import("/client/pkg/index.js");
+    const attempts = [
+      undefined,
+      {},
+      { agent: "echo-agent", host, maxRetries: -1 },
+      { agent: "echo-agent", host, query: 5 },
+      { agent: "echo-agent", host, path: "/x" },
+    ];
+    return attempts.map((options) => {
+      try {
+        new AgentClient(options).close();
+        return "no error";
+      } catch (e) {
+        return `${e.constructor.name}: ${e.message}`;
+      }
+    });
+  }, server.host);
+  assert.deepEqual(messages, [
+    "Error: AgentClient needs an options object",
+    "Error: agent is required",
+    "Error: maxRetries must be a number >= 0",
+    "Error: query must be an object or a function",
+    "Error: path must not start with a slash",
+  ]);
+});
