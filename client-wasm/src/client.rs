@@ -18,15 +18,13 @@ use agents_protocol::frame_type;
 use js_sys::{Array, Function, Object, Promise, JSON};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{
-    BinaryType, CloseEvent, CloseEventInit, Event, MessageEvent, MessageEventInit, WebSocket,
-};
+use web_sys::{BinaryType, CloseEvent, CloseEventInit, Event, WebSocket};
 
 use crate::calls::{Calls, Pending};
 use crate::error::ClientError;
 use crate::outbox::Outbox;
 use crate::reconnect::{AfterClose, Reconnect, ReconnectOptions};
-use crate::sys::{get, set, Listener, Target, Timeout};
+use crate::sys::{field, get, set, Keys, Listener, NewMessageEvent, Target, Timeout};
 use crate::text::{decimal, push_hex};
 use crate::url::{with_query, Address};
 
@@ -200,6 +198,7 @@ struct Inner {
 struct Core {
     inner: RefCell<Inner>,
     target: Target,
+    keys: Keys,
 }
 
 /// The client. Cheap to clone; clones share one connection.
@@ -331,6 +330,7 @@ impl Client {
             core: Rc::new(Core {
                 inner: RefCell::new(inner),
                 target: Target::new(),
+                keys: Keys::new(),
             }),
         };
         client.watch_environment();
@@ -495,7 +495,8 @@ impl Client {
         let w = self.weak();
         let onmessage = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
             if let Some(c) = Client::from_weak(&w) {
-                c.on_message(generation, get(&e, "data"));
+                let data = field(&e, &c.core.keys.data);
+                c.on_message(generation, data);
             }
         });
         let w = self.weak();
@@ -588,24 +589,30 @@ impl Client {
         // Only JSON objects can be protocol frames. The text stays a JS
         // string: checked and parsed on the JS side, never copied into wasm.
         if let Some(text) = data.dyn_ref::<js_sys::JsString>() {
-            if text.length() > 1 && text.char_code_at(0) == f64::from(b'{') {
+            // NaN for "", so no separate length check (one call fewer).
+            if text.char_code_at(0) == f64::from(b'{') {
                 if let Ok(frame) = crate::sys::json_parse(&data) {
                     self.handle_frame(&frame);
                 }
             }
         }
         let handler = self.core.inner.borrow().handlers.message.clone();
-        let init = MessageEventInit::new();
-        init.set_data(&data);
-        self.emit(
-            &handler,
-            &MessageEvent::new_with_event_init_dict("message", &init).unwrap_throw(),
-        );
+        let keys = &self.core.keys;
+        keys.message_init.set_data(&data);
+        let event = NewMessageEvent::new(&keys.message, &keys.message_init);
+        keys.message_init.set_data(&JsValue::UNDEFINED);
+        self.emit(&handler, &event);
     }
 
     /// Acts on protocol frames; every frame still reaches the listeners.
     fn handle_frame(&self, frame: &JsValue) {
-        let ty = get(frame, "type").as_string().unwrap_or_default();
+        let ty = field(frame, &self.core.keys.ty);
+        // The frequent case (call results and stream chunks) without copying
+        // the type into wasm.
+        if ty == self.core.keys.rpc {
+            return self.handle_rpc(frame);
+        }
+        let ty = ty.as_string().unwrap_or_default();
         match ty.as_str() {
             frame_type::IDENTITY => {
                 let name = get(frame, "name").as_string().unwrap_or_default();
@@ -662,7 +669,6 @@ impl Client {
                     .clone();
                 call1(&callback, &get(frame, "mcp"));
             }
-            frame_type::RPC => self.handle_rpc(frame),
             _ => {}
         }
     }
@@ -715,14 +721,15 @@ impl Client {
     }
 
     fn handle_rpc(&self, frame: &JsValue) {
-        let Some(id) = get(frame, "id").as_string() else {
+        let keys = &self.core.keys;
+        let Some(id) = field(frame, &keys.id).as_string() else {
             return;
         };
-        let success = get(frame, "success");
-        let done = get(frame, "done");
-        let result = get(frame, "result");
+        let success = field(frame, &keys.success).as_bool();
+        let done = field(frame, &keys.done).as_bool();
+        let result = field(frame, &keys.result);
         let mut i = self.core.inner.borrow_mut();
-        if success == JsValue::FALSE {
+        if success == Some(false) {
             let Some(p) = i.calls.take(&id) else { return };
             drop(i);
             let error = get(frame, "error")
@@ -730,7 +737,7 @@ impl Client {
                 .unwrap_or_else(|| "Unknown error".into());
             let _ = p.handle.reject.call1(&JsValue::NULL, &error_value(&error));
             call1(&p.handle.on_error, &error.into());
-        } else if done == JsValue::FALSE {
+        } else if done == Some(false) {
             let on_chunk = i.calls.get(&id).and_then(|p| p.handle.on_chunk.clone());
             drop(i);
             call1(&on_chunk, &result);
@@ -1155,16 +1162,11 @@ impl Drop for Core {
     }
 }
 
+/// `ws.send(data)` for any of the accepted types, handed over as the same
+/// JS value: a string is never copied through wasm memory (two UTF-8
+/// conversions per message before).
 fn send_on(ws: &WebSocket, data: &JsValue) -> Result<(), JsValue> {
-    if let Some(s) = data.as_string() {
-        ws.send_with_str(&s)
-    } else if let Some(b) = data.dyn_ref::<js_sys::ArrayBuffer>() {
-        ws.send_with_array_buffer(b)
-    } else if let Some(b) = data.dyn_ref::<web_sys::Blob>() {
-        ws.send_with_blob(b)
-    } else {
-        ws.send_with_array_buffer_view(data.unchecked_ref())
-    }
+    ws.unchecked_ref::<crate::sys::AnySend>().send(data)
 }
 
 fn reject_all(calls: Vec<Pending<CallHandle>>, error: &ClientError) {

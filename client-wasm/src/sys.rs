@@ -27,6 +27,26 @@ extern "C" {
     #[wasm_bindgen(catch, js_namespace = JSON, js_name = parse)]
     pub(crate) fn json_parse(text: &JsValue) -> Result<JsValue, JsValue>;
 
+    /// An object whose properties are plain data (see [`field`]).
+    type Plain;
+    #[wasm_bindgen(method, structural, indexing_getter)]
+    fn field(this: &Plain, key: &JsValue) -> JsValue;
+
+    /// A `WebSocket`, for a `send` that takes any JS value.
+    #[wasm_bindgen(js_name = WebSocket)]
+    pub(crate) type AnySend;
+    /// `socket.send(data)` with `data` passed through as a JS value.
+    #[wasm_bindgen(method, catch, js_class = "WebSocket")]
+    pub(crate) fn send(this: &AnySend, data: &JsValue) -> Result<(), JsValue>;
+
+    /// A `MessageEvent` built with the type as a JS string (web-sys takes
+    /// `&str`, which costs a UTF-8 decode per message).
+    #[wasm_bindgen(extends = web_sys::Event, js_name = MessageEvent)]
+    pub(crate) type NewMessageEvent;
+    /// `new MessageEvent(type, init)`.
+    #[wasm_bindgen(constructor, js_class = "MessageEvent")]
+    pub(crate) fn new(ty: &JsValue, init: &JsValue) -> NewMessageEvent;
+
     /// `target.dispatchEvent(event)`.
     #[wasm_bindgen(method, js_class = "EventTarget", js_name = dispatchEvent)]
     pub(crate) fn dispatch(this: &Target, event: &web_sys::Event) -> bool;
@@ -105,4 +125,44 @@ pub(crate) fn get(obj: &JsValue, key: &str) -> JsValue {
 /// Sets `obj[key] = value`.
 pub(crate) fn set(obj: &JsValue, key: &str, value: &JsValue) {
     let _ = js_sys::Reflect::set(obj, &JsValue::from_str(key), value);
+}
+
+/// `obj[key]` for a key that is already a JS string, on an object the client
+/// made or got from the browser (a parsed frame, a socket event): one plain
+/// property read in JavaScript, no string decoding, no exception handling.
+/// For the per-message path; [`get`] is for objects from the user.
+pub(crate) fn field(obj: &JsValue, key: &JsValue) -> JsValue {
+    obj.unchecked_ref::<Plain>().field(key)
+}
+
+/// The property names and strings the per-message path uses, created once
+/// per client as JS strings.
+pub(crate) struct Keys {
+    pub(crate) data: JsValue,
+    pub(crate) message: JsValue,
+    pub(crate) ty: JsValue,
+    pub(crate) rpc: JsValue,
+    pub(crate) id: JsValue,
+    pub(crate) success: JsValue,
+    pub(crate) done: JsValue,
+    pub(crate) result: JsValue,
+    /// The init dictionary of every `message` event (read at construction,
+    /// so one object serves them all).
+    pub(crate) message_init: web_sys::MessageEventInit,
+}
+
+impl Keys {
+    pub(crate) fn new() -> Keys {
+        Keys {
+            data: "data".into(),
+            message: "message".into(),
+            ty: "type".into(),
+            rpc: agents_protocol::frame_type::RPC.into(),
+            id: "id".into(),
+            success: "success".into(),
+            done: "done".into(),
+            result: "result".into(),
+            message_init: web_sys::MessageEventInit::new(),
+        }
+    }
 }
