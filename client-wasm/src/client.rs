@@ -115,9 +115,59 @@ impl ClientOptions {
 /// A Rust closure JavaScript can call with one value.
 type JsCallback = Closure<dyn FnMut(JsValue)>;
 
+/// Where a call's outcome goes.
+pub(crate) enum Settle {
+    /// `call()` from JavaScript: the promise's functions.
+    Promise { resolve: Function, reject: Function },
+    /// [`Client::call_async`]: a typed slot its future polls. (Not in the
+    /// npm build, which has no Rust callers.)
+    #[cfg(not(feature = "standalone"))]
+    Slot(Rc<CallSlot>),
+}
+
+/// The outcome of a [`Client::call_async`] call, and the task to wake.
+#[cfg(not(feature = "standalone"))]
+#[derive(Default)]
+pub(crate) struct CallSlot {
+    pub(crate) outcome: RefCell<Option<Result<JsValue, ClientError>>>,
+    pub(crate) waker: RefCell<Option<core::task::Waker>>,
+}
+
+impl Settle {
+    fn resolve(&self, value: &JsValue) {
+        match self {
+            Settle::Promise { resolve, .. } => {
+                let _ = resolve.call1(&JsValue::NULL, value);
+            }
+            #[cfg(not(feature = "standalone"))]
+            Settle::Slot(slot) => slot.settle(Ok(value.clone())),
+        }
+    }
+
+    /// Rejects with `error`: JavaScript sees an `Error` with its message.
+    fn reject(&self, error: ClientError) {
+        match self {
+            Settle::Promise { reject, .. } => {
+                let _ = reject.call1(&JsValue::NULL, &error_value(&error.message()));
+            }
+            #[cfg(not(feature = "standalone"))]
+            Settle::Slot(slot) => slot.settle(Err(error)),
+        }
+    }
+}
+
+#[cfg(not(feature = "standalone"))]
+impl CallSlot {
+    fn settle(&self, outcome: Result<JsValue, ClientError>) {
+        *self.outcome.borrow_mut() = Some(outcome);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
 struct CallHandle {
-    resolve: Function,
-    reject: Function,
+    settle: Settle,
     on_chunk: Option<Function>,
     on_done: Option<Function>,
     on_error: Option<Function>,
@@ -735,8 +785,8 @@ impl Client {
             let error = get(frame, "error")
                 .as_string()
                 .unwrap_or_else(|| "Unknown error".into());
-            let _ = p.handle.reject.call1(&JsValue::NULL, &error_value(&error));
-            call1(&p.handle.on_error, &error.into());
+            call1(&p.handle.on_error, &error.as_str().into());
+            p.handle.settle.reject(ClientError::Rpc(error));
         } else if done == Some(false) {
             let on_chunk = i.calls.get(&id).and_then(|p| p.handle.on_chunk.clone());
             drop(i);
@@ -744,7 +794,7 @@ impl Client {
         } else {
             let Some(p) = i.calls.take(&id) else { return };
             drop(i);
-            let _ = p.handle.resolve.call1(&JsValue::NULL, &result);
+            p.handle.settle.resolve(&result);
             call1(&p.handle.on_done, &result);
         }
     }
@@ -905,7 +955,8 @@ impl Client {
     }
 
     /// Calls `method` with `args` (a JS array). `stream` callbacks receive
-    /// chunks; `timeout_ms` of 0 disables the timeout.
+    /// chunks; `timeout_ms` of 0 disables the timeout. The promise rejects
+    /// with an `Error` whose message is the [`ClientError`]'s.
     pub fn call(
         &self,
         method: &str,
@@ -913,31 +964,46 @@ impl Client {
         timeout_ms: f64,
         stream: [Option<Function>; 3],
     ) -> Promise {
-        let [on_chunk, on_done, on_error] = stream;
         let mut parts = None;
         let promise = Promise::new(&mut |res, rej| parts = Some((res, rej)));
         let (resolve, reject) = parts.unwrap_throw(); // the executor runs synchronously
+        self.start_call(
+            method,
+            args,
+            timeout_ms,
+            stream,
+            Settle::Promise { resolve, reject },
+        );
+        promise
+    }
+
+    /// Sends the call frame (or queues it) and records where its outcome goes.
+    pub(crate) fn start_call(
+        &self,
+        method: &str,
+        args: &JsValue,
+        timeout_ms: f64,
+        stream: [Option<Function>; 3],
+        settle: Settle,
+    ) {
+        let [on_chunk, on_done, on_error] = stream;
         let (closed, id) = {
             let mut i = self.core.inner.borrow_mut();
             let closed = i.closed || !i.connection_error.is_null();
             (closed, i.calls.next_id(random_u64()))
         };
         if closed {
-            let _ = reject.call1(&JsValue::NULL, &error_value("Connection closed"));
             call1(&on_error, &"Connection closed".into());
-            return promise;
+            return settle.reject(ClientError::ConnectionClosed);
         }
         let frame = Object::new();
         set(&frame, "type", &frame_type::RPC.into());
         set(&frame, "id", &id.as_str().into());
         set(&frame, "method", &method.into());
         set(&frame, "args", args);
-        let text = match JSON::stringify(&frame) {
-            Ok(t) => t,
-            Err(err) => {
-                let _ = reject.call1(&JsValue::NULL, &err);
-                return promise;
-            }
+        let Ok(text) = JSON::stringify(&frame) else {
+            let error = "call arguments must be JSON-serializable";
+            return settle.reject(ClientError::Options(error.into()));
         };
         let timer = (timeout_ms > 0.0).then(|| {
             let w = self.weak();
@@ -953,16 +1019,14 @@ impl Client {
                 let error = ClientError::Timeout {
                     method,
                     ms: timeout_ms as u32,
-                }
-                .message();
-                let _ = p.handle.reject.call1(&JsValue::NULL, &error_value(&error));
-                call1(&p.handle.on_error, &error.into());
+                };
+                call1(&p.handle.on_error, &error.message().into());
+                p.handle.settle.reject(error);
             })
         });
         let streaming = on_chunk.is_some() || on_done.is_some() || on_error.is_some();
         let handle = CallHandle {
-            resolve,
-            reject,
+            settle,
             on_chunk,
             on_done,
             on_error,
@@ -991,7 +1055,6 @@ impl Client {
                 reject_all(p.into_iter().collect(), &err);
             }
         }
-        promise
     }
 
     /// Sends `cf_agent_state`, updates [`state`](Self::state) and calls
@@ -1170,13 +1233,9 @@ fn send_on(ws: &WebSocket, data: &JsValue) -> Result<(), JsValue> {
 }
 
 fn reject_all(calls: Vec<Pending<CallHandle>>, error: &ClientError) {
-    let message = error.message();
     for p in calls {
-        let _ = p
-            .handle
-            .reject
-            .call1(&JsValue::NULL, &error_value(&message));
-        call1(&p.handle.on_error, &message.as_str().into());
+        call1(&p.handle.on_error, &error.message().into());
+        p.handle.settle.reject(error.clone());
     }
 }
 

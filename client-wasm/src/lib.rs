@@ -40,7 +40,7 @@ pub mod url;
 pub mod client;
 #[cfg(target_arch = "wasm32")]
 mod js;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "standalone")))]
 pub mod stream;
 #[cfg(target_arch = "wasm32")]
 mod sys;

@@ -1,7 +1,6 @@
 //! The Rust-side API extras: `async` calls and a `Stream` of messages, for
 //! Rust web apps (Leptos, Yew, …) that use [`Client`] directly.
 
-use alloc::borrow::ToOwned;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -14,11 +13,9 @@ use core::task::{Context, Poll, Waker};
 use js_sys::Array;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::JsFuture;
 
-use crate::client::Client;
+use crate::client::{CallSlot, Client, Settle};
 use crate::error::ClientError;
-use crate::sys::get;
 
 /// A message received by the client.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,29 +106,20 @@ impl Client {
     /// Calls `method` with `args` and awaits the result (default timeout).
     ///
     /// # Errors
-    /// [`ClientError::Rpc`] with the server's message, [`ClientError::Timeout`]
-    /// or [`ClientError::ConnectionClosed`].
+    /// [`ClientError::Rpc`] with the server's message, [`ClientError::Timeout`],
+    /// [`ClientError::ConnectionClosed`], [`ClientError::QueueFull`], or
+    /// [`ClientError::Options`] when `args` are not JSON-serializable.
     pub async fn call_async(&self, method: &str, args: &[JsValue]) -> Result<JsValue, ClientError> {
         let args: Array = args.iter().collect();
-        let promise = self.call(
+        let slot = Rc::new(CallSlot::default());
+        self.start_call(
             method,
             &args,
             self.default_call_timeout(),
             [None, None, None],
+            Settle::Slot(slot.clone()),
         );
-        JsFuture::from(promise).await.map_err(|err| {
-            let message = get(&err, "message").as_string().unwrap_or_default();
-            match message.as_str() {
-                "Connection closed" => ClientError::ConnectionClosed,
-                m if m.starts_with("RPC call to ") && m.contains(" timed out after ") => {
-                    ClientError::Timeout {
-                        method: method.to_owned(),
-                        ms: self.default_call_timeout() as u32,
-                    }
-                }
-                _ => ClientError::Rpc(message),
-            }
-        })
+        CallFuture { slot }.await
     }
 
     /// Sends a text message (queued while disconnected).
@@ -142,5 +130,24 @@ impl Client {
     /// Sends a binary message (queued while disconnected).
     pub fn send_binary(&self, bytes: &[u8]) -> Result<bool, ClientError> {
         self.send(js_sys::Uint8Array::from(bytes).buffer().unchecked_into())
+    }
+}
+
+/// Resolves when the call's [`CallSlot`] is settled.
+struct CallFuture {
+    slot: Rc<CallSlot>,
+}
+
+impl core::future::Future for CallFuture {
+    type Output = Result<JsValue, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.slot.outcome.borrow_mut().take() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => {
+                *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }

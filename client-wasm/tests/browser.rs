@@ -621,6 +621,36 @@ async fn rust_api_streams_messages_and_awaits_calls() {
         .await
         .unwrap_err();
     assert_eq!(err, agents_client::ClientError::ConnectionClosed);
+
+    // Typed errors for the other failures too: a call queued on a client
+    // that cannot connect times out; arguments JSON cannot carry.
+    let mut options = ClientOptions::new("CounterAgent", &unique("rust-down"), "127.0.0.1:9");
+    options.default_call_timeout = 150.0;
+    let unreachable = Client::new(options).unwrap();
+    let err = timed(
+        "the timeout",
+        unreachable.call_async("increment", &[1.into()]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err,
+        agents_client::ClientError::Timeout {
+            method: "increment".into(),
+            ms: 150
+        }
+    );
+    let err = timed(
+        "the rejection",
+        unreachable.call_async("increment", &[js_sys::BigInt::from(1).into()]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, agents_client::ClientError::Options(ref m) if m.contains("JSON")),
+        "{err:?}"
+    );
+    unreachable.close(1000, "");
 }
 
 /// Offline, failed attempts do not use up retries; `online` reconnects at once.
