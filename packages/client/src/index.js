@@ -5,18 +5,19 @@
 // scripts/build-client.sh bundles and minifies this file with the
 // wasm-bindgen glue into pkg/index.js, next to the .wasm: the URLs below are
 // relative to that output file.
-import init, { initSync, AgentClient } from "../pkg/agents_client.js";
+import init, { AgentClient } from "../pkg/agents_client.js";
 
 const here = import.meta.url;
 const node = globalThis.process?.getBuiltinModule;
-if (node && here.startsWith("file:")) {
-  // Node (tests, SSR): fetch() cannot read file: URLs.
-  const { readFileSync } = node("node:fs");
-  initSync({ module: readFileSync(new URL("./agents_client_bg.wasm", here)) });
-} else {
-  // Bundlers (Vite) see this pattern and ship the .wasm as an asset.
-  await init({ module_or_path: new URL("./agents_client_bg.wasm", import.meta.url) });
-}
+// Node (tests, SSR): fetch() cannot read file: URLs, so hand init the bytes.
+// Bundlers (Vite) see the `new URL(…, import.meta.url)` pattern and ship the
+// .wasm as an asset.
+await init({
+  module_or_path:
+    node && here.startsWith("file:")
+      ? node("node:fs").readFileSync(new URL("./agents_client_bg.wasm", here))
+      : new URL("./agents_client_bg.wasm", import.meta.url),
+});
 
 // The two pieces of the reference's surface that are plain JavaScript
 // objects rather than client logic live here, not in the WebAssembly.
