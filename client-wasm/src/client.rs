@@ -665,8 +665,12 @@ impl Client {
         let ty = ty.as_string().unwrap_or_default();
         match ty.as_str() {
             frame_type::IDENTITY => {
-                let name = get(frame, "name").as_string().unwrap_or_default();
-                let agent = get(frame, "agent").as_string().unwrap_or_default();
+                // A frame without both names is malformed: it reaches the
+                // listeners but changes no identity.
+                let (name, agent) = (
+                    get(frame, "name").as_string().unwrap_or_default(),
+                    get(frame, "agent").as_string().unwrap_or_default(),
+                );
                 let hold = {
                     let mut i = self.core.inner.borrow_mut();
                     let hold = get(frame, "stateFollows") == JsValue::TRUE && !i.state_seen;

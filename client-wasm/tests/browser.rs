@@ -382,6 +382,77 @@ async fn calls_succeed_fail_and_stream() {
     );
 }
 
+/// Frames the client cannot use — malformed JSON, unknown or ill-typed
+/// protocol frames, answers to calls it never made, a large invalid frame —
+/// reach the listeners unchanged and in order, and change nothing else.
+/// (echo-agent sends back whatever is not a client→server protocol frame.)
+#[wasm_bindgen_test]
+async fn hostile_frames_reach_listeners_and_change_nothing() {
+    server_up().await;
+    let name = unique("hostile");
+    let client =
+        AgentClient::new(options(&format!(r#"{{"agent":"EchoAgent","name":"{name}"}}"#)).into())
+            .unwrap();
+    let rec = Recorder::new(&client);
+    ready(&client).await;
+    // Built and compared on the JS side, so the test itself does not grow
+    // wasm memory (the leak test measures it concurrently).
+    let big: JsValue = js_sys::JsString::from(r#"{"type":"rpc","id":""#)
+        .concat(&js_sys::JsString::from("x").repeat(200_000))
+        .into();
+    let hostile: Vec<JsValue> = [
+        "{",
+        "{}",
+        "[1,2]",
+        "null",
+        r#""{\"type\":\"rpc\"}""#,
+        r#"{"type":42}"#,
+        r#"{"type":"cf_agent_no_such_frame"}"#,
+        r#"{"type":"cf_agent_identity"}"#,
+        r#"{"type":"cf_agent_identity","name":5,"agent":null}"#,
+        r#"{"type":"rpc"}"#,
+        r#"{"type":"rpc","id":"never-sent","success":true,"done":true,"result":1}"#,
+        r#"{"type":"rpc","id":7,"success":false,"error":{}}"#,
+        r#"{"type":"rpc","id":"never-sent","success":false,"error":{"not":"a string"}}"#,
+    ]
+    .iter()
+    .map(|s| JsValue::from_str(s))
+    .chain([big, "after".into()])
+    .collect();
+    for text in &hostile {
+        client.send(text.clone()).unwrap();
+    }
+    let data = |r: &Recorder| -> Vec<JsValue> {
+        r.events
+            .borrow()
+            .iter()
+            .filter(|(t, _)| t == "message")
+            .map(|(_, e)| Reflect::get(e, &"data".into()).unwrap())
+            .collect()
+    };
+    let first = hostile[0].clone();
+    rec.until("every frame back", |r| {
+        let all = data(r);
+        all.iter()
+            .position(|d| *d == first)
+            .is_some_and(|at| all.len() - at == hostile.len())
+    })
+    .await;
+    let all = data(&rec);
+    let at = all.iter().position(|d| *d == first).unwrap();
+    for (i, (got, want)) in all[at..].iter().zip(&hostile).enumerate() {
+        assert!(got == want, "frame {i} came back changed");
+    }
+    // Nothing else happened: same identity, no close or error, still usable.
+    assert_eq!(client.agent(), "echo-agent");
+    assert_eq!(client.name(), name);
+    assert!(client.identified());
+    assert_eq!(rec.count("close"), 0);
+    assert_eq!(rec.count("error"), 0);
+    assert_eq!(client.ready_state(), 1);
+    client.close(None, None);
+}
+
 /// With the server down, a call waits in the queue and times out.
 #[wasm_bindgen_test]
 async fn call_times_out_and_queued_sends_survive_a_restart() {
