@@ -667,10 +667,12 @@ impl Client {
             frame_type::IDENTITY => {
                 // A frame without both names is malformed: it reaches the
                 // listeners but changes no identity.
-                let (name, agent) = (
-                    get(frame, "name").as_string().unwrap_or_default(),
-                    get(frame, "agent").as_string().unwrap_or_default(),
-                );
+                let (Some(name), Some(agent)) = (
+                    get(frame, "name").as_string(),
+                    get(frame, "agent").as_string(),
+                ) else {
+                    return;
+                };
                 let hold = {
                     let mut i = self.core.inner.borrow_mut();
                     let hold = get(frame, "stateFollows") == JsValue::TRUE && !i.state_seen;
