@@ -1,5 +1,6 @@
 //! Small bindings the client needs beyond `web-sys`: timers that cancel on
-//! drop, and `EventTarget` calls that pass JavaScript options through.
+//! drop, `EventTarget` calls that pass JavaScript options through, and the
+//! per-message helpers ([`field`], [`Keys`]) that avoid string conversions.
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
