@@ -1,4 +1,4 @@
-// Applies wasm-opt's `--minify-imports-and-exports` renaming (the JSON map
+// Applies wasm-opt's `--minify-imports-and-exports-and-modules` renaming (the JSON map
 // it prints) to wasm-bindgen's JavaScript glue, so the long hashed import
 // and export names (`__wbg_send_cd51063ca1be4d0f`, `agentclient_new`, …)
 // become one or two letters in both files.

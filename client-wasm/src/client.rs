@@ -650,6 +650,7 @@ impl Client {
         let keys = &self.core.keys;
         keys.message_init.set_data(&data);
         let event = NewMessageEvent::new(&keys.message, &keys.message_init);
+        // So the shared init object does not keep the last message alive.
         keys.message_init.set_data(&JsValue::UNDEFINED);
         self.emit(&handler, &event);
     }
@@ -791,8 +792,11 @@ impl Client {
             let error = get(frame, "error")
                 .as_string()
                 .unwrap_or_else(|| "Unknown error".into());
-            call1(&p.handle.on_error, &error.as_str().into());
-            p.handle.settle.reject(ClientError::Rpc(error));
+            fail_call(
+                &p.handle.on_error,
+                &p.handle.settle,
+                ClientError::Rpc(error),
+            );
         } else if done == Some(false) {
             let on_chunk = i.calls.get(&id).and_then(|p| p.handle.on_chunk.clone());
             drop(i);
@@ -999,8 +1003,7 @@ impl Client {
             (closed, i.calls.next_id(random_u64()))
         };
         if closed {
-            call1(&on_error, &"Connection closed".into());
-            return settle.reject(ClientError::ConnectionClosed);
+            return fail_call(&on_error, &settle, ClientError::ConnectionClosed);
         }
         let frame = Object::new();
         set(&frame, "type", &frame_type::RPC.into());
@@ -1026,8 +1029,7 @@ impl Client {
                     method,
                     ms: timeout_ms as u32,
                 };
-                call1(&p.handle.on_error, &error.message().into());
-                p.handle.settle.reject(error);
+                fail_call(&p.handle.on_error, &p.handle.settle, error);
             })
         });
         let streaming = on_chunk.is_some() || on_done.is_some() || on_error.is_some();
@@ -1240,9 +1242,15 @@ fn send_on(ws: &WebSocket, data: &JsValue) -> Result<(), JsValue> {
 
 fn reject_all(calls: Vec<Pending<CallHandle>>, error: &ClientError) {
     for p in calls {
-        call1(&p.handle.on_error, &error.message().into());
-        p.handle.settle.reject(error.clone());
+        fail_call(&p.handle.on_error, &p.handle.settle, error.clone());
     }
+}
+
+/// Fails a call: its `onError` gets the message, its promise (or
+/// `call_async`) the error.
+fn fail_call(on_error: &Option<Function>, settle: &Settle, error: ClientError) {
+    call1(on_error, &error.message().into());
+    settle.reject(error);
 }
 
 /// An `Error` named `AgentConnectionError` carrying `code`, `reason`, `wasClean`.

@@ -2,15 +2,22 @@
 
 use alloc::string::String;
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// Appends `value` in lowercase hexadecimal, zero-padded to `width` digits
 /// (`format!("{value:0width$x}")`).
 pub fn push_hex(out: &mut String, value: u64, width: u32) {
-    let digits = (64 - value.leading_zeros()).div_ceil(4).max(width).max(1);
-    for i in (0..digits).rev() {
+    push_hex_digits(out, value, width, b"0123456789abcdef");
+}
+
+/// [`push_hex`] with uppercase digits (`format!("{value:0width$X}")`).
+pub fn push_hex_upper(out: &mut String, value: u64, width: u32) {
+    push_hex_digits(out, value, width, b"0123456789ABCDEF");
+}
+
+fn push_hex_digits(out: &mut String, value: u64, width: u32, digits: &[u8; 16]) {
+    let count = (64 - value.leading_zeros()).div_ceil(4).max(width).max(1);
+    for i in (0..count).rev() {
         let nibble = value.checked_shr(i * 4).unwrap_or(0) & 0xf;
-        out.push(HEX[nibble as usize] as char);
+        out.push(digits[nibble as usize] as char);
     }
 }
 
@@ -51,6 +58,9 @@ mod tests {
                 let mut s = String::new();
                 push_hex(&mut s, v, width);
                 assert_eq!(s, format!("{v:0w$x}", w = width as usize), "{v} {width}");
+                let mut s = String::new();
+                push_hex_upper(&mut s, v, width);
+                assert_eq!(s, format!("{v:0w$X}", w = width as usize), "{v} {width}");
             }
         }
     }

@@ -5,6 +5,7 @@ use alloc::borrow::ToOwned;
 use alloc::string::String;
 
 use crate::error::ClientError;
+use crate::text::push_hex_upper;
 
 /// The address parts of the options.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -151,10 +152,8 @@ fn form_encode(out: &mut String, s: &str) {
             }
             b' ' => out.push('+'),
             _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
                 out.push('%');
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 0xf)] as char);
+                push_hex_upper(out, b.into(), 2);
             }
         }
     }
