@@ -3,16 +3,14 @@
 // lines (`JSON {...}`) for scripts/bench.sh.
 //   node bench-client.mjs [rounds]
 import path from "node:path";
-import { AgentsServer, serveStatic, launchBrowser, ROOT } from "./harness.mjs";
+import { startStack, ROOT } from "./harness.mjs";
 
 const ROUNDS = Number(process.argv[2] ?? 5);
 const N = 10_000; // messages per measurement
 const CHUNK = 1000; // count_to's limit on the server: N/CHUNK streaming calls
 
-const server = new AgentsServer();
-await server.start();
-const site = await serveStatic({ "/client/": path.join(ROOT, "packages/client"), "/": path.join(ROOT, "tests/browser") });
-const browser = await launchBrowser();
+const stack = await startStack({ "/client/": path.join(ROOT, "packages/client"), "/": path.join(ROOT, "tests/browser") });
+const { server, site, browser } = stack;
 const page = await browser.newPage();
 browser.on("disconnected", () => console.error("browser disconnected"));
 page.on("console", (m) => console.log("console:", m.text()));
@@ -91,6 +89,4 @@ for (const what of ["receive", "send"]) {
   console.log(`client ${what.padEnd(8)} native=${Math.round(native)} msg/s  AgentClient=${Math.round(wasm)} msg/s  ratio=${ratio.toFixed(2)} (per-round: ${n.map((x, i) => (w[i] / x).toFixed(2)).join(" ")})`);
   console.log(`JSON ${JSON.stringify({ bench: `client-${what}`, label: "ours", native_msgs_per_s: Math.round(native), agentclient_msgs_per_s: Math.round(wasm), ratio: Number(ratio.toFixed(2)) })}`);
 }
-await browser.close();
-await site.close();
-await server.stop();
+await stack.stop();

@@ -6,7 +6,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
-export { AgentsServer, ROOT } from "../agents-server.mjs";
+import { AgentsServer, ROOT } from "../agents-server.mjs";
+
+export { AgentsServer, ROOT };
 
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json", ".svg": "image/svg+xml" };
 
@@ -45,4 +47,27 @@ export function watchErrors(page) {
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
   return errors;
+}
+
+/**
+ * agents-server, a static site of `mounts` and Chromium, for a test file:
+ * `{ server, site, browser, stop() }`. What started is stopped again if a
+ * later step fails.
+ */
+export async function startStack(mounts) {
+  const stack = { server: new AgentsServer() };
+  stack.stop = async () => {
+    await stack.browser?.close();
+    await stack.site?.close();
+    await stack.server.stop();
+  };
+  try {
+    await stack.server.start();
+    stack.site = await serveStatic(mounts);
+    stack.browser = await launchBrowser();
+  } catch (err) {
+    await stack.stop();
+    throw err;
+  }
+  return stack;
 }

@@ -5,28 +5,22 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
-import { AgentsServer, serveStatic, launchBrowser, watchErrors, ROOT } from "./harness.mjs";
+import { startStack, watchErrors, ROOT } from "./harness.mjs";
 
-let server, site, browser, page, errors;
+let stack, server, page, errors;
 
 before(async () => {
-  server = new AgentsServer();
-  await server.start();
-  site = await serveStatic({
+  stack = await startStack({
     "/": path.join(ROOT, "tests/browser"),
     "/client/": path.join(ROOT, "packages/client"),
   });
-  browser = await launchBrowser();
-  page = await browser.newPage();
+  server = stack.server;
+  page = await stack.browser.newPage();
   errors = watchErrors(page);
-  await page.goto(`${site.url}/strict-csp.html`);
+  await page.goto(`${stack.site.url}/strict-csp.html`);
 });
 
-after(async () => {
-  await browser?.close();
-  await site?.close();
-  await server?.stop();
-});
+after(() => stack?.stop());
 
 test("stub calls methods, ignores probe keys, and works under a CSP without unsafe-eval", async () => {
   // page.evaluate runs through DevTools, not eval: the page's CSP still

@@ -3,25 +3,19 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
-import { AgentsServer, serveStatic, launchBrowser, watchErrors, ROOT } from "./harness.mjs";
+import { startStack, watchErrors, ROOT } from "./harness.mjs";
 
-let server, site, browser;
+let stack, server, site, browser;
 
 before(async () => {
-  server = new AgentsServer();
-  await server.start();
-  site = await serveStatic({
+  stack = await startStack({
     "/": path.join(ROOT, "examples/plain-js"),
     "/client/": path.join(ROOT, "packages/client"),
   });
-  browser = await launchBrowser();
+  ({ server, site, browser } = stack);
 });
 
-after(async () => {
-  await browser?.close();
-  await site?.close();
-  await server?.stop();
-});
+after(() => stack?.stop());
 
 test("the plain JS page connects, echoes, and reconnects after a restart", async () => {
   const page = await browser.newPage();
