@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).context("bad --log filter")?)
+        .with_writer(std::io::stderr)
         .init();
 
     let storage = if args.in_memory {

@@ -10,9 +10,15 @@ use crate::util::*;
 
 /// Starts the binary on a free port with `args`; returns it and its address.
 async fn spawn_server(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agents-server"))
-        .args(["--port", "0", "--log", "warn"])
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agents-server"));
+    cmd.args(["--port", "0", "--log", "warn"]).args(args);
+    spawn(cmd).await
+}
+
+/// Spawns `cmd` (stdout piped, killed on drop) and reads the address from
+/// its `listening on` line.
+async fn spawn(mut cmd: Command) -> (tokio::process::Child, std::net::SocketAddr) {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -20,9 +26,9 @@ async fn spawn_server(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, std:
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(WAIT, lines.next_line())
         .await
+        .expect("no listening line in time")
         .unwrap()
-        .unwrap()
-        .unwrap();
+        .expect("the server exited before listening");
     let addr = line
         .rsplit("http://")
         .next()
@@ -31,6 +37,33 @@ async fn spawn_server(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, std:
         .parse()
         .unwrap();
     (child, addr)
+}
+
+/// Sends `signal` to the child process.
+fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (bounded) for the child to exit and requires success.
+async fn exits_cleanly(child: &mut tokio::process::Child) {
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the server did not exit in time")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
+/// A fresh temporary directory for one test.
+fn temp_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("agents-rs-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[tokio::test]
@@ -62,18 +95,9 @@ async fn binary_serves_static_files_and_shuts_down_on_sigterm() {
 
     let mut c = Client::connect(&format!("ws://{addr}/agents/counter-agent/bin")).await;
     c.handshake().await;
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, "TERM");
     assert_eq!(c.closed().await, (1001, "Server shutting down".into()));
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exit.success(), "{exit}");
+    exits_cleanly(&mut child).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -97,4 +121,73 @@ async fn state_survives_sigkill_and_restart() {
     let mut c = Client::connect(&format!("ws://{addr}/agents/counter-agent/durable")).await;
     assert_eq!(c.handshake().await.1, Some(serde_json::json!({"count": 7})));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGINT (Ctrl-C) shuts down like SIGTERM: every socket gets 1001.
+#[tokio::test]
+async fn sigint_closes_sockets_with_1001() {
+    let (mut child, addr) = spawn_server(&["--in-memory".as_ref()]).await;
+    let mut c = Client::connect(&format!("ws://{addr}/agents/echo-agent/int")).await;
+    c.handshake().await;
+    signal(&child, "INT");
+    assert_eq!(c.closed().await, (1001, "Server shutting down".into()));
+    exits_cleanly(&mut child).await;
+}
+
+/// Every flag can be given as an `AGENTS_*` environment variable instead.
+#[tokio::test]
+async fn environment_variables_configure_the_binary() {
+    let site = temp_dir("env-site");
+    std::fs::write(site.join("index.html"), "from env").unwrap();
+    let data = temp_dir("env-data");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agents-server"));
+    cmd.env("AGENTS_HOST", "127.0.0.1")
+        .env("AGENTS_PORT", "0")
+        .env("AGENTS_STATIC_DIR", &site)
+        .env("AGENTS_DATA_DIR", &data)
+        .env("AGENTS_LOG", "agents_server=debug")
+        .env("AGENTS_IDLE_TIMEOUT", "1")
+        .stderr(Stdio::piped());
+    let (mut child, addr) = spawn(cmd).await;
+    assert!(addr.ip().is_loopback());
+    assert_eq!(http_get(addr, "/", &[]).await, (200, "from env".into()));
+    let mut c = Client::connect(&format!("ws://{addr}/agents/counter-agent/env")).await;
+    c.handshake().await;
+    c.close(1000, "").await;
+    c.closed().await;
+    // AGENTS_LOG=debug shows the eviction that AGENTS_IDLE_TIMEOUT=1 causes.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("evicting idle instance") {
+                return;
+            }
+        }
+        panic!("stderr ended without an eviction line");
+    })
+    .await
+    .expect("no eviction within 10 s of AGENTS_IDLE_TIMEOUT=1");
+    assert!(
+        data.join("agents.sqlite3").is_file(),
+        "AGENTS_DATA_DIR unused"
+    );
+    signal(&child, "TERM");
+    exits_cleanly(&mut child).await;
+
+    // AGENTS_IN_MEMORY: nothing is written, not even the default ./data.
+    let cwd = temp_dir("env-memory");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agents-server"));
+    cmd.current_dir(&cwd)
+        .env("AGENTS_PORT", "0")
+        .env("AGENTS_LOG", "warn")
+        .env("AGENTS_IN_MEMORY", "true");
+    let (mut child, addr) = spawn(cmd).await;
+    let mut c = Client::connect(&format!("ws://{addr}/agents/counter-agent/mem")).await;
+    c.handshake().await;
+    signal(&child, "TERM");
+    exits_cleanly(&mut child).await;
+    assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "files written");
+    for dir in [site, data, cwd] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -82,8 +82,8 @@ async fn tags_lookup_and_broadcast_exclusion() {
     // Excluding id `a` skips both sockets that share it.
     a1.send("others:hello").await;
     assert_eq!(b.text().await, "hello");
-    a1.quiet().await;
-    a2.quiet().await;
+    a1.sentinel().await;
+    a2.sentinel().await;
 }
 
 #[tokio::test]
@@ -254,21 +254,31 @@ async fn idle_instances_are_evicted_and_recreated() {
 }
 
 /// Many clients racing an instance that is being evicted all end up connected.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_racing_eviction_are_not_lost() {
     let server =
         TestServer::start(agents_server::demo::server().idle_timeout(Duration::from_millis(1)))
             .await;
-    for round in 0..20 {
-        let mut c = server
-            .connect(&format!("/agents/echo-agent/race?r={round}"))
-            .await;
-        c.handshake().await;
-        c.send("still here").await;
-        assert_eq!(c.text().await, "still here");
-        c.close(1000, "").await;
-        c.closed().await;
-        tokio::time::sleep(Duration::from_millis(round % 3)).await;
+    for round in 0..20u64 {
+        let mut clients = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let url = server.url(&format!("/agents/echo-agent/race?r={round}&i={i}"));
+            clients.spawn(async move {
+                tokio::time::sleep(Duration::from_millis((i * round) % 3)).await;
+                let mut c = Client::connect(&url).await;
+                c.handshake().await;
+                c.send("still here").await;
+                assert_eq!(c.text().await, "still here");
+                c.close(1000, "").await;
+                c.closed().await;
+            });
+        }
+        while let Some(done) = tokio::time::timeout(WAIT, clients.join_next())
+            .await
+            .expect("a racing client hung")
+        {
+            done.unwrap();
+        }
     }
 }
 

@@ -28,11 +28,38 @@ async fn http_results_match_the_reference() {
         server.get("/agents/counter-agent/p").await,
         (404, "Not implemented".into())
     );
-    let long = "n".repeat(agents_server::MAX_NAME_LEN + 1);
+}
+
+/// Names up to `MAX_NAME_LEN` bytes are served; one byte more is refused.
+#[tokio::test]
+async fn name_length_boundary() {
+    let server = TestServer::start(agents_server::demo::server()).await;
+    let longest = "n".repeat(agents_server::MAX_NAME_LEN);
+    let mut c = server
+        .connect(&format!("/agents/echo-agent/{longest}"))
+        .await;
+    let (identity, _) = c.handshake().await;
+    assert_eq!(identity["name"], longest.as_str());
     assert_eq!(
-        server.get(&format!("/agents/echo-agent/{long}")).await.0,
-        400
+        server.get(&format!("/agents/echo-agent/{longest}")).await,
+        (404, "Not implemented".into())
     );
+    let too_long = format!("{longest}n");
+    assert_eq!(
+        server.get(&format!("/agents/echo-agent/{too_long}")).await,
+        (400, "Invalid request".into())
+    );
+    let err =
+        tokio_tungstenite::connect_async(server.url(&format!("/agents/echo-agent/{too_long}")))
+            .await
+            .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 400);
+            assert_eq!(resp.body().as_deref(), Some(&b"Invalid request"[..]));
+        }
+        other => panic!("expected HTTP 400, got {other}"),
+    }
 }
 
 #[tokio::test]
@@ -42,7 +69,10 @@ async fn unknown_agent_upgrade_is_refused_with_400() {
         .await
         .unwrap_err();
     match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 400),
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 400);
+            assert_eq!(resp.body().as_deref(), Some(&b"Invalid request"[..]));
+        }
         other => panic!("expected HTTP 400, got {other}"),
     }
 }

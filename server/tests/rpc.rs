@@ -145,7 +145,7 @@ async fn validation_rejects_a_client_state() {
         a.json().await,
         json!({"type":"cf_agent_state_error","error":"State update rejected"})
     );
-    b.quiet().await;
+    b.sentinel().await;
     a.send(r#"{"type":"cf_agent_state","state":{"ok":1}}"#)
         .await;
     assert_eq!(
@@ -176,16 +176,14 @@ async fn chat_keeps_history_for_newcomers() {
     a.handshake().await;
     a.send("first").await;
     a.send("second").await;
+    // The sender gets each message back, then the state that holds it; once
+    // the second state frame is here, both messages are stored.
+    assert_eq!(a.text().await, "first");
+    assert_eq!(a.json().await["type"], "cf_agent_state");
+    assert_eq!(a.text().await, "second");
+    assert_eq!(a.json().await["state"]["messages"][1]["text"], "second");
     let mut c = server.connect("/agents/chat-agent/history?_pk=cat").await;
-    // Wait until both messages are in the state the newcomer sees.
-    let state = loop {
-        let (_, state) = c.handshake().await;
-        let state = state.unwrap();
-        if state["messages"].as_array().unwrap().len() == 2 {
-            break state;
-        }
-        c = server.connect("/agents/chat-agent/history?_pk=cat").await;
-    };
+    let state = c.handshake().await.1.unwrap();
     let texts: Vec<_> = state["messages"]
         .as_array()
         .unwrap()

@@ -17,7 +17,7 @@ async fn client_state_reaches_the_others_not_the_sender() {
         b.json().await,
         json!({"type":"cf_agent_state","state":{"count":7}})
     );
-    a.quiet().await;
+    a.sentinel().await;
     let mut c = server.connect("/agents/counter-agent/s?_pk=c").await;
     let (_, state) = c.handshake().await;
     assert_eq!(state, Some(json!({"count":7})));
@@ -77,7 +77,7 @@ async fn readonly_and_no_protocol_connections() {
         json!({"type":"cf_agent_state","state":null})
     );
     assert_eq!(wait_for(&log, "state server").await, "state server null");
-    np.quiet().await;
+    np.sentinel().await;
     // A null state still counts as state on connect.
     let mut late = server.connect("/agents/probe-agent/flags").await;
     assert_eq!(late.handshake().await.1, Some(json!(null)));

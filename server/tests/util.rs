@@ -220,14 +220,27 @@ impl Client {
             .unwrap();
     }
 
-    /// Asserts nothing arrives for a short while.
-    pub async fn quiet(&mut self) {
-        match tokio::time::timeout(Duration::from_millis(150), self.ws.next()).await {
-            Err(_) => {}
-            Ok(m) => panic!("expected silence, got {m:?}"),
-        }
+    /// Asserts that nothing else was queued for this client: sends an RPC
+    /// call to a method no agent has and requires its error reply to be the
+    /// very next frame. The instance handles events in order, so anything
+    /// caused by earlier events would arrive before it.
+    pub async fn sentinel(&mut self) {
+        let n = SENTINELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("sentinel-{n}");
+        self.send(&format!(
+            r#"{{"type":"rpc","id":"{id}","method":"no_such_method","args":[]}}"#
+        ))
+        .await;
+        let next = self.json().await;
+        assert_eq!(
+            next,
+            serde_json::json!({"type":"rpc","id":id,"success":false,"error":"Method no_such_method does not exist"}),
+            "expected nothing before the sentinel reply"
+        );
     }
 }
+
+static SENTINELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What the probe's hooks saw, in order.
 pub type Log = Arc<Mutex<Vec<String>>>;
