@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 : >"$OUT/results.log"
 ulimit -n "$(ulimit -Hn)" # 10,000 idle connections need file descriptors
 step "build (release)"
-cargo build --release --locked -p agents-server -p agents-bench
+cargo build --release --locked -p agents-server-cli -p agents-bench
 npm_install tests/bench
 pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
 

@@ -13,7 +13,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p agents-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 cargo clippy -p agents-client --target wasm32-unknown-unknown --locked \
   --no-default-features --features standalone -- -D warnings # as the npm package is built
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q -p agents-protocol -p agents-server
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q -p agents-protocol -p agents-server -p agents-server-cli
 
 step "build"
 cargo build --workspace --all-targets --locked

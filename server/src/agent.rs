@@ -234,28 +234,3 @@ pub trait Agent: Send + Sized + 'static {
         async { Ok(()) }
     }
 }
-
-/// Wraps a hook's outcome: errors and panics become a [`HookError`].
-pub(crate) async fn guarded<T>(
-    hook: &'static str,
-    fut: impl Future<Output = Result<T, BoxError>>,
-) -> Result<T, HookError> {
-    use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(HookError::Failed { hook, source }),
-        Err(payload) => Err(HookError::from_panic(hook, payload)),
-    }
-}
-
-/// Runs a synchronous hook, turning a panic into a [`HookError`].
-pub(crate) fn guarded_sync<T>(
-    hook: &'static str,
-    f: impl FnOnce() -> Result<T, BoxError>,
-) -> Result<T, HookError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(HookError::Failed { hook, source }),
-        Err(payload) => Err(HookError::from_panic(hook, payload)),
-    }
-}

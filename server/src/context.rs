@@ -50,10 +50,10 @@ pub struct AgentContext<A: Agent> {
     /// by every broadcast and connect.
     state_frame: Option<Message>,
     /// The connection whose event is being handled, if any.
-    pub(crate) current: Option<Connection>,
-    /// Set by [`set_state`](Self::set_state); the actor then calls
+    current: Option<Connection>,
+    /// Set by [`set_state`](Self::set_state); the runtime then calls
     /// `on_state_update` with [`StateSource::Server`].
-    pub(crate) state_changed: bool,
+    state_changed: bool,
     storage: InstanceStorage,
 }
 
@@ -103,9 +103,7 @@ impl<A: Agent> AgentContext<A> {
         &'a self,
         tag: &'a str,
     ) -> impl Iterator<Item = &'a Connection> + 'a {
-        self.connections
-            .values()
-            .filter(move |c| c.tags().iter().any(|t| t == tag))
+        self.connections.values().filter(move |c| c.has_tag(tag))
     }
 
     /// The number of open connections.
@@ -137,7 +135,7 @@ impl<A: Agent> AgentContext<A> {
             if exclude.contains(&conn.id()) {
                 continue;
             }
-            let _ = conn.send_message(message.clone());
+            let _ = conn.send(message.clone());
         }
     }
 
@@ -199,8 +197,23 @@ impl<A: Agent> AgentContext<A> {
             if !conn.is_protocol_enabled() || exclude.is_some_and(|id| id == conn.id()) {
                 continue;
             }
-            let _ = conn.send_message(frame.clone());
+            let _ = conn.send(frame.clone());
         }
+    }
+
+    /// A hook for `conn`'s event (or no connection's) begins.
+    pub(crate) fn begin_turn(&mut self, conn: Option<&Connection>) {
+        self.current = conn.cloned();
+    }
+
+    /// The hook returned.
+    pub(crate) fn end_turn(&mut self) {
+        self.current = None;
+    }
+
+    /// Whether [`set_state`](Self::set_state) ran since the last call.
+    pub(crate) fn take_state_changed(&mut self) -> bool {
+        std::mem::take(&mut self.state_changed)
     }
 
     pub(crate) fn insert(&mut self, conn: Connection) {

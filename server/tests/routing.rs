@@ -7,7 +7,7 @@ use crate::util::*;
 
 #[tokio::test]
 async fn http_results_match_the_reference() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     assert_eq!(
         server.get("/agents/unknown-agent/x?_pk=x").await,
         (400, "Invalid request".into())
@@ -33,7 +33,7 @@ async fn http_results_match_the_reference() {
 /// Names up to `MAX_NAME_LEN` bytes are served; one byte more is refused.
 #[tokio::test]
 async fn name_length_boundary() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let longest = "n".repeat(agents_server::MAX_NAME_LEN);
     let mut c = server
         .connect(&format!("/agents/echo-agent/{longest}"))
@@ -64,7 +64,7 @@ async fn name_length_boundary() {
 
 #[tokio::test]
 async fn unknown_agent_upgrade_is_refused_with_400() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let err = tokio_tungstenite::connect_async(server.url("/agents/nope-agent/x"))
         .await
         .unwrap_err();
@@ -81,7 +81,7 @@ async fn unknown_agent_upgrade_is_refused_with_400() {
 /// ignored; a sub-path reaches the same instance.
 #[tokio::test]
 async fn names_are_raw_segments_and_paths_are_lenient() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server
         .connect("/agents/echo-agent/with%20space?_pk=x")
         .await;
@@ -152,7 +152,7 @@ fn colliding_class_names_are_refused() {
 /// The agents' router merges into an app that has routes of its own.
 #[tokio::test]
 async fn router_mounts_into_a_users_app() {
-    let agents = agents_server::demo::server().build();
+    let agents = agents_server_cli::demo::server().build();
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok" }))
         .merge(agents.router());

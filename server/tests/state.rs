@@ -6,7 +6,7 @@ use crate::util::*;
 
 #[tokio::test]
 async fn client_state_reaches_the_others_not_the_sender() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut a = server.connect("/agents/counter-agent/s?_pk=a").await;
     let mut b = server.connect("/agents/counter-agent/s?_pk=b").await;
     a.handshake().await;
@@ -25,7 +25,7 @@ async fn client_state_reaches_the_others_not_the_sender() {
 
 #[tokio::test]
 async fn state_that_does_not_fit_the_type_is_rejected() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut a = server.connect("/agents/counter-agent/bad-state").await;
     a.handshake().await;
     a.send(r#"{"type":"cf_agent_state","state":{"count":"x"}}"#)

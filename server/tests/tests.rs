@@ -5,7 +5,6 @@
 
 mod util;
 
-mod binary;
 mod errors;
 mod hostile;
 mod lifecycle;

@@ -457,7 +457,7 @@ impl Agent for Probe {
 /// The example agents plus a `Probe` at `probe-agent`, sharing `log`.
 pub fn server_with_probe(log: &Log) -> AgentServer {
     let log = log.clone();
-    agents_server::demo::server().agent("ProbeAgent", move |_| Probe { log: log.clone() })
+    agents_server_cli::demo::server().agent("ProbeAgent", move |_| Probe { log: log.clone() })
 }
 
 pub async fn start_with_probe() -> (TestServer, Log) {

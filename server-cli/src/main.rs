@@ -53,24 +53,16 @@ async fn main() -> anyhow::Result<()> {
         agents_server::Storage::open_dir(&args.data_dir)
             .with_context(|| format!("cannot open --data-dir {}", args.data_dir.display()))?
     };
-    let agents = agents_server::demo::server()
+    let agents = agents_server_cli::demo::server()
         .storage(storage)
         .idle_timeout(std::time::Duration::from_secs(args.idle_timeout))
         .build();
     let mut app = agents.router();
     app = match &args.static_dir {
-        Some(dir) => {
-            anyhow::ensure!(
-                dir.is_dir(),
-                "--static-dir {} is not a directory",
-                dir.display()
-            );
-            let index = dir.join("index.html");
-            app.fallback_service(
-                tower_http::services::ServeDir::new(dir)
-                    .fallback(tower_http::services::ServeFile::new(index)),
-            )
-        }
+        Some(dir) => app.fallback_service(
+            agents_server::static_files(dir)
+                .with_context(|| format!("--static-dir {} is not a directory", dir.display()))?,
+        ),
         None => app.fallback(|| async { (http_not_found(), "Not found") }),
     };
 

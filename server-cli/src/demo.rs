@@ -3,12 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::rpc::{Call, Reply, RpcError};
-use crate::{Agent, AgentContext, BoxError, Connection, Message};
+use agents_server::{
+    Agent, AgentContext, AgentServer, BoxError, Call, ConnectContext, Connection, Message, Reply,
+    RpcError, StateSource,
+};
 
 /// Longest `count_to` stream [`CounterAgent`] accepts. The chunks are
 /// queued for the caller in one go, so this stays well under the per-connection
-/// outbound queue ([`DEFAULT_OUTBOUND_QUEUE`](crate::DEFAULT_OUTBOUND_QUEUE)).
+/// outbound queue ([`DEFAULT_OUTBOUND_QUEUE`](agents_server::DEFAULT_OUTBOUND_QUEUE)).
 pub const MAX_COUNT_TO: u32 = 1000;
 
 /// Messages [`ChatAgent`] keeps in its state for newcomers.
@@ -140,11 +142,11 @@ impl Agent for ChatAgent {
     fn validate_state_change(
         &self,
         _next: &ChatState,
-        source: &crate::StateSource,
+        source: &StateSource,
     ) -> Result<(), BoxError> {
         match source {
-            crate::StateSource::Server => Ok(()),
-            crate::StateSource::Client(_) => Err("the chat history is server-owned".into()),
+            StateSource::Server => Ok(()),
+            StateSource::Client(_) => Err("the chat history is server-owned".into()),
         }
     }
 
@@ -212,7 +214,7 @@ impl Agent for PrivateAgent {
         &mut self,
         _cx: &mut AgentContext<Self>,
         conn: &Connection,
-        ctx: &crate::ConnectContext,
+        ctx: &ConnectContext,
     ) -> Result<(), BoxError> {
         if ctx.request().query("token") != Some(PRIVATE_TOKEN) {
             conn.close(4001, "Unauthorized");
@@ -231,8 +233,8 @@ impl Agent for PrivateAgent {
 }
 
 /// A server with the example agents registered.
-pub fn server() -> crate::AgentServer {
-    crate::AgentServer::new()
+pub fn server() -> AgentServer {
+    AgentServer::new()
         .agent("EchoAgent", |_| EchoAgent)
         .agent("CounterAgent", |_| CounterAgent)
         .agent("ChatAgent", |_| ChatAgent)

@@ -1,4 +1,7 @@
-//! The `agents-server` binary: static files, and SIGTERM → close 1001.
+//! The `agents-server` binary: static files, signals, environment
+//! variables, durability across a crash.
+
+#![allow(missing_docs)]
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -6,7 +9,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::util::*;
+#[allow(unused_imports)]
+#[path = "../../server/tests/util.rs"]
+mod util;
+
+use util::*;
 
 /// Starts the binary on a free port with `args`; returns it and its address.
 async fn spawn_server(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, std::net::SocketAddr) {
