@@ -49,11 +49,9 @@ AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" NO_COLOR=1 \
   npm run --workspace @agents-rs/react test 2>&1 | tee "$LOG/react.log"
 
 step "end-to-end in headless Chromium (playwright-core): examples/plain-js and examples/react-app"
-npm_install tests/browser
 AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/browser test 2>&1 | tee "$LOG/e2e.log"
 
 step "compatibility: the real agents npm AgentClient against agents-server"
-npm_install tests/compat
 AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/compat test 2>&1 | tee "$LOG/compat.log"
 
 step "done"

@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::error::SendError;
-use crate::message::Message;
+use crate::message::{truncate, Message};
 
 /// Queue accounting charges each frame this many bytes on top of its
 /// payload (the queue entry and the frame header), so that many tiny frames
@@ -275,18 +275,6 @@ impl Connection {
     pub(crate) fn outbox(&self) -> &Outbox {
         &self.inner.outbox
     }
-}
-
-/// `s` cut to at most `max` bytes, on a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Flow control shared by an instance and its connections: how many of them

@@ -16,7 +16,7 @@ impl fmt::Display for Trunc<'_> {
         if s.len() <= MAX_LOG_FIELD {
             return f.write_str(s);
         }
-        let cut = crate::connection::truncate(s, MAX_LOG_FIELD);
+        let cut = crate::message::truncate(s, MAX_LOG_FIELD);
         write!(f, "{cut}… ({} bytes)", s.len())
     }
 }

@@ -160,3 +160,15 @@ impl From<&[u8]> for Message {
         Message::Binary(Bytes::copy_from_slice(b))
     }
 }
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
