@@ -1,6 +1,9 @@
 //! The example agents the `agents-server` binary serves. `EchoAgent` and
 //! `CounterAgent` behave like the reference's `reference-agents.ts`.
 
+use axum::body::Body;
+use axum::http::{self, header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use agents_server::{
@@ -51,7 +54,8 @@ pub struct CounterState {
 
 /// `counter-agent`: state `{"count":0}`; the text `broadcast:<x>` sends
 /// `<x>` to every connection; callable `increment(by)` (returns the new
-/// count) and streaming `count_to(n)` (streams 1..n, ends with n).
+/// count) and streaming `count_to(n)` (streams 1..n, ends with n); plain
+/// `GET` answers the state as JSON (what `agentFetch` reads).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CounterAgent;
 
@@ -72,6 +76,18 @@ impl Agent for CounterAgent {
             cx.broadcast(rest, &[]);
         }
         Ok(())
+    }
+
+    async fn on_request(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        request: http::Request<Body>,
+    ) -> Result<Response, BoxError> {
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return Ok((StatusCode::METHOD_NOT_ALLOWED, "Use GET").into_response());
+        }
+        let json = serde_json::to_string(&cx.state())?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
     }
 
     async fn on_call(

@@ -187,13 +187,17 @@ pub trait Agent: Send + Sized + 'static {
     /// A plain HTTP request (not an upgrade) to the instance's URL. The
     /// default answers 404 `Not implemented`, like the reference. An error or
     /// panic answers 500.
+    ///
+    /// An agent type that keeps this default costs no instances for plain
+    /// HTTP: once the first such request showed that the type does not
+    /// implement it, the server answers 404 itself, without starting one.
     fn on_request(
         &mut self,
         cx: &mut AgentContext<Self>,
         request: http::Request<Body>,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send {
         let _ = (cx, request);
-        async { Ok((StatusCode::NOT_FOUND, "Not implemented").into_response()) }
+        async { Ok(not_implemented()) }
     }
 
     /// A client's RPC call (`call(method, args)`): match on
@@ -233,4 +237,16 @@ pub trait Agent: Send + Sized + 'static {
         let _ = (cx, source);
         async { Ok(()) }
     }
+}
+
+/// Marks the response of the default [`Agent::on_request`], so the server
+/// learns that an agent type has none.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DefaultOnRequest;
+
+/// 404 `Not implemented`, as the reference answers without `onRequest`.
+pub(crate) fn not_implemented() -> Response {
+    let mut response = (StatusCode::NOT_FOUND, "Not implemented").into_response();
+    response.extensions_mut().insert(DefaultOnRequest);
+    response
 }

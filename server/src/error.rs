@@ -71,6 +71,12 @@ pub enum StateError {
     /// The state could not be serialized to JSON.
     #[error("state error: cannot serialize state: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The state's JSON is over [`max_state_bytes`](crate::AgentServer::max_state_bytes).
+    #[error("state error: state is larger than {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
     /// The state could not be stored; nothing changed.
     #[error("state error: {0}")]
     Storage(#[from] StorageError),

@@ -52,7 +52,8 @@
 //!    small environment (its key, the limits, its storage, the shutdown
 //!    signal), not the server.
 //! 5. [`server`]: the [`AgentServer`] builder, the axum router and upgrade,
-//!    serving with bounded heads and shutdown; [`static_files`] for a web app.
+//!    serving with bounded heads and shutdown; [`Cors`] for plain HTTP from
+//!    other origins; [`static_files`] for a web app.
 //!
 //! # HTTP results
 //! | request | result |
@@ -83,6 +84,7 @@ pub mod agent;
 pub mod config;
 pub mod connection;
 pub mod context;
+mod cors;
 pub mod error;
 mod log;
 pub mod message;
@@ -107,6 +109,7 @@ pub use config::{
 };
 pub use connection::Connection;
 pub use context::{AgentContext, ConnectContext, StateSource};
+pub use cors::Cors;
 pub use error::{
     BoxError, DuplicateConnectionId, HookError, RpcError, SendError, StateError, StorageError,
     TagError,

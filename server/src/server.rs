@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::agent::Agent;
 use crate::config::{Config, MAX_NAME_LEN};
 use crate::connection::{Connection, QueueLimits};
+use crate::cors::Cors;
 use crate::log::Trunc;
 use crate::request::RequestInfo;
 use crate::runtime::registry::{Kind, KindOf, Registry};
@@ -81,6 +81,7 @@ pub struct AgentServer {
     before_connect: Option<BeforeConnect>,
     before_request: Option<BeforeRequest>,
     storage: Option<Storage>,
+    cors: Option<Cors>,
 }
 
 impl std::fmt::Debug for AgentServer {
@@ -107,6 +108,7 @@ impl AgentServer {
             before_connect: None,
             before_request: None,
             storage: None,
+            cors: None,
         }
     }
 
@@ -123,11 +125,7 @@ impl AgentServer {
         F: Fn(&str) -> A + Send + Sync + 'static,
     {
         let kebab = camel_case_to_kebab_case(class_name);
-        let kind = KindOf {
-            class_name: class_name.into(),
-            factory,
-            _agent: PhantomData,
-        };
+        let kind = KindOf::new(class_name, factory);
         let previous = self.kinds.insert(kebab.clone(), Arc::new(kind));
         assert!(previous.is_none(), "two agents are registered at `{kebab}`");
         self
@@ -326,6 +324,14 @@ impl AgentServer {
         self
     }
 
+    /// CORS for plain HTTP to agents (e.g. `agentFetch` from a page on
+    /// another origin): preflights are answered, and responses under the
+    /// prefix get the headers. Off by default, as in the reference.
+    pub fn cors(mut self, cors: Cors) -> Self {
+        self.cors = Some(cors);
+        self
+    }
+
     /// Where state and key-value data live. Defaults to
     /// [`Storage::in_memory`], which forgets everything when the server stops;
     /// use [`Storage::open_dir`] to keep it across restarts.
@@ -361,6 +367,7 @@ impl AgentServer {
                 registry,
                 before_connect: self.before_connect,
                 before_request: self.before_request,
+                cors: self.cors,
                 sockets,
                 next_key: AtomicU64::new(1),
                 open_sockets: AtomicUsize::new(0),
@@ -390,6 +397,7 @@ struct Server {
     registry: Arc<Registry>,
     before_connect: Option<BeforeConnect>,
     before_request: Option<BeforeRequest>,
+    cors: Option<Cors>,
     sockets: SocketEnv,
     next_key: AtomicU64,
     open_sockets: AtomicUsize,
@@ -507,6 +515,22 @@ impl Agents {
 }
 
 async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
+    let Some(cors) = &server.cors else {
+        return route(&server, request).await;
+    };
+    if upgrade::is_upgrade(request.headers()) {
+        return route(&server, request).await;
+    }
+    if let Some(preflight) = cors.preflight(request.method(), request.headers()) {
+        return preflight;
+    }
+    let headers = request.headers().clone();
+    let mut response = route(&server, request).await;
+    cors.decorate(&headers, &mut response);
+    response
+}
+
+async fn route(server: &Arc<Server>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let mut segments = path.split('/').filter(|s| !s.is_empty());
@@ -618,7 +642,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         target,
         limits,
     );
-    let tracker = server.tracker.clone();
+    let (server, tracker) = (server.clone(), server.tracker.clone());
     tracker.spawn(async move {
         let result = match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {

@@ -448,7 +448,7 @@ impl Agent for Probe {
         };
         self.push(format!(
             "state {who} {}",
-            cx.state_json().map_or("none", |s| s.get())
+            cx.state_json().unwrap_or_else(|| "none".into())
         ));
         Ok(())
     }

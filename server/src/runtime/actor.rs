@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use agents_protocol::{
@@ -124,6 +125,48 @@ pub(crate) struct InstanceHandle {
     inbox_bytes: Arc<Semaphore>,
     inbox_budget: usize,
     pub(crate) generation: u64,
+    pub(crate) control: Arc<Control>,
+}
+
+/// What the registry sees of, and asks of, a running instance.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    /// When the instance last became idle (no connections), as
+    /// milliseconds on [`Control::clock`]; 0 while it is busy.
+    idle_since: AtomicU64,
+    /// Asks the instance to stop now (the registry needs room).
+    pub(crate) evict: CancellationToken,
+}
+
+impl Control {
+    /// Milliseconds since the first call; never 0.
+    fn clock() -> u64 {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+        epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn set_idle(&self, idle: bool) {
+        let now = if idle { Self::clock() } else { 0 };
+        // Keep the first moment of a stretch of idleness.
+        let _ = self
+            .idle_since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
+                match (idle, since) {
+                    (true, 0) => Some(now),
+                    (true, _) => None,
+                    (false, _) => Some(0),
+                }
+            });
+    }
+
+    /// Since when the instance is idle, if it is.
+    pub(crate) fn idle_since(&self) -> Option<u64> {
+        match self.idle_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(since),
+        }
+    }
 }
 
 impl InstanceHandle {
@@ -193,16 +236,19 @@ pub(crate) fn start<A: Agent>(
         .inbox_bytes
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
     let flow = Arc::new(Flow::default());
+    let control = Arc::new(Control::default());
     let handle = InstanceHandle {
         tx,
         inbox_bytes: Arc::new(Semaphore::new(budget)),
         inbox_budget: budget,
         generation: env.generation,
+        control: control.clone(),
     };
     let cx = AgentContext::new(
         env.key.agent.clone(),
         env.key.name.clone(),
         env.storage.clone(),
+        env.config.max_state_bytes,
     );
     let actor = Actor {
         agent,
@@ -210,6 +256,7 @@ pub(crate) fn start<A: Agent>(
         rx,
         env,
         flow,
+        control,
         stopping: false,
     };
     (handle, actor.run())
@@ -221,6 +268,7 @@ struct Actor<A: Agent> {
     rx: mpsc::Receiver<Command>,
     env: ActorEnv,
     flow: Arc<Flow>,
+    control: Arc<Control>,
     /// Server shutdown began: refuse new connections, exit once empty.
     stopping: bool,
 }
@@ -229,12 +277,22 @@ impl<A: Agent> Actor<A> {
     async fn run(mut self) {
         self.start().await;
         let shutdown = self.env.shutdown.clone();
+        let evict = self.control.evict.clone();
         let idle_timeout = self.env.config.idle_timeout;
         loop {
             let idle = self.cx.connection_count() == 0;
             let behind = self.flow.is_behind();
             let cmd = tokio::select! {
                 biased;
+                _ = evict.cancelled() => {
+                    // Chosen while idle; a socket that raced in reconnects
+                    // to the instance's next incarnation.
+                    for conn in self.cx.connections() {
+                        conn.close(1013, "Try again later");
+                    }
+                    tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicted to make room");
+                    break;
+                }
                 _ = shutdown.cancelled(), if !self.stopping => {
                     self.stopping = true;
                     for conn in self.cx.connections() {
@@ -271,7 +329,9 @@ impl<A: Agent> Actor<A> {
                 }
             }
             self.flow.end_batch();
-            if self.stopping && self.cx.connection_count() == 0 {
+            let idle = self.cx.connection_count() == 0;
+            self.control.set_idle(idle);
+            if self.stopping && idle {
                 break;
             }
         }
@@ -290,16 +350,9 @@ impl<A: Agent> Actor<A> {
             }
         };
         let Some(json) = stored else { return false };
-        let parsed = serde_json::from_str::<A::State>(&json)
-            .map_err(|e| e.to_string())
-            .and_then(|state| {
-                RawValue::from_string(json)
-                    .map(|raw| (state, raw))
-                    .map_err(|e| e.to_string())
-            });
-        match parsed {
-            Ok((state, raw)) => {
-                self.cx.store_state(state, raw);
+        match serde_json::from_str::<A::State>(&json) {
+            Ok(state) => {
+                self.cx.restore_state(state);
                 true
             }
             Err(err) => {
@@ -325,10 +378,7 @@ impl<A: Agent> Actor<A> {
     async fn seed_initial_state(&mut self) {
         let agent = &self.agent;
         match guarded_sync("initial_state", || Ok(agent.initial_state())) {
-            Ok(Some(state)) => match serde_json::value::to_raw_value(&state) {
-                Ok(json) => self.cx.store_state(state, json),
-                Err(err) => tracing::error!(cause = %err, "initial state does not serialize"),
-            },
+            Ok(Some(state)) => self.cx.restore_state(state),
             Ok(None) => {}
             Err(err) => self.report(None, err).await,
         }
@@ -426,7 +476,7 @@ impl<A: Agent> Actor<A> {
 
     /// Identity (with `stateFollows` when state exists), state, MCP — the
     /// reference's order.
-    fn send_connect_frames(&self, conn: &Connection) {
+    fn send_connect_frames(&mut self, conn: &Connection) {
         let state = self.cx.state_frame();
         let identity = ServerMessage::Identity(Identity {
             name: self.cx.name().to_owned(),
@@ -435,7 +485,7 @@ impl<A: Agent> Actor<A> {
         });
         let _ = conn.send(identity.to_json());
         if let Some(state) = state {
-            let _ = conn.send(state.clone());
+            let _ = conn.send(state);
         }
         let _ = conn.send(ServerMessage::McpServers(McpState::default()).to_json());
     }
@@ -477,43 +527,39 @@ impl<A: Agent> Actor<A> {
 
     /// validate → store → broadcast to the others → notify.
     async fn client_state(&mut self, conn: Connection, json: Box<RawValue>) {
+        let refuse = |error: String| {
+            let _ = conn.send(ServerMessage::StateError(error).to_json());
+        };
         if conn.is_readonly() {
-            let _ = conn.send(ServerMessage::StateError(READONLY_ERROR.to_owned()).to_json());
-            return;
+            return refuse(READONLY_ERROR.to_owned());
+        }
+        let max = self.env.config.max_state_bytes;
+        if json.get().len() > max {
+            return refuse(format!(
+                "{STATE_REJECTED_ERROR}: state is larger than {max} bytes"
+            ));
         }
         let next: A::State = match serde_json::from_str(json.get()) {
             Ok(next) => next,
-            Err(err) => {
-                let error = format!("{STATE_REJECTED_ERROR}: {err}");
-                let _ = conn.send(ServerMessage::StateError(error).to_json());
-                return;
-            }
+            Err(err) => return refuse(format!("{STATE_REJECTED_ERROR}: {err}")),
         };
+        drop(json);
         let source = StateSource::Client(conn.clone());
         let agent = &self.agent;
         if let Err(err) = guarded_sync("validate_state_change", || {
             agent.validate_state_change(&next, &source)
         }) {
             tracing::info!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), id = %Trunc(conn.id()), err = %Trunc(&err.to_string()), "state update rejected");
-            let _ = conn.send(ServerMessage::StateError(STATE_REJECTED_ERROR.to_owned()).to_json());
-            return;
+            return refuse(STATE_REJECTED_ERROR.to_owned());
         }
-        let json = match serde_json::value::to_raw_value(&next) {
-            Ok(json) => json,
+        let frame = match self.cx.replace_state(next) {
+            Ok(frame) => frame,
             Err(err) => {
-                let error = format!("{STATE_REJECTED_ERROR}: {err}");
-                let _ = conn.send(ServerMessage::StateError(error).to_json());
-                return;
+                tracing::error!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), %err, "state not stored");
+                return refuse(format!("{STATE_REJECTED_ERROR}: {err}"));
             }
         };
-        if let Err(err) = self.cx.storage().save_state(json.get()) {
-            tracing::error!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), %err, "cannot store state");
-            let error = format!("{STATE_REJECTED_ERROR}: {err}");
-            let _ = conn.send(ServerMessage::StateError(error).to_json());
-            return;
-        }
-        self.cx.store_state(next, json);
-        self.cx.broadcast_state(Some(conn.id()));
+        self.cx.broadcast_frame(frame, Some(conn.id()));
         let (agent, cx) = (&mut self.agent, &mut self.cx);
         let result = guarded("on_state_update", || agent.on_state_update(cx, source)).await;
         if let Err(err) = result {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Body;
@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::actor::{self, ActorEnv, Command, InstanceHandle};
 use super::InstanceKey;
-use crate::agent::Agent;
+use crate::agent::{not_implemented, Agent, DefaultOnRequest};
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::request::RequestInfo;
@@ -33,6 +33,9 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A registered agent type, with its type erased.
 pub(crate) trait Kind: Send + Sync {
     fn class_name(&self) -> &Arc<str>;
+    /// Whether the type may implement [`Agent::on_request`]: true until a
+    /// response of the default implementation showed it does not.
+    fn serves_http(&self) -> &AtomicBool;
     /// Makes the agent for a new instance, and its actor: the handle and
     /// the task to spawn.
     fn start(&self, env: ActorEnv) -> (InstanceHandle, BoxFuture<()>);
@@ -40,9 +43,21 @@ pub(crate) trait Kind: Send + Sync {
 
 /// [`Kind`] for agent type `A` made by factory `F`.
 pub(crate) struct KindOf<A, F> {
-    pub(crate) class_name: Arc<str>,
-    pub(crate) factory: F,
-    pub(crate) _agent: PhantomData<fn() -> A>,
+    class_name: Arc<str>,
+    factory: F,
+    serves_http: AtomicBool,
+    _agent: PhantomData<fn() -> A>,
+}
+
+impl<A, F> KindOf<A, F> {
+    pub(crate) fn new(class_name: &str, factory: F) -> Self {
+        KindOf {
+            class_name: class_name.into(),
+            factory,
+            serves_http: AtomicBool::new(true),
+            _agent: PhantomData,
+        }
+    }
 }
 
 impl<A, F> Kind for KindOf<A, F>
@@ -52,6 +67,10 @@ where
 {
     fn class_name(&self) -> &Arc<str> {
         &self.class_name
+    }
+
+    fn serves_http(&self) -> &AtomicBool {
+        &self.serves_http
     }
 
     fn start(&self, env: ActorEnv) -> (InstanceHandle, BoxFuture<()>) {
@@ -112,19 +131,35 @@ impl Registry {
         self.instances.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The running instance for `key`, started if needed; `None` once the
-    /// server is shutting down.
+    /// The running instance for `key`, started if needed, evicting the
+    /// longest-idle instance when [`max_instances`](crate::AgentServer::max_instances)
+    /// are running.
     fn instance(
         self: &Arc<Self>,
         kind: &Arc<dyn Kind>,
         key: &InstanceKey,
-    ) -> Option<InstanceHandle> {
+    ) -> Result<InstanceHandle, Unavailable> {
         let mut instances = self.instances();
         if let Some(handle) = instances.get(key) {
-            return Some(handle.clone());
+            return Ok(handle.clone());
         }
         if self.shutdown.is_cancelled() {
-            return None;
+            return Err(Unavailable::ShuttingDown);
+        }
+        if instances.len() >= self.config.max_instances {
+            let oldest = instances
+                .iter()
+                .filter_map(|(k, h)| Some((h.control.idle_since()?, k)))
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, k)| k.clone());
+            let Some(victim) = oldest.and_then(|k| instances.remove(&k)) else {
+                tracing::warn!(
+                    max = self.config.max_instances,
+                    "too many instances; refusing a new one"
+                );
+                return Err(Unavailable::Full);
+            };
+            victim.control.evict.cancel();
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let env = ActorEnv {
@@ -143,7 +178,7 @@ impl Registry {
             run.await;
             registry.remove(&key, generation);
         });
-        Some(handle)
+        Ok(handle)
     }
 
     /// Removes an instance's entry if it is still that generation's.
@@ -173,7 +208,13 @@ impl Registry {
         request: RequestInfo,
     ) -> Option<InstanceHandle> {
         for _ in 0..CONNECT_ATTEMPTS {
-            let handle = self.instance(kind, key)?;
+            let handle = match self.instance(kind, key) {
+                Ok(handle) => handle,
+                Err(why) => {
+                    conn.close(why.close_code(), why.reason());
+                    return None;
+                }
+            };
             let (ack, accepted) = oneshot::channel();
             let cmd = Command::Connect {
                 conn: conn.clone(),
@@ -191,7 +232,7 @@ impl Registry {
                 Err(_) => self.remove(key, handle.generation),
             }
         }
-        conn.close(1001, "Server shutting down");
+        conn.close(1013, "Try again later");
         None
     }
 
@@ -202,10 +243,16 @@ impl Registry {
         key: &InstanceKey,
         request: http::Request<Body>,
     ) -> Response {
+        if !kind.serves_http().load(Ordering::Relaxed) {
+            return not_implemented();
+        }
         let mut request = Some(request);
         for _ in 0..CONNECT_ATTEMPTS {
-            let Some(handle) = self.instance(kind, key) else {
-                break;
+            let handle = match self.instance(kind, key) {
+                Ok(handle) => handle,
+                Err(why) => {
+                    return (StatusCode::SERVICE_UNAVAILABLE, why.reason()).into_response();
+                }
             };
             let (reply, response) = oneshot::channel();
             let Some(req) = request.take() else { break };
@@ -217,9 +264,15 @@ impl Registry {
                 .await
             {
                 Ok(()) => {
-                    return response.await.unwrap_or_else(|_| {
+                    let response = response.await.unwrap_or_else(|_| {
                         (StatusCode::INTERNAL_SERVER_ERROR, "Instance stopped").into_response()
                     });
+                    if response.extensions().get::<DefaultOnRequest>().is_some() {
+                        // This type has no on_request: answer it without
+                        // instances from now on.
+                        kind.serves_http().store(false, Ordering::Relaxed);
+                    }
+                    return response;
                 }
                 Err(err) => {
                     self.remove(key, handle.generation);
@@ -229,6 +282,30 @@ impl Registry {
                 }
             }
         }
-        (StatusCode::SERVICE_UNAVAILABLE, "Server shutting down").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "Try again later").into_response()
+    }
+}
+
+/// Why no instance could be had.
+#[derive(Debug, Clone, Copy)]
+enum Unavailable {
+    /// [`max_instances`](crate::AgentServer::max_instances) are running and none is idle.
+    Full,
+    ShuttingDown,
+}
+
+impl Unavailable {
+    fn close_code(self) -> u16 {
+        match self {
+            Unavailable::Full => 1013,
+            Unavailable::ShuttingDown => 1001,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Unavailable::Full => "Too many instances",
+            Unavailable::ShuttingDown => "Server shutting down",
+        }
     }
 }
