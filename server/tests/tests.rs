@@ -5,6 +5,7 @@
 
 mod util;
 
+mod budgets;
 mod errors;
 mod hostile;
 mod lifecycle;

@@ -36,6 +36,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Frames handed to one vectored write (two slices each).
 const WRITE_FRAMES: usize = 64;
 
+/// Bytes read and dropped after our close frame (the rest of an oversized
+/// message, say) before the socket is dropped anyway; the closing deadline
+/// ([`CLOSE_TIMEOUT`]) bounds the time.
+pub(crate) const MAX_DISCARD: usize = 64 * 1024 * 1024;
+
 /// Rounds of writing and reading before the task yields to others.
 const ROUNDS_PER_POLL: usize = 16;
 
@@ -256,8 +261,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
                     self.done = true;
                 }
                 self.track_assembly();
-                self.poll_timers(cx);
-                if !(wrote || admitted || read || self.done) {
+                let fired = self.poll_timers(cx);
+                if !(wrote || admitted || read || fired || self.done) {
                     return Poll::Pending;
                 }
             }
@@ -475,7 +480,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
                     self.last_read = Instant::now();
                     if self.close_deadline.is_some() {
                         self.read_after_close += n;
-                        if self.read_after_close > self.env.max_message.max(1 << 20) {
+                        if self.read_after_close > MAX_DISCARD.max(self.env.max_message) {
                             self.done = true;
                         }
                     }
@@ -671,26 +676,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
         at
     }
 
-    /// Runs what is due. The timer is moved earlier at once, but never
-    /// later (that would touch the timer wheel on every frame): when it
-    /// fires with nothing due, it is re-armed for the new deadline.
-    fn poll_timers(&mut self, cx: &mut Context<'_>) {
+    /// Runs what is due; true when something was (a ping or a close to
+    /// write, say). The timer is moved earlier at once, but never later
+    /// (that would touch the timer wheel on every frame): when it fires
+    /// with nothing due, it is re-armed for the new deadline.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut fired = false;
         for _ in 0..4 {
             let at = self.next_deadline();
             if at < self.sleep.deadline() {
                 self.sleep.as_mut().reset(at);
             }
             if self.sleep.as_mut().poll(cx).is_pending() {
-                return;
+                break;
             }
-            if !self.on_deadline(Instant::now()) {
+            if self.on_deadline(Instant::now()) {
+                fired = true;
+            } else {
                 let at = self.next_deadline();
                 self.sleep.as_mut().reset(at);
             }
             if self.done {
-                return;
+                break;
             }
         }
+        fired
     }
 
     /// Acts on the first deadline that passed; false when none had.
