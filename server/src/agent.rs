@@ -48,6 +48,7 @@ use serde::Serialize;
 use crate::connection::Connection;
 use crate::context::{AgentContext, ConnectContext, StateSource};
 use crate::error::{BoxError, HookError};
+use crate::log::Trunc;
 use crate::message::Message;
 use crate::rpc::{Call, Reply, RpcError};
 
@@ -160,10 +161,10 @@ pub trait Agent: Send + Sized + 'static {
         error: HookError,
     ) -> impl Future<Output = ()> + Send {
         tracing::error!(
-            agent = cx.agent(),
-            name = cx.name(),
-            connection = conn.map(Connection::id),
-            %error,
+            agent = %Trunc(cx.agent()),
+            name = %Trunc(cx.name()),
+            connection = %Trunc(conn.map_or("-", Connection::id)),
+            error = %Trunc(&error.to_string()),
             "agent error"
         );
         async {}

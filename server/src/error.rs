@@ -105,7 +105,7 @@ pub enum TagError {
     /// A tag longer than [`MAX_TAG_LEN`](crate::MAX_TAG_LEN) characters.
     #[error("A connection tag must be at most {max} characters: {tag}")]
     TooLong {
-        /// The tag.
+        /// The tag (cut to [`MAX_LOG_FIELD`](crate::MAX_LOG_FIELD) bytes).
         tag: String,
         /// The limit.
         max: usize,

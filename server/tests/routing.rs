@@ -171,3 +171,98 @@ async fn router_mounts_into_a_users_app() {
     stopping.await.unwrap();
     task.abort();
 }
+
+/// The README's limits table states every default the code has.
+#[test]
+fn the_readme_limits_table_matches_the_defaults() {
+    let readme = include_str!("../../README.md");
+    let table: Vec<&str> = readme
+        .split("### Limits and results")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .collect();
+    let row = |name: &str| -> String {
+        table
+            .iter()
+            .find(|l| l.starts_with(&format!("| `{name}`")))
+            .unwrap_or_else(|| panic!("no README row for {name}"))
+            .split('|')
+            .nth(2)
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let mib = |n: usize| format!("{} MiB", n / (1024 * 1024));
+    let secs = |d: std::time::Duration| format!("{} s", d.as_secs());
+    use agents_server::*;
+    assert_eq!(row("max_message_size"), mib(DEFAULT_MAX_MESSAGE_SIZE));
+    assert_eq!(row("max_state_bytes"), mib(DEFAULT_MAX_STATE_BYTES));
+    assert_eq!(row("max_connections"), "20,000");
+    assert_eq!(DEFAULT_MAX_CONNECTIONS, 20_000);
+    assert_eq!(row("max_connections_per_instance"), "20,000");
+    assert_eq!(DEFAULT_MAX_CONNECTIONS_PER_INSTANCE, 20_000);
+    assert_eq!(row("max_instances"), "10,000");
+    assert_eq!(DEFAULT_MAX_INSTANCES, 10_000);
+    assert_eq!(
+        row("outbound_queue_bytes"),
+        format!(
+            "{} / {DEFAULT_OUTBOUND_QUEUE} frames per client",
+            mib(DEFAULT_OUTBOUND_QUEUE_BYTES)
+        )
+    );
+    assert_eq!(
+        row("slow_consumer_timeout"),
+        secs(DEFAULT_SLOW_CONSUMER_TIMEOUT)
+    );
+    assert_eq!(
+        row("inbox_bytes"),
+        format!(
+            "{} / {DEFAULT_INBOX_CAPACITY} events per instance",
+            mib(DEFAULT_INBOX_BYTES)
+        )
+    );
+    assert_eq!(
+        row("max_unfinished_bytes"),
+        format!("{} server-wide", mib(DEFAULT_MAX_UNFINISHED_BYTES))
+    );
+    assert_eq!(
+        row("message_timeout"),
+        format!(
+            "{} / {}",
+            secs(DEFAULT_MESSAGE_TIMEOUT),
+            secs(DEFAULT_MESSAGE_IDLE_TIMEOUT)
+        )
+    );
+    assert_eq!(row("ping_interval"), secs(DEFAULT_PING_INTERVAL));
+    assert_eq!(
+        row("max_request_head"),
+        format!("{} KiB", DEFAULT_MAX_REQUEST_HEAD / 1024)
+    );
+    assert_eq!(
+        row("header_read_timeout"),
+        secs(DEFAULT_HEADER_READ_TIMEOUT)
+    );
+    assert_eq!(row("shutdown_timeout"), secs(DEFAULT_SHUTDOWN_TIMEOUT));
+    assert_eq!(row("idle_timeout"), secs(DEFAULT_IDLE_TIMEOUT));
+    assert!(readme.contains(&format!("| instance name length | {MAX_NAME_LEN} bytes |")));
+    assert!(readme.contains(&format!("| log fields | {MAX_LOG_FIELD} bytes |")));
+}
+
+/// The defaults apply when nothing is set: a message of exactly the
+/// default limit round-trips, one byte more is refused with 1009.
+#[tokio::test]
+async fn the_default_message_limit_applies() {
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
+    let mut c = server.connect("/agents/echo-agent/default-limit").await;
+    c.handshake().await;
+    let max = agents_server::DEFAULT_MAX_MESSAGE_SIZE;
+    c.send_binary(&vec![3u8; max]).await;
+    assert_eq!(c.binary().await.len(), max);
+    c.send_binary(&vec![3u8; max + 1]).await;
+    assert_eq!(
+        c.closed().await,
+        (1009, format!("Message is too large: {} > {max}", max + 1))
+    );
+}

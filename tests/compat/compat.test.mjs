@@ -146,6 +146,17 @@ test("counter-agent RPC: call and stub resolve, streaming delivers chunks in ord
   b.close();
 });
 
+test("a message over the server's 32 MiB limit closes the socket with 1009, not a reset", async () => {
+  const c = client({ agent: "EchoAgent", name: "compat-huge", maxRetries: 0 });
+  await within(c.ready, "ready");
+  const closed = next((done) => c.addEventListener("close", done, { once: true }), "close");
+  c.send("x".repeat(32 * 1024 * 1024 + 1));
+  const event = await closed;
+  c.close();
+  assert.equal(event.code, 1009);
+  assert.equal(event.reason, "Message is too large: 33554433 > 33554432");
+});
+
 test("unknown agent: the handshake is refused with HTTP 400 and the client keeps retrying", async () => {
   // Short delays so the retries come quickly; maxRetries stays at its default (unlimited).
   const c = client({ agent: "NoSuchAgent", name: "x", minReconnectionDelay: 10, maxReconnectionDelay: 50 });

@@ -673,7 +673,7 @@ fn validate_tags(id: &str, extra: Vec<String>) -> Result<Box<[String]>, TagError
         }
         if tag.chars().count() > MAX_TAG_LEN {
             return Err(TagError::TooLong {
-                tag: tag.clone(),
+                tag: Trunc(tag).to_string(),
                 max: MAX_TAG_LEN,
             });
         }

@@ -583,6 +583,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
         });
         self.discard = Some(discard);
         self.decoder = Decoder::new(self.env.max_message);
+        self.frame_hint = None;
         self.recharge();
     }
 
