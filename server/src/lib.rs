@@ -88,6 +88,7 @@ mod cors;
 pub mod error;
 mod log;
 pub mod message;
+mod offload;
 pub mod request;
 pub mod rpc;
 mod runtime;
@@ -116,6 +117,7 @@ pub use error::{
 };
 pub use log::MAX_LOG_FIELD;
 pub use message::{Message, Utf8Bytes};
+pub use offload::LARGE_JSON;
 pub use request::RequestInfo;
 pub use rpc::{Call, CallStream, Reply};
 pub use server::{AgentServer, Agents, Route};

@@ -496,11 +496,13 @@ impl Agents {
     }
 
     /// Closes every socket with 1001 `Server shutting down`, lets in-flight
-    /// events finish and waits for every instance and socket to stop.
+    /// events finish, waits for every instance and socket to stop, and for
+    /// every write to be durable.
     pub async fn shutdown(&self) {
         self.server.shutdown.cancel();
         self.server.tracker.close();
         self.server.tracker.wait().await;
+        self.server.registry.storage().flush().await;
     }
 
     /// The number of instances in memory.
