@@ -25,6 +25,9 @@ const GROUP_OPS: usize = 1024;
 /// WAL size kept after a checkpoint (`journal_size_limit`), in bytes.
 pub(crate) const WAL_LIMIT: i64 = 16 * 1024 * 1024;
 
+/// How long a write waits for another process holding the database.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// WAL pages past which an idle thread truncates the WAL.
 const CHECKPOINT_PAGES: i64 = 1024;
 
@@ -55,6 +58,7 @@ pub(crate) struct Sqlite {
 impl Sqlite {
     pub(crate) fn open(path: &Path) -> Result<Sqlite, StorageError> {
         let db = Connection::open(path)?;
+        db.busy_timeout(BUSY_TIMEOUT)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         // Acknowledged means on disk, power loss included.
         db.pragma_update(None, "synchronous", "FULL")?;
@@ -175,7 +179,15 @@ impl Backend for Sqlite {
 /// The storage thread: group commits until every sender is gone.
 fn run(rx: &mpsc::Receiver<Op>, file: bool) {
     let mut failed: HashSet<InstanceId> = HashSet::new();
-    while let Ok(first) = rx.recv() {
+    let mut next: Option<Op> = None;
+    loop {
+        let first = match next.take() {
+            Some(op) => op,
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
         DB.with(|cell| {
             let cell = cell.borrow();
             let db = cell.as_ref().expect("the storage thread's database");
@@ -198,8 +210,11 @@ fn run(rx: &mpsc::Receiver<Op>, file: bool) {
                 }
             }
             group.commit();
-            if file && rx.try_recv().is_err() {
-                checkpoint_if_large(db);
+            match rx.try_recv() {
+                Ok(op) => next = Some(op),
+                // Idle: a good moment to keep the WAL small.
+                Err(_) if file => checkpoint_if_large(db),
+                Err(_) => {}
             }
         });
     }
@@ -352,13 +367,126 @@ fn sql(db: &Connection, job: SqlJob) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Truncates the WAL when it grew past [`CHECKPOINT_PAGES`].
+/// Truncates the WAL when it grew past [`CHECKPOINT_PAGES`] and every frame
+/// could be copied back (a reader elsewhere may hold an old snapshot: then
+/// it is left for a later idle moment, never waited for).
 fn checkpoint_if_large(db: &Connection) {
-    let pages: rusqlite::Result<i64> =
-        db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1));
-    if pages.is_ok_and(|p| p > CHECKPOINT_PAGES) {
-        if let Err(err) = db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-            tracing::warn!(%err, "WAL checkpoint failed");
+    let passive: rusqlite::Result<(i64, i64)> =
+        db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get(1)?, row.get(2)?))
+        });
+    let Ok((log, copied)) = passive else { return };
+    if log <= CHECKPOINT_PAGES || copied < log {
+        return;
+    }
+    let _ = db.busy_timeout(std::time::Duration::ZERO);
+    if let Err(err) = db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::debug!(%err, "WAL not truncated yet");
+    }
+    let _ = db.busy_timeout(BUSY_TIMEOUT);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> InstanceId {
+        InstanceId {
+            agent: "a".into(),
+            name: name.into(),
         }
+    }
+
+    /// Submits `writes` and waits for their outcome.
+    async fn commit(db: &Sqlite, name: &str, writes: Vec<Write>) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        db.submit(&id(name), writes, Box::new(move |r| drop(tx.send(r))));
+        rx.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn batches_reads_and_persistence() {
+        let dir = std::env::temp_dir().join(format!("agents-rs-sqlite-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(DATABASE_FILE);
+        {
+            let db = Sqlite::open(&path).unwrap();
+            assert_eq!(db.load_state(&id("n")).await.unwrap(), None);
+            commit(
+                &db,
+                "n",
+                vec![Write::State("1".into()), Write::State("2".into())],
+            )
+            .await
+            .unwrap();
+            commit(
+                &db,
+                "n",
+                vec![
+                    Write::Put("user:1".into(), "\"ann\"".into()),
+                    Write::Put("user:2".into(), "\"bob\"".into()),
+                    Write::Put("x".into(), "[1]".into()),
+                    Write::Delete("user:1".into()),
+                ],
+            )
+            .await
+            .unwrap();
+            assert_eq!(db.load_state(&id("n")).await.unwrap().as_deref(), Some("2"));
+            assert_eq!(db.keys(&id("n"), "user:").await.unwrap(), ["user:2"]);
+            assert_eq!(db.get(&id("n"), "x").await.unwrap().as_deref(), Some("[1]"));
+            // Instances do not see each other's data.
+            assert_eq!(db.keys(&id("m"), "").await.unwrap(), Vec::<String>::new());
+            db.flush().await;
+        }
+        let db = Sqlite::open(&path).unwrap();
+        assert_eq!(db.load_state(&id("n")).await.unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            db.get(&id("n"), "user:2").await.unwrap().as_deref(),
+            Some("\"bob\"")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_the_instance_until_reset() {
+        let db = Sqlite::in_memory();
+        commit(&db, "n", vec![Write::State("\"ok\"".into())])
+            .await
+            .unwrap();
+        // Room for nothing more.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: SqlJob = Box::new(move |db| {
+            let pages: i64 = db.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+            let ok = db.pragma_update(None, "max_page_count", pages).is_ok();
+            let _ = tx.send(());
+            ok
+        });
+        db.sql(&id("n"), job).await.unwrap();
+        rx.await.unwrap();
+        let big = "x".repeat(100_000);
+        let err = commit(&db, "n", vec![Write::State(big)]).await.unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        // Later batches of the same instance fail too, until reset…
+        let err = commit(&db, "n", vec![Write::State("\"small\"".into())])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("earlier write"), "{err}");
+        assert_eq!(
+            db.load_state(&id("n")).await.unwrap().as_deref(),
+            Some("\"ok\"")
+        );
+        db.reset(&id("n"));
+        commit(&db, "n", vec![Write::State("\"small\"".into())])
+            .await
+            .unwrap();
+        assert_eq!(
+            db.load_state(&id("n")).await.unwrap().as_deref(),
+            Some("\"small\"")
+        );
+        // Other instances were never held up.
+        commit(&db, "m", vec![Write::Put("k".into(), "1".into())])
+            .await
+            .unwrap();
     }
 }
