@@ -223,6 +223,7 @@ impl Connection {
             {
                 drop(state);
                 tracing::warn!("client far behind its queue budget; dropping the connection");
+                crate::metrics::refused(crate::metrics::Limit::OutboundQueue);
                 outbox.kill();
                 return Err(SendError::QueueFull);
             }

@@ -52,6 +52,7 @@ pub struct AgentContext<A: Agent> {
     /// `on_state_update` with [`StateSource::Server`].
     state_changed: bool,
     storage: InstanceStorage,
+    state_writes: metrics::Counter,
 }
 
 impl<A: Agent> fmt::Debug for AgentContext<A> {
@@ -71,6 +72,7 @@ impl<A: Agent> AgentContext<A> {
         name: Arc<str>,
         storage: InstanceStorage,
         max_state_bytes: usize,
+        state_writes: metrics::Counter,
     ) -> Self {
         AgentContext {
             storage,
@@ -85,6 +87,7 @@ impl<A: Agent> AgentContext<A> {
             },
             current: None,
             state_changed: false,
+            state_writes,
         }
     }
 
@@ -189,6 +192,7 @@ impl<A: Agent> AgentContext<A> {
         let json = &frame[STATE_FRAME_PREFIX.len()..frame.len() - STATE_FRAME_SUFFIX.len()];
         self.state.last_len = json.len();
         self.storage.save_state(json.to_owned());
+        self.state_writes.increment(1);
         self.state.value = Some(state);
         Ok(self.state.cache(frame))
     }

@@ -28,6 +28,7 @@ use crate::context::{AgentContext, ConnectContext, StateSource};
 use crate::error::{HookError, RpcError, StorageError, TagError};
 use crate::log::{CloseDisplay, Trunc};
 use crate::message::Message;
+use crate::metrics::{AgentMetrics, InstanceMetrics, Limit};
 use crate::request::RequestInfo;
 use crate::rpc::Call;
 use crate::storage::InstanceStorage;
@@ -225,6 +226,8 @@ pub(crate) struct ActorEnv {
     pub(crate) storage: InstanceStorage,
     pub(crate) shutdown: CancellationToken,
     pub(crate) generation: u64,
+    /// Metrics of the agent type.
+    pub(crate) metrics: Arc<AgentMetrics>,
 }
 
 /// Creates the actor for one instance; the caller spawns the returned task.
@@ -258,11 +261,13 @@ pub(crate) fn start<A: Agent>(
         generation: env.generation,
         control: control.clone(),
     };
+    let instance_metrics = InstanceMetrics::start(&env.key.agent);
     let cx = AgentContext::new(
         env.key.agent.clone(),
         env.key.name.clone(),
         env.storage.clone(),
         env.config.max_state_bytes,
+        instance_metrics.state_writes.clone(),
     );
     let actor = Actor {
         agent,
@@ -276,6 +281,7 @@ pub(crate) fn start<A: Agent>(
         lost_upto: 0,
         broken: None,
         stopping: false,
+        _metrics: instance_metrics,
     };
     (handle, actor.run())
 }
@@ -297,6 +303,8 @@ struct Actor<A: Agent> {
     broken: Option<String>,
     /// Server shutdown began: refuse new connections, exit once empty.
     stopping: bool,
+    /// Counts the instance live while it exists.
+    _metrics: InstanceMetrics,
 }
 
 /// A client waiting for the outcome of a batch: its reply or state update
@@ -363,6 +371,7 @@ impl<A: Agent> Actor<A> {
                         conn.close(1013, "Try again later");
                     }
                     tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicted to make room");
+                    self.env.metrics.evicted("capacity");
                     break;
                 }
                 _ = shutdown.cancelled(), if !self.stopping => {
@@ -388,6 +397,7 @@ impl<A: Agent> Actor<A> {
                 },
                 _ = tokio::time::sleep(idle_timeout), if idle && !self.stopping => {
                     tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicting idle instance");
+                    self.env.metrics.evicted("idle");
                     break;
                 }
             };
@@ -573,6 +583,7 @@ impl<A: Agent> Actor<A> {
         }
         if self.cx.connection_count() >= self.env.config.max_connections_per_instance {
             tracing::warn!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "too many connections");
+            crate::metrics::refused(Limit::ConnectionsPerInstance);
             conn.close(1013, "Too many connections");
             return false;
         }
@@ -672,6 +683,7 @@ impl<A: Agent> Actor<A> {
         }
         let max = self.env.config.max_state_bytes;
         if json.get().len() > max {
+            crate::metrics::refused(Limit::StateSize);
             return refuse(format!(
                 "{STATE_REJECTED_ERROR}: state is larger than {max} bytes"
             ));
@@ -711,6 +723,7 @@ impl<A: Agent> Actor<A> {
             let _ = conn.send(ServerMessage::Rpc(reply).to_json());
             return;
         }
+        let started = std::time::Instant::now();
         let mut call = Call::new(request.id, request.method, request.args, conn.clone());
         let outcome = {
             let (agent, cx, call) = (&mut self.agent, &mut self.cx, &mut call);
@@ -721,6 +734,11 @@ impl<A: Agent> Actor<A> {
             .await
         };
         let (id, method) = call.into_parts();
+        let known = !matches!(outcome, Ok(Err(RpcError::NoSuchMethod)));
+        let failed = !matches!(outcome, Ok(Ok(_)));
+        self.env
+            .metrics
+            .rpc(&method, known, failed, started.elapsed().as_secs_f64());
         let reply = match outcome {
             Ok(Ok(reply)) => RpcResponse::Success {
                 id,

@@ -20,6 +20,7 @@ use super::InstanceKey;
 use crate::agent::{not_implemented, Agent, DefaultOnRequest};
 use crate::config::Config;
 use crate::connection::Connection;
+use crate::metrics::{AgentMetrics, Limit};
 use crate::request::RequestInfo;
 use crate::storage::Storage;
 
@@ -36,6 +37,8 @@ pub(crate) trait Kind: Send + Sync {
     /// Whether the type may implement [`Agent::on_request`]: true until a
     /// response of the default implementation showed it does not.
     fn serves_http(&self) -> &AtomicBool;
+    /// Metrics shared by the type's instances.
+    fn metrics(&self) -> &Arc<AgentMetrics>;
     /// Makes the agent for a new instance, and its actor: the handle and
     /// the task to spawn.
     fn start(&self, env: ActorEnv) -> (InstanceHandle, BoxFuture<()>);
@@ -46,15 +49,18 @@ pub(crate) struct KindOf<A, F> {
     class_name: Arc<str>,
     factory: F,
     serves_http: AtomicBool,
+    metrics: Arc<AgentMetrics>,
     _agent: PhantomData<fn() -> A>,
 }
 
 impl<A, F> KindOf<A, F> {
-    pub(crate) fn new(class_name: &str, factory: F) -> Self {
+    /// The type registered as `class_name` at URL segment `kebab`.
+    pub(crate) fn new(class_name: &str, kebab: &str, factory: F) -> Self {
         KindOf {
             class_name: class_name.into(),
             factory,
             serves_http: AtomicBool::new(true),
+            metrics: Arc::new(AgentMetrics::new(kebab)),
             _agent: PhantomData,
         }
     }
@@ -71,6 +77,10 @@ where
 
     fn serves_http(&self) -> &AtomicBool {
         &self.serves_http
+    }
+
+    fn metrics(&self) -> &Arc<AgentMetrics> {
+        &self.metrics
     }
 
     fn start(&self, env: ActorEnv) -> (InstanceHandle, BoxFuture<()>) {
@@ -168,6 +178,7 @@ impl Registry {
                     max = self.config.max_instances,
                     "too many instances; refusing a new one"
                 );
+                crate::metrics::refused(Limit::Instances);
                 return Found::Unavailable(Unavailable::Full);
             };
             victim.control.evict.cancel();
@@ -182,6 +193,7 @@ impl Registry {
                 .instance(&key.agent, &key.name, self.config.max_state_bytes),
             shutdown: self.shutdown.clone(),
             generation,
+            metrics: kind.metrics().clone(),
         };
         let (handle, run) = kind.start(env);
         map.running.insert(key.clone(), handle.clone());

@@ -123,6 +123,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Completes once everything submitted so far is durable.
     fn flush(&self) -> BoxFuture<()>;
+
+    /// Whether the backend can serve now (a networked one may be cut off);
+    /// the server reports not ready while it is not.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// The storage shared by all instances. Cheap to clone.
@@ -383,7 +389,11 @@ impl InstanceStorage {
             (seq, std::mem::take(&mut pending.turn))
         };
         let storage = self.clone();
-        let done: Done = Box::new(move |result| storage.settled(seq, result));
+        let submitted = std::time::Instant::now();
+        let done: Done = Box::new(move |result| {
+            crate::metrics::commit(submitted.elapsed().as_secs_f64(), result.is_ok());
+            storage.settled(seq, result);
+        });
         self.inner.backend.submit(&self.inner.id, writes, done);
         Some(seq)
     }
