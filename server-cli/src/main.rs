@@ -51,6 +51,10 @@ struct Args {
     /// a dead node's instances stay unavailable).
     #[arg(long, env = "AGENTS_LEASE_TTL", default_value_t = secs(agents_server::DEFAULT_LEASE_TTL))]
     lease_ttl: f64,
+    /// Cluster mode: copies JetStream keeps of the cluster's buckets when it
+    /// creates them (3 on a 3-server NATS cluster).
+    #[arg(long, env = "AGENTS_NATS_REPLICAS", default_value_t = 1)]
+    nats_replicas: usize,
     /// Check health and exit: GET this URL (e.g.
     /// http://127.0.0.1:9787/healthz); exit 0 on 200, 1 otherwise.
     #[arg(long, value_name = "URL")]
@@ -212,7 +216,8 @@ async fn main() -> anyhow::Result<()> {
     let mut server = agents_server_cli::demo::server().storage(storage);
     if let Some(urls) = &args.nats {
         let options = agents_server::ClusterOptions::new([urls])
-            .lease_ttl(duration("lease-ttl", args.lease_ttl)?);
+            .lease_ttl(duration("lease-ttl", args.lease_ttl)?)
+            .replicas(args.nats_replicas);
         let cluster = agents_server::Cluster::connect(options)
             .await
             .with_context(|| format!("cannot join the cluster at --nats {urls}"))?;

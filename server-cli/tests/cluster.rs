@@ -128,6 +128,10 @@ struct Node {
 
 impl Node {
     async fn start(nats: &str) -> Node {
+        Self::start_with_ttl(nats, TTL).await
+    }
+
+    async fn start_with_ttl(nats: &str, ttl: u64) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_agents-server"))
             .args([
                 "--port",
@@ -137,7 +141,7 @@ impl Node {
                 "--admin-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--nats", nats, "--lease-ttl", &TTL.to_string()])
+            .args(["--nats", nats, "--lease-ttl", &ttl.to_string()])
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -665,4 +669,33 @@ async fn nats_restarting_fences_the_nodes_then_they_serve_again() {
     assert_eq!(c.handshake().await.1, Some(json!({"count": 7})));
     c.send(&rpc("2", "increment", json!([1]))).await;
     assert_eq!(reply(&mut c, "2").await["result"], 8);
+}
+
+/// A graceful stop (SIGTERM) of the owner hands its instances over at once:
+/// its clients get 1001 and, reconnecting through another node, are served
+/// long before its 60 s lease would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_owner_hands_over_at_once() {
+    let nats = Nats::start("leave").await;
+    let nodes = [
+        Node::start_with_ttl(&nats.url(), 60).await,
+        Node::start_with_ttl(&nats.url(), 60).await,
+    ];
+    let path = "/agents/counter-agent/crash";
+    let mut c = Client::connect(&nodes[0].url(path)).await;
+    c.handshake().await;
+    c.send(&rpc("1", "increment", json!([4]))).await;
+    assert_eq!(reply(&mut c, "1").await["result"], 4);
+    nodes[0].signal("TERM");
+    assert_eq!(c.closed().await, (1001, "Server shutting down".into()));
+    // The lease is given up: no wait for it to expire.
+    let started = tokio::time::Instant::now();
+    let count = loop {
+        if let Some(count) = try_increment(&nodes[1].url(path), 1).await {
+            break count;
+        }
+        assert!(started.elapsed() < FAILOVER, "not taken over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(count, 5);
 }

@@ -546,6 +546,7 @@ impl Agents {
         self.server.tracker.close();
         self.server.tracker.wait().await;
         self.server.registry.storage().flush().await;
+        self.server.registry.leave_cluster().await;
     }
 
     /// The number of instances in memory.

@@ -61,6 +61,7 @@ const STATE: &str = "agents_state";
 pub struct ClusterOptions {
     urls: Vec<String>,
     lease_ttl: Duration,
+    replicas: usize,
 }
 
 impl ClusterOptions {
@@ -83,7 +84,17 @@ impl ClusterOptions {
                 })
                 .collect(),
             lease_ttl: DEFAULT_LEASE_TTL,
+            replicas: 1,
         }
+    }
+
+    /// Copies JetStream keeps of the buckets (leases, owners, state) when
+    /// it creates them: 3 on a 3-server NATS cluster, so that losing one
+    /// NATS server loses nothing. Defaults to 1 (a single NATS server).
+    /// Buckets that exist keep their settings.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
     }
 
     /// How long a node's lease lives without renewal: the longest a dead
@@ -139,6 +150,8 @@ pub(crate) struct Node {
     runtime: std::sync::OnceLock<Weak<dyn Runtime>>,
     peers: Mutex<HashMap<Arc<str>, Arc<Peer>>>,
     started: Instant,
+    /// Set by a graceful shutdown: no new lease after this one.
+    leaving: AtomicBool,
 }
 
 /// What the cluster needs from the server runtime on this node.
@@ -216,6 +229,7 @@ impl Cluster {
             history,
             max_age,
             storage: jetstream::stream::StorageType::File,
+            num_replicas: options.replicas,
             ..Default::default()
         };
         let nodes = js
@@ -253,6 +267,7 @@ impl Cluster {
             runtime: std::sync::OnceLock::new(),
             peers: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            leaving: AtomicBool::new(false),
         });
         node.acquire().await?;
         tokio::spawn(Node::keep_lease(Arc::downgrade(&node)));
@@ -344,6 +359,9 @@ impl Node {
             drop(this);
             tokio::time::sleep(period.min(to_deadline)).await;
             let Some(this) = node.upgrade() else { return };
+            if this.leaving.load(Ordering::Acquire) {
+                return;
+            }
             if !this.valid() {
                 this.lost().await;
                 continue;
@@ -393,6 +411,23 @@ impl Node {
         }
         let lease = lock(&self.lease).clone();
         self.clone().serve(lease);
+    }
+
+    /// Leaves the cluster on a graceful shutdown: gives up the lease at
+    /// once, so that other nodes take this node's instances over without
+    /// waiting for it to expire.
+    pub(crate) async fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
+        self.valid_until.store(0, Ordering::Release);
+        let lease = lock(&self.lease).clone();
+        lease.fence.cancel();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.nodes.delete(format!("n.{}", lease.id)),
+        )
+        .await;
+        tracing::info!(node = %lease.id, "left the cluster");
     }
 
     /// Whether node `id`'s lease exists.

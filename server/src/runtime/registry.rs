@@ -161,6 +161,13 @@ impl Registry {
         Connection::new(self.next_connection_key(), id, uri, limits)
     }
 
+    /// Leaves the cluster, if in one (after every instance stopped).
+    pub(crate) async fn leave_cluster(&self) {
+        if let Some(node) = &self.cluster {
+            node.leave().await;
+        }
+    }
+
     /// Whether the node takes traffic (in a cluster: holds a valid lease).
     pub(crate) fn cluster_ready(&self) -> bool {
         self.cluster.as_ref().is_none_or(|node| node.is_ready())
