@@ -206,6 +206,11 @@ impl Registry {
         if self.shutdown.is_cancelled() {
             return Found::Unavailable(Unavailable::ShuttingDown);
         }
+        if token == 0 && self.cluster.is_some() {
+            // It ran here a moment ago and stopped since: its owner must be
+            // looked up again (the client retries).
+            return Found::Unavailable(Unavailable::Retry);
+        }
         if map.running.len() >= self.config.max_instances {
             let oldest = map
                 .running
@@ -251,6 +256,15 @@ impl Registry {
             registry.finished(&key, generation, &control);
         });
         Found::Running(handle)
+    }
+
+    /// Whether `key` runs here and is not on its way out (its token is
+    /// then not needed: it is only used to start an instance).
+    fn runs(&self, key: &InstanceKey) -> bool {
+        self.instances()
+            .running
+            .get(key)
+            .is_some_and(|h| !h.control.evict.is_cancelled())
     }
 
     /// An instance's actor ended: it leaves the map, and whoever waits for
@@ -299,6 +313,8 @@ impl Registry {
     ) -> Option<Link> {
         let token = match &self.cluster {
             None => 0,
+            // Running here means owned here (a lost lease stops them all).
+            Some(_) if self.runs(key) => 0,
             Some(node) => match node.owner(key).await {
                 Ok(Owner::Me(token)) => token,
                 Ok(Owner::Node(owner)) => {
@@ -375,6 +391,7 @@ impl Registry {
         }
         let token = match &self.cluster {
             None => 0,
+            Some(_) if self.runs(key) => 0,
             Some(node) => match node.owner(key).await {
                 Ok(Owner::Me(token)) => token,
                 Ok(Owner::Node(owner)) => {
@@ -534,12 +551,14 @@ enum Unavailable {
     /// [`max_instances`](crate::AgentServer::max_instances) are running and none is idle.
     Full,
     ShuttingDown,
+    /// Cluster mode: the instance stopped here meanwhile; ask again.
+    Retry,
 }
 
 impl Unavailable {
     fn close_code(self) -> u16 {
         match self {
-            Unavailable::Full => 1013,
+            Unavailable::Full | Unavailable::Retry => 1013,
             Unavailable::ShuttingDown => 1001,
         }
     }
@@ -548,6 +567,7 @@ impl Unavailable {
         match self {
             Unavailable::Full => "Too many instances",
             Unavailable::ShuttingDown => "Server shutting down",
+            Unavailable::Retry => "Try again later",
         }
     }
 }
