@@ -189,7 +189,7 @@ impl<'a> FrameFields for Envelope<'a> {
             "false" | "null" | "\"\"" => false,
             // Numbers as JavaScript reads them: `1e-400` is 0, `1e400` Infinity.
             n if n.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
-                n.parse::<f64>().map_or(true, |v| v != 0.0)
+                n.parse::<f64>() != Ok(0.0)
             }
             _ => true,
         }
