@@ -24,9 +24,12 @@ wasm-bindgen --target web --remove-name-section --remove-producers-section \
 node "$ROOT/scripts/minify-wasm-names.mjs" "$OUT/names.json" "$OUT/agents_client.js" \
   "$OUT/agents_client_bg.wasm"
 rm "$OUT/names.json"
-# One minified ES module: the package entry (src/index.js) and the glue.
+# One minified ES module: the package entry (src/index.js), the class
+# (client-wasm/js/agent-client.js) and the glue. The names the class and
+# the glue share (the core's methods, the class's `…_` methods the core
+# calls) end in `_` and are shortened too.
 "$ESBUILD" "$ROOT/packages/client/src/index.js" --bundle --minify --format=esm \
-  --target=es2022 --log-level=warning --outfile="$OUT/index.js"
+  --target=es2022 --mangle-props='_$' --log-level=warning --outfile="$OUT/index.js"
 # pkg/agents_client.d.ts stays: index.d.ts takes the option types from it.
 rm -f "$OUT/agents_client.js" "$OUT/agents_client_bg.wasm.d.ts"
 echo "built $OUT"

@@ -2,10 +2,12 @@
 // `new AgentClient({...})` works synchronously right after the import, as
 // with `agents/client`.
 //
-// scripts/build-client.sh bundles and minifies this file with the
-// wasm-bindgen glue into pkg/index.js, next to the .wasm: the URLs below are
-// relative to that output file.
-import init, { AgentClient } from "../pkg/agents_client.js";
+// scripts/build-client.sh bundles and minifies this file, the class
+// (client-wasm/js/agent-client.js) and the wasm-bindgen glue into
+// pkg/index.js, next to the .wasm: the URLs below are relative to that
+// output file.
+import init, { Core, httpUrl } from "../pkg/agents_client.js";
+import { AgentClient, AgentConnectionError, useCore } from "../../../client-wasm/js/agent-client.js";
 
 const here = import.meta.url;
 const node = globalThis.process?.getBuiltinModule;
@@ -18,34 +20,17 @@ await init({
       ? node("node:fs").readFileSync(new URL("./agents_client_bg.wasm", here))
       : new URL("./agents_client_bg.wasm", import.meta.url),
 });
+useCore((options, host) => new Core(options, host));
 
-// The two pieces of the reference's surface that are plain JavaScript
-// objects rather than client logic live here, not in the WebAssembly.
+/**
+ * A plain HTTP request to the agent instance (its `on_request`), at the URL
+ * the options give the socket (`http(s)` instead of `ws(s)`, no `_pk`), as
+ * `agents/client`'s `agentFetch`. A `query` function is awaited first.
+ */
+export async function agentFetch(options, init) {
+  const query = options?.query;
+  const url = httpUrl(options, typeof query == "function" ? await query() : query, globalThis.location?.host);
+  return (options.fetch ?? fetch)(url, init);
+}
 
-// `client.stub.increment(2)` is `client.call("increment", [2])`. Keys that
-// `await`, loggers and test matchers probe answer `undefined`, as the
-// reference's, so they never fire RPCs.
-const NOT_METHODS = new Set([
-  "toJSON", "then", "catch", "finally", "valueOf", "toString", "constructor",
-  "prototype", "$$typeof", "@@toStringTag", "asymmetricMatch", "nodeType",
-]);
-Object.defineProperty(AgentClient.prototype, "stub", {
-  get() {
-    const stub = new Proxy({}, {
-      get: (_, method) =>
-        typeof method === "string" && !NOT_METHODS.has(method)
-          ? (...args) => this.call(method, args)
-          : undefined,
-    });
-    Object.defineProperty(this, "stub", { value: stub });
-    return stub;
-  },
-});
-
-// `WebSocket`'s readyState constants, on the class and its instances.
-["CONNECTING", "OPEN", "CLOSING", "CLOSED"].forEach((name, value) => {
-  Object.defineProperty(AgentClient, name, { value });
-  Object.defineProperty(AgentClient.prototype, name, { value });
-});
-
-export { AgentClient };
+export { AgentClient, AgentConnectionError };
