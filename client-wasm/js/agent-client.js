@@ -227,8 +227,8 @@ export class AgentClient extends EventTarget {
     const error = (this.connectionError = message && new AgentConnectionError(message, code, reason, wasClean));
     if (error) this.#o.onConnectionError?.(error);
   }
-  warn_(text) {
-    console.warn(text);
+  warn_(text, detail) {
+    console.warn(text, detail ?? "");
   }
   settle_(promise, stream, kind, value) {
     if (kind == 1) {

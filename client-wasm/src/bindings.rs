@@ -50,7 +50,7 @@ extern "C" {
     #[wasm_bindgen(method, js_name = connectionError_)]
     fn connection_error(this: &Host, message: &str, code: u16, reason: &str, clean: bool);
     #[wasm_bindgen(method, js_name = warn_)]
-    fn warn(this: &Host, text: &str);
+    fn warn(this: &Host, text: &str, detail: &JsValue);
     #[wasm_bindgen(method, js_name = settle_)]
     fn settle(this: &Host, promise: &JsValue, stream: &JsValue, kind: u8, value: &JsValue);
 }
@@ -66,11 +66,18 @@ pub(crate) enum Handle {
     Rust(alloc::rc::Rc<crate::client::CallSlot>),
 }
 
+/// The core, shared with [`crate::client::Client`] in the Rust API.
+#[cfg(feature = "rust-api")]
+pub(crate) type CoreCell = alloc::rc::Rc<RefCell<Core<JsValue, Handle>>>;
+/// The core (the npm build has no Rust callers to share it with).
+#[cfg(not(feature = "rust-api"))]
+pub(crate) type CoreCell = RefCell<Core<JsValue, Handle>>;
+
 /// The core of one client, for its `AgentClient` object.
 #[wasm_bindgen(js_name = Core)]
 #[allow(missing_debug_implementations)]
 pub struct WasmCore {
-    pub(crate) core: alloc::rc::Rc<RefCell<Core<JsValue, Handle>>>,
+    pub(crate) core: CoreCell,
     keys: Keys,
 }
 
@@ -119,6 +126,7 @@ mod user {
     pub(super) const SET_STATE: u8 = 2;
     pub(super) const CLOSE: u8 = 3;
     pub(super) const RECONNECT: u8 = 4;
+    pub(super) const HTTP_URL: u8 = 5;
 }
 
 #[wasm_bindgen(js_class = Core)]
@@ -130,7 +138,7 @@ impl WasmCore {
         let options = js_value::options(options, host).map_err(error)?;
         let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
         Ok(WasmCore {
-            core: alloc::rc::Rc::new(RefCell::new(Core::new(options, seed).map_err(error)?)),
+            core: CoreCell::new(Core::new(options, seed).map_err(error)?.into()),
             keys: Keys::new(),
         })
     }
@@ -147,7 +155,7 @@ impl WasmCore {
             on::MESSAGE => frame = Some(js_value::frame(&a, &self.keys)),
             on::QUERIED if a.is_object() => pairs = Some(Ok(js_value::pairs(&a))),
             on::QUERIED | on::QUERY_FAILED => {
-                web_sys::console::error_2(&"agents-rs: the query function failed".into(), &a);
+                host.warn("agents-rs: the query function failed", &a);
                 pairs = Some(Err(()));
             }
             _ => {}
@@ -182,12 +190,17 @@ impl WasmCore {
     }
 
     /// The user asks: `send(a)`, `call(a, b, c)` settled through `d`,
-    /// `setState(a)`, `close(a, b)`, `reconnect(a, b)`. Throws on bad input;
-    /// answers `send`'s boolean.
+    /// `setState(a)`, `close(a, b)`, `reconnect(a, b)`, or `agentFetch`'s URL
+    /// (`a`: the query function's result, if any). Throws on bad input;
+    /// answers `send`'s boolean or the URL.
     #[wasm_bindgen(js_name = do_)]
-    pub fn user(&self, host: &Host, kind: u8, a: JsValue, b: JsValue, c: JsValue, d: JsValue) -> Result<bool, JsValue> {
+    pub fn user(&self, host: &Host, kind: u8, a: JsValue, b: JsValue, c: JsValue, d: JsValue) -> Result<JsValue, JsValue> {
         let mut out = Ok(false);
         match kind {
+            user::HTTP_URL => {
+                let url = self.core.borrow().http_url(js_value::pairs(&a));
+                return url.map(JsValue::from).map_err(error);
+            }
             user::SEND => {
                 let size = js_value::size(&a).map_err(error)?;
                 self.run(host, &mut |core| out = core.send(a.clone(), size));
@@ -216,7 +229,7 @@ impl WasmCore {
                 });
             }
         }
-        out.map_err(error)
+        out.map(JsValue::from).map_err(error)
     }
 
     /// A getter: 0 `readyState` (given the socket's, -1 without one), 1
@@ -231,22 +244,6 @@ impl WasmCore {
             _ => u8::from(core.should_reconnect()).into(),
         }
     }
-}
-
-/// The URL `agentFetch(options)` requests: the instance's, over HTTP(S),
-/// without `_pk`; `query` is the query function's result when the options
-/// have one.
-#[wasm_bindgen(js_name = httpUrl)]
-#[allow(unreachable_pub)]
-pub fn http_url(options: &JsValue, query: &JsValue, host: JsValue) -> Result<String, JsValue> {
-    let o = js_value::options(options, host).map_err(error)?;
-    let pairs = match o.query {
-        crate::options::Query::Static(pairs) => pairs,
-        crate::options::Query::Dynamic if query.is_object() => js_value::pairs(query),
-        crate::options::Query::Dynamic => Vec::new(),
-    };
-    let url = o.address.http_url(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    url.map_err(error)
 }
 
 /// Carries out the core's actions, in order. Returns the attempt whose
@@ -269,7 +266,7 @@ fn perform(host: &Host, actions: Vec<Action<JsValue, Handle>>) -> Option<u32> {
                     Some(Protocols::List(list)) => list,
                 };
                 if let Err(e) = host.open(gen, &url, &protocols) {
-                    web_sys::console::error_2(&"agents-rs: cannot open a WebSocket".into(), &e);
+                    host.warn("agents-rs: cannot open a WebSocket", &e);
                     failed = Some(gen);
                 }
             }
@@ -313,7 +310,7 @@ fn perform(host: &Host, actions: Vec<Action<JsValue, Handle>>) -> Option<u32> {
             }
             Action::ConnectionError(None) => host.connection_error("", 0, "", false),
             Action::Settle(handle, outcome) => settle(host, handle, outcome),
-            Action::Warn(text) => host.warn(&text),
+            Action::Warn(text) => host.warn(&text, undefined),
         }
     }
     failed

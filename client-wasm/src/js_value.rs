@@ -83,6 +83,9 @@ pub(crate) fn options(o: &JsValue, host: JsValue) -> Result<ClientOptions<JsValu
 /// `undefined` values skipped, others converted with `String()`.
 pub(crate) fn pairs(obj: &JsValue) -> Vec<(String, String)> {
     let mut pairs = Vec::new();
+    if !obj.is_object() {
+        return pairs;
+    }
     for pair in Object::entries(obj.unchecked_ref()) {
         let pair: Array = pair.unchecked_into();
         let value = pair.get(1);
@@ -197,31 +200,40 @@ struct JsFrame<'a> {
 }
 
 impl JsFrame<'_> {
+    #[inline(never)]
     fn at(&self, key: &'static str) -> JsValue {
         field(&self.obj, self.keys.key(key))
     }
 }
 
+// Each read is its own function: inlined at every use in `classify` they
+// cost kilobytes of WebAssembly.
 impl FrameFields for JsFrame<'_> {
     type Value = JsValue;
     type Str = String;
 
+    #[inline(never)]
     fn frame_type(&self) -> Option<FrameType> {
         let at = self.keys.types.get(&field(&self.obj, &self.keys.ty)).as_f64()?;
         FrameType::ALL.get(at as usize).copied()
     }
+    #[inline(never)]
     fn value(&self, key: &'static str) -> Option<JsValue> {
         Some(self.at(key)).filter(|v| !v.is_undefined())
     }
+    #[inline(never)]
     fn string(&self, key: &'static str) -> Option<String> {
         self.at(key).as_string()
     }
+    #[inline(never)]
     fn truthy(&self, key: &'static str) -> bool {
         self.at(key).is_truthy()
     }
+    #[inline(never)]
     fn is_true(&self, key: &'static str) -> bool {
         self.at(key).as_bool() == Some(true)
     }
+    #[inline(never)]
     fn is_object(&self, key: &'static str) -> bool {
         let v = self.at(key);
         v.is_object() && !Array::is_array(&v)

@@ -8,7 +8,6 @@ use alloc::vec::Vec;
 
 use crate::error::ClientError;
 use crate::reconnect::ReconnectOptions;
-use crate::text::decimal;
 use crate::url::Address;
 
 /// Default timeout of non-streaming calls, in ms (`0` disables).
@@ -109,6 +108,11 @@ pub const CALLBACKS: [&str; 6] = [
     "onMcpUpdate",
 ];
 
+/// The string options, in the order [`parse`] reads them.
+const STRINGS: [&str; 8] = [
+    "agent", "name", "host", "basePath", "prefix", "path", "protocol", "id",
+];
+
 /// The numeric options, each with its minimum.
 const NUMBERS: [(&str, u8); 8] = [
     ("minReconnectionDelay", 0),
@@ -134,23 +138,26 @@ pub fn parse<V>(
     read: &mut dyn FnMut(&'static str) -> Raw<V>,
     pairs: &dyn Fn(&V) -> Vec<(String, String)>,
 ) -> Result<ClientOptions<V>, ClientError> {
-    let mut string = |key: &'static str| match read(key) {
-        Raw::Missing => Ok(None),
-        Raw::Str(s) => Ok(Some(s)),
-        _ => Err(invalid(key, "a string")),
-    };
-    let mut o = ClientOptions::new("", "default", "");
-    let a = &mut o.address;
-    a.agent = string("agent")?.unwrap_or_default();
-    if let Some(name) = string("name")? {
-        a.name = name;
+    let mut strings: [Option<String>; STRINGS.len()] = Default::default();
+    for (slot, key) in strings.iter_mut().zip(STRINGS) {
+        *slot = match read(key) {
+            Raw::Missing => None,
+            Raw::Str(s) => Some(s),
+            _ => return Err(invalid(key, "a string")),
+        };
     }
-    a.host = string("host")?.unwrap_or_default();
-    a.base_path = string("basePath")?;
-    a.prefix = string("prefix")?;
-    a.path = string("path")?;
-    a.protocol = string("protocol")?;
-    o.id = string("id")?;
+    let [agent, name, host, base_path, prefix, path, protocol, id] = strings;
+    let mut o = ClientOptions::new("", "default", "");
+    o.address = Address {
+        agent: agent.unwrap_or_default(),
+        name: name.unwrap_or(o.address.name),
+        host: host.unwrap_or_default(),
+        base_path,
+        prefix,
+        path,
+        protocol,
+    };
+    o.id = id;
     o.query = match read("query") {
         Raw::Missing => Query::Static(Vec::new()),
         Raw::Func(_) => Query::Dynamic,
@@ -168,7 +175,7 @@ pub fn parse<V>(
         *slot = match read(key) {
             Raw::Missing => f64::NAN,
             Raw::Num(n) if n >= f64::from(min) => n,
-            _ => return Err(invalid(key, &("a number >= ".to_owned() + &decimal(min.into())))),
+            _ => return Err(invalid(key, if min == 0 { "a number >= 0" } else { "a number >= 1" })),
         };
     }
     let [min_delay, max_delay, grow, uptime, timeout, retries, queue, call_timeout] = numbers;

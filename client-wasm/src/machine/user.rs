@@ -181,6 +181,21 @@ impl<V: Clone, H: Clone> Core<V, H> {
         self.reconnect.active()
     }
 
+    /// `agentFetch`'s URL: the instance's over HTTP(S), with the static
+    /// query, or `query` (the query function's result) when there is a
+    /// function.
+    ///
+    /// # Errors
+    /// Never for options [`Core::new`] accepted.
+    pub fn http_url(&self, query: Vec<(String, String)>) -> Result<String, ClientError> {
+        let pairs = match &self.options.query {
+            crate::options::Query::Static(pairs) => pairs,
+            crate::options::Query::Dynamic => &query,
+        };
+        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        self.options.address.http_url(pairs)
+    }
+
     /// The `_pk` connection id.
     pub fn id(&self) -> &str {
         &self.id

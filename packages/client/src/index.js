@@ -6,7 +6,7 @@
 // (client-wasm/js/agent-client.js) and the wasm-bindgen glue into
 // pkg/index.js, next to the .wasm: the URLs below are relative to that
 // output file.
-import init, { Core, httpUrl } from "../pkg/agents_client.js";
+import init, { Core } from "../pkg/agents_client.js";
 import { AgentClient, AgentConnectionError, useCore } from "../../../client-wasm/js/agent-client.js";
 
 const here = import.meta.url;
@@ -21,6 +21,7 @@ await init({
       : new URL("./agents_client_bg.wasm", import.meta.url),
 });
 useCore((options, host) => new Core(options, host));
+const HTTP_URL = 5; // client-wasm/src/bindings.rs, `user`
 
 /**
  * A plain HTTP request to the agent instance (its `on_request`), at the URL
@@ -28,8 +29,10 @@ useCore((options, host) => new Core(options, host));
  * `agents/client`'s `agentFetch`. A `query` function is awaited first.
  */
 export async function agentFetch(options, init) {
-  const query = options?.query;
-  const url = httpUrl(options, typeof query == "function" ? await query() : query, globalThis.location?.host);
+  const core = new Core(options, globalThis.location?.host);
+  const query = options.query;
+  const url = core.do_(null, HTTP_URL, typeof query == "function" ? await query() : undefined);
+  core.free();
   return (options.fetch ?? fetch)(url, init);
 }
 
