@@ -7,7 +7,6 @@
 //! This file only translates; [`crate::js_value`] reads JavaScript values
 //! (options, frames) for the pure modules.
 
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
@@ -71,7 +70,7 @@ pub(crate) enum Handle {
 pub(crate) type CoreCell = alloc::rc::Rc<RefCell<Core<JsValue, Handle>>>;
 /// The core (the npm build has no Rust callers to share it with).
 #[cfg(not(feature = "rust-api"))]
-pub(crate) type CoreCell = RefCell<Core<JsValue, Handle>>;
+pub(crate) type CoreCell = alloc::boxed::Box<RefCell<Core<JsValue, Handle>>>;
 
 /// The core of one client, for its `AgentClient` object.
 #[wasm_bindgen(js_name = Core)]
@@ -82,22 +81,27 @@ pub struct WasmCore {
 }
 
 impl WasmCore {
-    /// Runs `f` on the core, then carries out what it asked for. One
-    /// non-generic body for every entry point keeps the WebAssembly small.
-    #[inline(never)]
-    pub(crate) fn run(&self, host: &Host, f: &mut dyn FnMut(&mut Core<JsValue, Handle>)) {
-        let mut actions = {
-            let mut core = self.core.borrow_mut();
-            f(&mut core);
-            core.take_actions()
-        };
-        while let Some(gen) = perform(host, actions) {
-            // `new WebSocket()` threw (a URL the browser refuses): the core
-            // decides what follows (error, close, retry).
-            let mut core = self.core.borrow_mut();
-            core.open_failed(gen);
-            actions = core.take_actions();
-        }
+    fn run(&self, host: &Host, f: &mut dyn FnMut(&mut Core<JsValue, Handle>)) {
+        run(&self.core, host, f);
+    }
+}
+
+/// Runs `f` on the core, then carries out what it asked for (after the core
+/// is released). One non-generic body for every entry point keeps the
+/// WebAssembly small.
+#[inline(never)]
+pub(crate) fn run(core: &CoreCell, host: &Host, f: &mut dyn FnMut(&mut Core<JsValue, Handle>)) {
+    let mut actions = {
+        let mut core = core.borrow_mut();
+        f(&mut core);
+        core.take_actions()
+    };
+    while let Some(gen) = perform(host, actions) {
+        // `new WebSocket()` threw (a URL the browser refuses): the core
+        // decides what follows (error, close, retry).
+        let mut core = core.borrow_mut();
+        core.open_failed(gen);
+        actions = core.take_actions();
     }
 }
 
@@ -138,7 +142,7 @@ impl WasmCore {
         let options = js_value::options(options, host).map_err(error)?;
         let seed = (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64;
         Ok(WasmCore {
-            core: CoreCell::new(Core::new(options, seed).map_err(error)?.into()),
+            core: CoreCell::new(RefCell::new(Core::new(options, seed).map_err(error)?)),
             keys: Keys::new(),
         })
     }
@@ -194,7 +198,15 @@ impl WasmCore {
     /// (`a`: the query function's result, if any). Throws on bad input;
     /// answers `send`'s boolean or the URL.
     #[wasm_bindgen(js_name = do_)]
-    pub fn user(&self, host: &Host, kind: u8, a: JsValue, b: JsValue, c: JsValue, d: JsValue) -> Result<JsValue, JsValue> {
+    pub fn user(
+        &self,
+        host: &Host,
+        kind: u8,
+        a: JsValue,
+        b: JsValue,
+        c: JsValue,
+        d: JsValue,
+    ) -> Result<JsValue, JsValue> {
         let mut out = Ok(false);
         match kind {
             user::HTTP_URL => {
@@ -217,9 +229,11 @@ impl WasmCore {
             }
             user::SET_STATE => {
                 let json = js_value::json(&a, "state must be JSON-serializable").map_err(error)?;
-                self.run(host, &mut |core| out = core.set_state(&json, a.clone()).map(|()| true));
+                self.run(host, &mut |core| {
+                    out = core.set_state(&json, a.clone()).map(|()| true)
+                });
             }
-            _ => {
+            user::CLOSE | user::RECONNECT => {
                 let code = a.as_f64().map_or(1000, |c| c as u16);
                 let reason = b.as_string().unwrap_or_default();
                 let close = kind == user::CLOSE;
@@ -228,6 +242,7 @@ impl WasmCore {
                     false => core.reconnect(code, &reason),
                 });
             }
+            _ => {}
         }
         out.map(JsValue::from).map_err(error)
     }
@@ -301,9 +316,13 @@ fn perform(host: &Host, actions: Vec<Action<JsValue, Handle>>) -> Option<u32> {
                 &new_agent.into(),
             ),
             Action::Unready => host.unready(),
-            Action::StateError(e) => {
-                host.callback("onStateUpdateError", &e.into(), undefined, undefined, undefined)
-            }
+            Action::StateError(e) => host.callback(
+                "onStateUpdateError",
+                &e.into(),
+                undefined,
+                undefined,
+                undefined,
+            ),
             Action::Mcp(mcp) => host.callback("onMcpUpdate", &mcp, undefined, undefined, undefined),
             Action::ConnectionError(Some(c)) => {
                 host.connection_error(&c.message(), c.code, &c.reason, c.clean)

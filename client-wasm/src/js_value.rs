@@ -69,7 +69,9 @@ fn raw(v: JsValue) -> Raw<JsValue> {
 /// defaults to `host` (the page's `location.host`).
 pub(crate) fn options(o: &JsValue, host: JsValue) -> Result<ClientOptions<JsValue>, ClientError> {
     if !o.is_object() {
-        return Err(ClientError::Options("AgentClient needs an options object".into()));
+        return Err(ClientError::Options(
+            "AgentClient needs an options object".into(),
+        ));
     }
     let mut host = Some(host);
     let mut read = |key: &'static str| match raw(get(o, key)) {
@@ -148,7 +150,11 @@ pub(crate) fn call_options(args: &JsValue, options: &JsValue) -> Result<CallOpti
         && ["onChunk", "onDone", "onError"]
             .iter()
             .any(|k| js_sys::Reflect::has(options, &(*k).into()) == Ok(true));
-    let stream = if legacy { options.clone() } else { get(options, "stream") };
+    let stream = if legacy {
+        options.clone()
+    } else {
+        get(options, "stream")
+    };
     let timeout = match raw(get(options, "timeout")) {
         Raw::Missing => Timeout::Default,
         Raw::Num(ms) if ms >= 0.0 => Timeout::Ms(ms),
@@ -171,7 +177,16 @@ pub(crate) struct Keys {
 }
 
 const NAMES: [&str; 10] = [
-    "state", "id", "name", "agent", "stateFollows", "error", "mcp", "success", "done", "result",
+    "state",
+    "id",
+    "name",
+    "agent",
+    "stateFollows",
+    "error",
+    "mcp",
+    "success",
+    "done",
+    "result",
 ];
 
 impl Keys {
@@ -214,7 +229,11 @@ impl FrameFields for JsFrame<'_> {
 
     #[inline(never)]
     fn frame_type(&self) -> Option<FrameType> {
-        let at = self.keys.types.get(&field(&self.obj, &self.keys.ty)).as_f64()?;
+        let at = self
+            .keys
+            .types
+            .get(&field(&self.obj, &self.keys.ty))
+            .as_f64()?;
         FrameType::ALL.get(at as usize).copied()
     }
     #[inline(never)]

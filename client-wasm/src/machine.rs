@@ -131,7 +131,11 @@ impl<V: Clone, H: Clone> Core<V, H> {
     /// Announces the names and, unless `startClosed`, starts connecting.
     pub fn start(&mut self) {
         let a = &self.options.address;
-        let name = if a.name.is_empty() { "default" } else { &a.name };
+        let name = if a.name.is_empty() {
+            "default"
+        } else {
+            &a.name
+        };
         self.actions.push(Action::Init {
             id: self.id.clone(),
             agent: kebab(&a.agent),
@@ -139,6 +143,7 @@ impl<V: Clone, H: Clone> Core<V, H> {
         });
         if !self.closed {
             self.act(Action::Watch(true));
+            self.reconnect.first_attempt();
             self.connect();
         }
     }
@@ -172,7 +177,11 @@ impl<V: Clone, H: Clone> Core<V, H> {
         self.phase = Phase::Connecting;
         self.had_socket = true;
         let protocols = self.options.protocols.clone();
-        self.act(Action::Open { gen, url, protocols });
+        self.act(Action::Open {
+            gen,
+            url,
+            protocols,
+        });
         let ms = self.options.reconnect.connection_timeout;
         self.act(Action::Timer { id: CONNECT, ms });
     }
@@ -220,7 +229,10 @@ impl<V: Clone, H: Clone> Core<V, H> {
     /// The socket of attempt `gen` closed.
     pub fn closed(&mut self, gen: Gen, code: u16, reason: &str, clean: bool) {
         if gen == self.gen && matches!(self.phase, Phase::Connecting | Phase::Open) {
-            self.act(Action::Shut { code: 1000, reason: String::new() });
+            self.act(Action::Shut {
+                code: 1000,
+                reason: String::new(),
+            });
             self.ended(code, reason, clean);
         }
     }
@@ -265,18 +277,26 @@ impl<V: Clone, H: Clone> Core<V, H> {
         match id {
             BACKOFF if self.phase == Phase::Idle && !self.closed => self.connect(),
             CONNECT if self.phase == Phase::Connecting => {
-                self.act(Action::Shut { code: 1000, reason: "timeout".into() });
+                self.act(Action::Shut {
+                    code: 1000,
+                    reason: "timeout".into(),
+                });
                 self.failed_attempt("timeout");
             }
             UPTIME if self.phase == Phase::Open => self.reconnect.stable(),
             BACKOFF | CONNECT | UPTIME => {}
             timer => {
-                let Some(p) = self.calls.take_where(|c| c.timer.is_some_and(|t| t.0 == timer))
+                let Some(p) = self
+                    .calls
+                    .take_where(|c| c.timer.is_some_and(|t| t.0 == timer))
                 else {
                     return;
                 };
                 let ms = p.handle.timer.map_or(0.0, |t| t.1);
-                let error = ClientError::Timeout { method: p.method, ms: ms as u32 };
+                let error = ClientError::Timeout {
+                    method: p.method,
+                    ms: ms as u32,
+                };
                 self.settle(p.handle.handle, Outcome::Error(error));
             }
         }
@@ -297,9 +317,11 @@ impl<V: Clone, H: Clone> Core<V, H> {
         }
     }
 
-    /// Connects now if reconnecting is on and no attempt is under way.
+    /// Connects now if reconnecting is on, the browser is not offline and
+    /// no attempt is under way.
     fn wake(&mut self) {
-        if self.phase == Phase::Idle && self.reconnect.active() && !self.closed {
+        let idle = self.phase == Phase::Idle && !self.closed;
+        if idle && self.reconnect.active() && !self.reconnect.offline() {
             self.cancel(BACKOFF);
             self.connect();
         }

@@ -175,7 +175,16 @@ pub fn parse<V>(
         *slot = match read(key) {
             Raw::Missing => f64::NAN,
             Raw::Num(n) if n >= f64::from(min) => n,
-            _ => return Err(invalid(key, if min == 0 { "a number >= 0" } else { "a number >= 1" })),
+            _ => {
+                return Err(invalid(
+                    key,
+                    if min == 0 {
+                        "a number >= 0"
+                    } else {
+                        "a number >= 1"
+                    },
+                ))
+            }
         };
     }
     let [min_delay, max_delay, grow, uptime, timeout, retries, queue, call_timeout] = numbers;
@@ -209,4 +218,95 @@ pub fn parse<V>(
     // The URL rules reject what cannot be connected to.
     o.address.base_url()?;
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads from a list of `(key, value)`; every other key is missing.
+    fn parse_with(values: &[(&str, Raw<u8>)]) -> Result<ClientOptions<u8>, ClientError> {
+        let mut read = |key: &'static str| {
+            let found = values.iter().find(|(k, _)| *k == key);
+            found.map_or(Raw::Missing, |(_, v)| v.clone())
+        };
+        parse(&mut read, &|_| vec![("k".into(), "v".into())])
+    }
+
+    fn message(values: &[(&str, Raw<u8>)]) -> String {
+        parse_with(values).unwrap_err().to_string()
+    }
+
+    fn s(v: &str) -> Raw<u8> {
+        Raw::Str(v.into())
+    }
+
+    #[test]
+    fn defaults_are_the_references() {
+        let o = parse_with(&[("agent", s("ChatAgent")), ("host", s("h:1"))]).unwrap();
+        assert_eq!(o.address.name, "default");
+        assert_eq!(o.reconnect, ReconnectOptions::default());
+        assert_eq!(o.max_enqueued_messages, usize::MAX);
+        assert_eq!(o.default_call_timeout, 30_000.0);
+        assert!(!o.start_closed && !o.on_identity_change);
+        assert_eq!(o.query, Query::Static(vec![]));
+        assert_eq!(o.protocols, None);
+        let o = parse_with(&[
+            ("agent", s("A")),
+            ("host", s("h")),
+            ("query", Raw::Object(0)),
+            ("protocols", s("p")),
+            ("maxRetries", Raw::Num(2.0)),
+            ("maxEnqueuedMessages", Raw::Num(5.0)),
+            ("startClosed", Raw::Bool(true)),
+            ("onIdentityChange", Raw::Func(1)),
+        ])
+        .unwrap();
+        assert_eq!(o.query, Query::Static(vec![("k".into(), "v".into())]));
+        assert_eq!(o.protocols, Some(Protocols::One("p".into())));
+        assert_eq!(o.reconnect.max_retries, 2.0);
+        assert_eq!(o.max_enqueued_messages, 5);
+        assert!(o.start_closed && o.on_identity_change);
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let base = |extra: (&str, Raw<u8>)| message(&[("agent", s("A")), ("host", s("h")), extra]);
+        assert_eq!(message(&[("host", s("h"))]), "agent is required");
+        assert_eq!(message(&[("agent", s("A"))]), "host must not be empty");
+        assert_eq!(base(("name", Raw::Num(5.0))), "name must be a string");
+        assert_eq!(base(("path", s("/x"))), "path must not start with a slash");
+        assert_eq!(
+            base(("maxRetries", Raw::Num(-1.0))),
+            "maxRetries must be a number >= 0"
+        );
+        assert_eq!(
+            base(("reconnectionDelayGrowFactor", Raw::Num(0.5))),
+            "reconnectionDelayGrowFactor must be a number >= 1"
+        );
+        assert_eq!(
+            base(("minUptime", s("5"))),
+            "minUptime must be a number >= 0"
+        );
+        assert_eq!(
+            base(("query", Raw::Num(5.0))),
+            "query must be an object or a function"
+        );
+        assert_eq!(
+            base(("protocols", Raw::Num(1.0))),
+            "protocols must be a string or an array of strings"
+        );
+        assert_eq!(
+            base(("startClosed", s("yes"))),
+            "startClosed must be a boolean"
+        );
+        assert_eq!(
+            base(("onIdentity", s("f"))),
+            "onIdentity must be a function"
+        );
+        assert_eq!(
+            base(("protocol", s("http"))),
+            "protocol must be \"ws\" or \"wss\", not \"http\""
+        );
+    }
 }

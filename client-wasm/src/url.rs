@@ -151,7 +151,11 @@ pub fn with_query<'a>(
 }
 
 /// Appends `k=v` pairs joined by `&`, the first preceded by `first`.
-fn push_pairs<'a>(url: &mut String, pairs: impl IntoIterator<Item = (&'a str, &'a str)>, first: &str) {
+fn push_pairs<'a>(
+    url: &mut String,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    first: &str,
+) {
     let mut sep = first;
     for (k, v) in pairs {
         url.push_str(sep);
@@ -247,7 +251,10 @@ mod tests {
     #[test]
     fn http_url_for_agent_fetch() {
         let a = addr("CounterAgent", "c 1", "127.0.0.1:8787");
-        assert_eq!(a.http_url([]).unwrap(), "http://127.0.0.1:8787/agents/counter-agent/c 1?");
+        assert_eq!(
+            a.http_url([]).unwrap(),
+            "http://127.0.0.1:8787/agents/counter-agent/c 1?"
+        );
         let b = addr("A", "n", "example.com");
         assert_eq!(
             b.http_url([("t", "x y"), ("k", "v")]).unwrap(),

@@ -31,7 +31,10 @@ pub fn camel_case_to_kebab_case_with(
 ) -> String {
     let lower = to_lower(name);
     if name == to_upper(name) && name != lower {
-        return lower.chars().map(|c| if c == '_' { '-' } else { c }).collect();
+        return lower
+            .chars()
+            .map(|c| if c == '_' { '-' } else { c })
+            .collect();
     }
     // One pass: `X` → `-x` and `_` → `-`.
     let mut out = String::with_capacity(name.len() + 4);

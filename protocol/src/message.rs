@@ -476,12 +476,18 @@ mod tests {
         let Some(RpcResponse::Error { id, error }) = decode(r#"{"type":"rpc","id":"1"}"#) else {
             panic!()
         };
-        assert_eq!((id.as_str(), error.as_str()), ("1", crate::frame::UNKNOWN_RPC_ERROR));
+        assert_eq!(
+            (id.as_str(), error.as_str()),
+            ("1", crate::frame::UNKNOWN_RPC_ERROR)
+        );
         // Truthy `success`; a present but falsy `done` is a chunk.
         for (text, want_done) in [
             (r#"{"type":"rpc","id":"1","success":1,"done":null}"#, false),
             (r#"{"type":"rpc","id":"1","success":"y","done":0}"#, false),
-            (r#"{"type":"rpc","id":"1","success":true,"done":"yes"}"#, true),
+            (
+                r#"{"type":"rpc","id":"1","success":true,"done":"yes"}"#,
+                true,
+            ),
             (r#"{"type":"rpc","id":"1","success":[]}"#, true),
         ] {
             let Some(RpcResponse::Success { done, .. }) = decode(text) else {
@@ -496,7 +502,10 @@ mod tests {
             r#"{"type":"rpc","id":"1","success":""}"#,
             r#"{"type":"rpc","id":"1","success":null}"#,
         ] {
-            assert!(matches!(decode(text), Some(RpcResponse::Error { .. })), "{text}");
+            assert!(
+                matches!(decode(text), Some(RpcResponse::Error { .. })),
+                "{text}"
+            );
         }
         // Without a string id it is a user frame.
         assert!(decode(r#"{"type":"rpc","id":7,"success":true}"#).is_none());

@@ -58,7 +58,7 @@ impl<V: Clone, H: Clone> Core<V, H> {
         if self.closed || self.errored {
             return self.settle(handle, Outcome::Error(ClientError::ConnectionClosed));
         }
-        let id = self.calls.next_id(self.rng.next());
+        let id = self.calls.next_id(self.rng.next_u64());
         let ms = match timeout {
             Timeout::Ms(ms) => ms,
             Timeout::Default if streaming => 0.0,
@@ -73,7 +73,12 @@ impl<V: Clone, H: Clone> Core<V, H> {
         }
         let frame = rpc_frame(&id, method, args);
         let handle = CallHandle { handle, timer };
-        let pending = Pending { method: method.to_owned(), socket: None, streaming, handle };
+        let pending = Pending {
+            method: method.to_owned(),
+            socket: None,
+            streaming,
+            handle,
+        };
         self.calls.insert(id.clone(), pending);
         match self.write_frame(frame) {
             Ok(true) => self.calls.mark_one_sent(&id, self.gen),
@@ -135,7 +140,10 @@ impl<V: Clone, H: Clone> Core<V, H> {
         self.phase = Phase::Idle;
         self.unidentify();
         if live {
-            self.act(Action::Shut { code, reason: reason.into() });
+            self.act(Action::Shut {
+                code,
+                reason: reason.into(),
+            });
             let close = Close::new(code, reason, true);
             self.act(Action::Emit(Event::Close(close)));
         }
