@@ -86,13 +86,13 @@ export class AgentClient extends EventTarget {
     return this.#c.get_(READY_STATE, this.#ws?.readyState ?? -1);
   }
   get bufferedAmount() {
-    return this.#c.get_(QUEUED) + (this.#ws?.bufferedAmount ?? 0);
+    return this.#c.get_(QUEUED, 0) + (this.#ws?.bufferedAmount ?? 0);
   }
   get retryCount() {
-    return this.#c.get_(RETRY_COUNT);
+    return this.#c.get_(RETRY_COUNT, 0);
   }
   get shouldReconnect() {
-    return this.#c.get_(SHOULD_RECONNECT) > 0;
+    return this.#c.get_(SHOULD_RECONNECT, 0) > 0;
   }
   get ready() {
     return this.#ready;

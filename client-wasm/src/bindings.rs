@@ -168,10 +168,7 @@ impl WasmCore {
         let on = a.as_bool() == Some(true);
         let mut dispatch = false;
         self.run(host, &mut |c| match kind {
-            on::START => {
-                c.network(on);
-                c.start();
-            }
+            on::START => c.start(on),
             on::OPENED => c.opened(n),
             on::MESSAGE => dispatch = frame.take().is_some_and(|f| c.frame(n, f)),
             on::CLOSED => {

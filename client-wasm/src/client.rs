@@ -107,6 +107,9 @@ extern "C" {
     /// `connectionError`.
     #[wasm_bindgen(method, getter, js_name = connectionError)]
     pub fn connection_error(this: &AgentClient) -> JsValue;
+    /// `free()`: closes and releases the core now.
+    #[wasm_bindgen(method)]
+    pub fn free(this: &AgentClient);
     /// `binaryType = …`.
     #[wasm_bindgen(method, setter, js_name = binaryType)]
     pub fn set_binary_type(this: &AgentClient, binary_type: &str);
@@ -262,6 +265,11 @@ impl Client {
     ) -> Result<R, ClientError> {
         let serializer = serde_wasm_bindgen::Serializer::json_compatible();
         let args = args.serialize(&serializer).map_err(serde_error)?;
+        if !js_sys::Array::is_array(&args) {
+            return Err(ClientError::Serde(
+                "call arguments must be a tuple or a sequence".into(),
+            ));
+        }
         let json = crate::js_value::json(&args, "call arguments must be JSON-serializable")?;
         let slot = Rc::new(CallSlot::default());
         let mut handle = Some(Handle::Rust(slot.clone()));

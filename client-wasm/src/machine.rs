@@ -128,8 +128,11 @@ impl<V: Clone, H: Clone> Core<V, H> {
         self.actions.push(action);
     }
 
-    /// Announces the names and, unless `startClosed`, starts connecting.
-    pub fn start(&mut self) {
+    /// Announces the names and, unless `startClosed`, starts connecting;
+    /// `online` is what the browser says (`navigator.onLine`): offline, a
+    /// failed attempt waits for `online` instead of backing off.
+    pub fn start(&mut self, online: bool) {
+        self.reconnect.set_offline(!online);
         let a = &self.options.address;
         let name = if a.name.is_empty() {
             "default"

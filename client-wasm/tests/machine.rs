@@ -18,7 +18,7 @@ fn starts_by_opening_the_reference_url() {
     o.id = Some("pk-1".into());
     o.query = Query::Static(vec![("token".into(), "a b".into())]);
     let mut core: TestCore = Core::new(o, 1).unwrap();
-    core.start();
+    core.start(true);
     let actions = core.take_actions();
     assert_eq!(
         actions[0],
@@ -40,8 +40,19 @@ fn starts_by_opening_the_reference_url() {
     assert_eq!(core.ready_state(Some(0)), 0, "the socket's own state");
     // A generated id is UUID-shaped and kept.
     let mut other: TestCore = Core::new(options(), 2).unwrap();
-    other.start();
+    other.start(true);
     assert_eq!(other.id().len(), 36);
+}
+
+/// Starting opens exactly one socket, online or not (a second one would
+/// be orphaned: it leaked sockets before this test).
+#[test]
+fn start_opens_one_socket() {
+    for online in [true, false] {
+        let mut core: TestCore = Core::new(options(), 1).unwrap();
+        core.start(online);
+        assert_eq!(opens(&core.take_actions()).len(), 1, "online: {online}");
+    }
 }
 
 #[test]
@@ -49,7 +60,7 @@ fn start_closed_waits_for_reconnect() {
     let mut o = options();
     o.start_closed = true;
     let mut core: TestCore = Core::new(o, 1).unwrap();
-    core.start();
+    core.start(true);
     let actions = core.take_actions();
     assert!(opens(&actions).is_empty());
     assert_eq!(core.ready_state(None), 3);
@@ -61,7 +72,7 @@ fn start_closed_waits_for_reconnect() {
     let mut o = options();
     o.query = Query::Dynamic;
     let mut core: TestCore = Core::new(o, 1).unwrap();
-    core.start();
+    core.start(true);
     assert_eq!(core.ready_state(None), 0);
 }
 
@@ -388,7 +399,7 @@ fn backoff_grows_with_full_jitter() {
         let mut o = options();
         o.reconnect.max_retries = f64::INFINITY;
         let mut core: TestCore = Core::new(o, seed).unwrap();
-        core.start();
+        core.start(true);
         core.take_actions();
         for (attempt, gen) in (1..=bases.len() as u32).enumerate() {
             core.closed(gen, 1006, "", false);
@@ -572,8 +583,7 @@ fn a_client_that_starts_offline_still_tries_then_waits_for_online() {
     o.reconnect.min_reconnection_delay = 60_000.0;
     o.reconnect.max_reconnection_delay = 60_000.0;
     let mut core: TestCore = Core::new(o, 3).unwrap();
-    core.network(false);
-    core.start();
+    core.start(false);
     assert_eq!(
         opens(&core.take_actions()).len(),
         1,
@@ -658,7 +668,7 @@ fn the_query_function_runs_before_every_attempt() {
     o.query = Query::Dynamic;
     o.id = Some("id".into());
     let mut core: TestCore = Core::new(o, 5).unwrap();
-    core.start();
+    core.start(true);
     let actions = core.take_actions();
     assert!(actions.contains(&Action::Query(1)));
     assert!(opens(&actions).is_empty());

@@ -22,7 +22,7 @@ pub fn started(tune: impl FnOnce(&mut ClientOptions<String>)) -> TestCore {
     let mut o = options();
     tune(&mut o);
     let mut core = Core::new(o, 7).unwrap();
-    core.start();
+    core.start(true);
     core.take_actions();
     core
 }
