@@ -27,9 +27,10 @@ rm "$OUT/names.json"
 # One minified ES module: the package entry (src/index.js), the class
 # (client-wasm/js/agent-client.js) and the glue. The names the class and
 # the glue share (the core's methods, the class's `…_` methods the core
-# calls) end in `_` and are shortened too.
+# calls) end in `_` and are shortened too (names of three letters or more:
+# wasm-opt's one- and two-letter names, `_` among them, stay as they are).
 "$ESBUILD" "$ROOT/packages/client/src/index.js" --bundle --minify --format=esm \
-  --target=es2022 --mangle-props='_$' --log-level=warning --outfile="$OUT/index.js"
+  --target=es2022 --mangle-props='^[a-z][a-zA-Z]+_$' --log-level=warning --outfile="$OUT/index.js"
 # pkg/agents_client.d.ts stays: index.d.ts takes the option types from it.
 rm -f "$OUT/agents_client.js" "$OUT/agents_client_bg.wasm.d.ts"
 echo "built $OUT"
