@@ -15,8 +15,8 @@ mkdir -p "$OUT"
 : >"$OUT/results.log"
 ulimit -n "$(ulimit -Hn)" # 10,000 idle connections need file descriptors
 step "build (release)"
-cargo build --release --locked -p agents-server -p agents-bench
-npm_install tests/bench
+cargo build --release --locked -p agents-server-cli -p agents-bench
+npm_install .
 pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
 
 run_one() { # label
@@ -48,7 +48,6 @@ step "client size"
 
 step "client throughput in headless Chromium: AgentClient vs native WebSocket"
 need_browser
-npm_install tests/browser
 # The server on core 0, Node and Chromium (its processes inherit) on core 1.
 printf '#!/bin/sh\nexec taskset -c 0 %s "$@"\n' "$ROOT/target/release/agents-server" >"$OUT/server-core0.sh"
 chmod +x "$OUT/server-core0.sh"

@@ -9,7 +9,7 @@ need_rust
 need_node
 need_wasm_tools
 step "build agents-server (release)"
-cargo build --release --locked -p agents-server
+cargo build --release --locked -p agents-server-cli
 step "build the wasm client, the React hook and the example app"
 "$ROOT/scripts/build-client.sh"
 npm_install .

@@ -97,3 +97,46 @@ start_supervisor() {
   export AGENTS_SERVER_HOST AGENTS_CONTROL
 }
 
+
+# Reads the logs of every suite (cargo and wasm-bindgen-test `test result:`
+# lines, node:test `ℹ` totals, vitest `Tests` lines), prints one line per
+# suite and the total, and fails when a suite ran no test or skipped,
+# ignored or left a todo. (A failing test already stopped the script.)
+summarize() {
+  awk '
+    function suite(name, pass, fail, skip) {
+      printf "  %-44s %4d passed, %d failed, %d skipped\n", name, pass, fail, skip
+      P += pass; F += fail; S += skip; n++
+      if (pass == 0) { printf "ERROR: %s ran no test\n", name; bad = 1 }
+      if (skip > 0) { printf "ERROR: %s skipped or ignored %d test(s)\n", name, skip; bad = 1 }
+    }
+    FNR == 1 { file = FILENAME; sub(".*/", "", file); name = "" }
+    /^ +Running / { name = $2; if (match($0, /deps\/[a-z_]+/)) name = substr($0, RSTART + 5, RLENGTH - 5) " " $2 }
+    /^ +Doc-tests / { name = "doc-tests " $2 }
+    /^test result: / {
+      line = $0; p = f = i = 0
+      if (match(line, /[0-9]+ passed/)) p = substr(line, RSTART, RLENGTH) + 0
+      if (match(line, /[0-9]+ failed/)) f = substr(line, RSTART, RLENGTH) + 0
+      if (match(line, /[0-9]+ ignored/)) i = substr(line, RSTART, RLENGTH) + 0
+      suite(file ": " (name == "" ? "tests" : name), p, f, i)
+      name = ""
+    }
+    /^ℹ tests [0-9]+$/ { nt = $3 }
+    /^ℹ pass [0-9]+$/ { np = $3 }
+    /^ℹ fail [0-9]+$/ { nf = $3 }
+    /^ℹ skipped [0-9]+$/ { ns = $3 }
+    /^ℹ todo [0-9]+$/ { suite(file, np, nf, ns + $3) }
+    /^ +Tests +[0-9]/ {
+      line = $0; p = f = sk = 0
+      if (match(line, /[0-9]+ passed/)) p = substr(line, RSTART, RLENGTH) + 0
+      if (match(line, /[0-9]+ failed/)) f = substr(line, RSTART, RLENGTH) + 0
+      if (match(line, /[0-9]+ skipped/)) sk += substr(line, RSTART, RLENGTH) + 0
+      if (match(line, /[0-9]+ todo/)) sk += substr(line, RSTART, RLENGTH) + 0
+      suite(file, p, f, sk)
+    }
+    END {
+      printf "total: %d passed, %d failed, %d skipped (%d suites)\n", P, F, S, n
+      exit bad || F > 0 || n == 0
+    }
+  ' "$@"
+}

@@ -13,7 +13,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p agents-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 cargo clippy -p agents-client --target wasm32-unknown-unknown --locked \
   --no-default-features --features standalone -- -D warnings # as the npm package is built
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q -p agents-protocol -p agents-server
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q -p agents-protocol -p agents-server -p agents-server-cli
 
 step "build"
 cargo build --workspace --all-targets --locked
@@ -21,7 +21,9 @@ cargo build --workspace --all-targets --locked
 LOG="$ROOT/target/test-logs"
 mkdir -p "$LOG"
 step "rust tests (protocol golden frames, server integration)"
-cargo test --workspace --locked 2>&1 | tee "$LOG/cargo.log"
+# agents-client's native suites: its unit tests (tests/browser.rs runs in Chromium below).
+cargo test --workspace --exclude agents-client --locked 2>&1 | tee "$LOG/cargo.log"
+cargo test -p agents-client --lib --locked 2>&1 | tee "$LOG/cargo-client.log"
 
 step "browser tests: the wasm AgentClient in headless Chromium against agents-server"
 start_supervisor "$LOG/supervisor.out"
@@ -56,13 +58,10 @@ AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" NO_COLOR=1 \
   npm run --workspace @agents-rs/react test 2>&1 | tee "$LOG/react.log"
 
 step "end-to-end in headless Chromium (playwright-core): examples/plain-js and examples/react-app"
-npm_install tests/browser
 AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/browser test 2>&1 | tee "$LOG/e2e.log"
 
 step "compatibility: the real agents npm AgentClient against agents-server"
-npm_install tests/compat
 AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/compat test 2>&1 | tee "$LOG/compat.log"
 
-passed=$(cat "$LOG"/*.log | sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p; s/^ℹ pass \([0-9]*\)$/\1/p; s/^ *Tests *\([0-9]*\) passed.*/\1/p' | awk '{s+=$1} END {print s+0}')
 step "done"
-echo "total: $passed passed, 0 failed"
+summarize "$LOG"/*.log

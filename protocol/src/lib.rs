@@ -54,7 +54,10 @@ pub use kebab::{camel_case_to_kebab_case, camel_case_to_kebab_case_with};
 #[cfg(feature = "json")]
 pub use mcp::{McpServer, McpState};
 #[cfg(feature = "json")]
-pub use message::{ClientMessage, Identity, Incoming, ServerMessage, SetupError};
+pub use message::{
+    ClientMessage, Identity, Incoming, ServerMessage, SetupError, STATE_FRAME_PREFIX,
+    STATE_FRAME_SUFFIX,
+};
 #[cfg(feature = "json")]
 pub use rpc::{RpcRequest, RpcResponse};
 #[cfg(feature = "json")]

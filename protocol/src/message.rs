@@ -33,6 +33,14 @@ pub struct Identity {
     pub state_follows: bool,
 }
 
+/// What a server's `cf_agent_state` frame holds before the state's JSON:
+/// the frame is this, the state, then [`STATE_FRAME_SUFFIX`]. Lets a server
+/// serialize the state straight into the frame and keep one buffer for both.
+pub const STATE_FRAME_PREFIX: &str = r#"{"type":"cf_agent_state","state":"#;
+
+/// What a server's `cf_agent_state` frame holds after the state's JSON.
+pub const STATE_FRAME_SUFFIX: &str = "}";
+
 /// Frames the server sends.
 #[derive(Debug, Clone)]
 pub enum ServerMessage {
@@ -317,17 +325,13 @@ impl ServerMessage {
     /// Encodes `{"type":"cf_agent_state","state":…}` from a borrowed state,
     /// so a server can build the frame without copying its state first.
     pub fn encode_state(state: &RawValue) -> String {
-        #[derive(Serialize)]
-        struct StateOut<'a> {
-            #[serde(rename = "type")]
-            ty: &'static str,
-            state: &'a RawValue,
-        }
-        serde_json::to_string(&StateOut {
-            ty: "cf_agent_state",
-            state,
-        })
-        .expect("protocol frames always serialize")
+        let mut frame = String::with_capacity(
+            STATE_FRAME_PREFIX.len() + state.get().len() + STATE_FRAME_SUFFIX.len(),
+        );
+        frame.push_str(STATE_FRAME_PREFIX);
+        frame.push_str(state.get());
+        frame.push_str(STATE_FRAME_SUFFIX);
+        frame
     }
 
     /// Encodes the frame. Key order follows the reference where it is fixed

@@ -66,7 +66,7 @@ impl RpcResponse {
     pub fn no_such_method(id: impl Into<String>, method: &str) -> Self {
         RpcResponse::Error {
             id: id.into(),
-            error: format!("Method {method} does not exist"),
+            error: no_such_method_error(method),
         }
     }
 
@@ -77,4 +77,10 @@ impl RpcResponse {
             error: format!("Method {method} is not callable"),
         }
     }
+}
+
+/// The error text for a call of a method that does not exist, as the
+/// reference words it: `Method <m> does not exist`.
+pub fn no_such_method_error(method: &str) -> String {
+    format!("Method {method} does not exist")
 }

@@ -48,6 +48,7 @@ use serde::Serialize;
 use crate::connection::Connection;
 use crate::context::{AgentContext, ConnectContext, StateSource};
 use crate::error::{BoxError, HookError};
+use crate::log::Trunc;
 use crate::message::Message;
 use crate::rpc::{Call, Reply, RpcError};
 
@@ -160,10 +161,10 @@ pub trait Agent: Send + Sized + 'static {
         error: HookError,
     ) -> impl Future<Output = ()> + Send {
         tracing::error!(
-            agent = cx.agent(),
-            name = cx.name(),
-            connection = conn.map(Connection::id),
-            %error,
+            agent = %Trunc(cx.agent()),
+            name = %Trunc(cx.name()),
+            connection = %Trunc(conn.map_or("-", Connection::id)),
+            error = %Trunc(&error.to_string()),
             "agent error"
         );
         async {}
@@ -187,13 +188,17 @@ pub trait Agent: Send + Sized + 'static {
     /// A plain HTTP request (not an upgrade) to the instance's URL. The
     /// default answers 404 `Not implemented`, like the reference. An error or
     /// panic answers 500.
+    ///
+    /// An agent type that keeps this default costs no instances for plain
+    /// HTTP: once the first such request showed that the type does not
+    /// implement it, the server answers 404 itself, without starting one.
     fn on_request(
         &mut self,
         cx: &mut AgentContext<Self>,
         request: http::Request<Body>,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send {
         let _ = (cx, request);
-        async { Ok((StatusCode::NOT_FOUND, "Not implemented").into_response()) }
+        async { Ok(not_implemented()) }
     }
 
     /// A client's RPC call (`call(method, args)`): match on
@@ -235,27 +240,14 @@ pub trait Agent: Send + Sized + 'static {
     }
 }
 
-/// Wraps a hook's outcome: errors and panics become a [`HookError`].
-pub(crate) async fn guarded<T>(
-    hook: &'static str,
-    fut: impl Future<Output = Result<T, BoxError>>,
-) -> Result<T, HookError> {
-    use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(HookError::Failed { hook, source }),
-        Err(payload) => Err(HookError::from_panic(hook, payload)),
-    }
-}
+/// Marks the response of the default [`Agent::on_request`], so the server
+/// learns that an agent type has none.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DefaultOnRequest;
 
-/// Runs a synchronous hook, turning a panic into a [`HookError`].
-pub(crate) fn guarded_sync<T>(
-    hook: &'static str,
-    f: impl FnOnce() -> Result<T, BoxError>,
-) -> Result<T, HookError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(HookError::Failed { hook, source }),
-        Err(payload) => Err(HookError::from_panic(hook, payload)),
-    }
+/// 404 `Not implemented`, as the reference answers without `onRequest`.
+pub(crate) fn not_implemented() -> Response {
+    let mut response = (StatusCode::NOT_FOUND, "Not implemented").into_response();
+    response.extensions_mut().insert(DefaultOnRequest);
+    response
 }

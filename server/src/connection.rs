@@ -1,37 +1,48 @@
-//! A client connection: the [`Connection`] handle agents use, and the socket
-//! loops (one reader, one writer) that are the only code touching the socket.
+//! The [`Connection`] handle agents use for one client socket: its id, tags,
+//! flags and per-connection state, and the outbound queue ("outbox") that
+//! the runtime drains onto the socket.
+//!
+//! Sending never blocks and never waits for the client. Each connection's
+//! queue has a budget (frames and bytes, see
+//! [`AgentServer::outbound_queue_bytes`](crate::AgentServer::outbound_queue_bytes)):
+//! past it the connection counts as *behind*, and its instance stops taking
+//! new input until the client catches up — so a reading client loses
+//! nothing, and TCP back-pressure reaches whoever floods the instance. A
+//! client that makes no progress at all is closed by the runtime after
+//! [`slow_consumer_timeout`](crate::AgentServer::slow_consumer_timeout). Only
+//! a single turn that queues [`HARD_LIMIT_FACTOR`] times the budget for one
+//! client drops that client at once ([`SendError::QueueFull`]).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 
-use axum::extract::ws::{self, CloseFrame, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::task::AtomicWaker;
-use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
-use crate::actor::{AgentHandle, Command};
-use crate::config::CLOSE_TIMEOUT;
 use crate::error::SendError;
-use crate::message::{Message, Utf8Bytes};
+use crate::message::{truncate, Message};
 
-/// Frames written in one go before a flush (several ready frames share one
-/// syscall, see the performance notes).
-const WRITE_BATCH: usize = 64;
+/// Queue accounting charges each frame this many bytes on top of its
+/// payload (the queue entry and the frame header), so that many tiny frames
+/// count too.
+pub const FRAME_OVERHEAD: usize = 64;
+
+/// How far past its budget one client's queue may grow within a single turn
+/// of its instance (a hook that sends a lot at once) before that client is
+/// dropped.
+pub const HARD_LIMIT_FACTOR: usize = 4;
 
 /// Longest close reason the WebSocket protocol allows, in bytes.
-const MAX_CLOSE_REASON: usize = 123;
+pub(crate) const MAX_CLOSE_REASON: usize = 123;
 
 /// One client socket, as the agent sees it. Cheap to clone; all clones refer
 /// to the same socket.
-///
-/// Sending never blocks: frames go to a bounded per-connection queue that a
-/// writer task drains. A client that stops reading until that queue is full
-/// is dropped (see [`AgentServer::outbound_queue`](crate::AgentServer::outbound_queue)).
 #[derive(Clone)]
 pub struct Connection {
     inner: Arc<Inner>,
@@ -41,83 +52,15 @@ struct Inner {
     /// Unique per socket within the server (ids may repeat, keys do not).
     key: u64,
     /// The client's `_pk`, or a generated 21-character id.
-    id: String,
-    /// The upgrade URL, including the query.
-    uri: String,
+    id: Box<str>,
+    /// The request target (path and query) the socket was opened with.
+    uri: Box<str>,
     tags: OnceLock<Box<[String]>>,
     readonly: AtomicBool,
     protocol: AtomicBool,
     /// Per-connection user state (JSON `null` until set).
     state: Mutex<Value>,
-    tx: mpsc::Sender<Outbound>,
-    queued_bytes: AtomicUsize,
-    max_queued_bytes: usize,
-    close_queued: AtomicBool,
-    /// Cancelled once our close frame has been written.
-    close_sent: Signal,
-    /// Set to drop the socket at once.
-    killed: Signal,
-}
-
-impl Inner {
-    /// Drops the socket at once.
-    fn kill(&self) {
-        self.killed.set();
-    }
-}
-
-/// A one-way flag the socket's two tasks can await. Lock-free: polling it
-/// (which the loops do once per frame) costs an atomic load and a waker
-/// registration, where a `CancellationToken` takes a mutex.
-#[derive(Default)]
-struct Signal {
-    set: AtomicBool,
-    reader: AtomicWaker,
-    writer: AtomicWaker,
-}
-
-/// Which task is waiting on a [`Signal`].
-#[derive(Clone, Copy)]
-enum Side {
-    Reader,
-    Writer,
-}
-
-impl Signal {
-    fn set(&self) {
-        self.set.store(true, Ordering::Release);
-        self.reader.wake();
-        self.writer.wake();
-    }
-
-    fn is_set(&self) -> bool {
-        self.set.load(Ordering::Acquire)
-    }
-
-    /// Completes once the signal is set.
-    fn wait(&self, side: Side) -> impl std::future::Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.is_set() {
-                return std::task::Poll::Ready(());
-            }
-            match side {
-                Side::Reader => self.reader.register(cx.waker()),
-                Side::Writer => self.writer.register(cx.waker()),
-            }
-            if self.is_set() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-    }
-}
-
-/// What the writer task writes.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    Data(Message),
-    Close(u16, Utf8Bytes),
+    outbox: Outbox,
 }
 
 impl fmt::Debug for Connection {
@@ -130,36 +73,46 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// A frame waiting for the socket.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A data frame.
+    Data(Message),
+    /// The closing handshake's first frame; nothing follows it.
+    Close(u16, Box<str>),
+}
+
+/// Per-client queue budget (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    /// Frames queued before the client counts as behind.
+    pub(crate) frames: usize,
+    /// Bytes (with [`FRAME_OVERHEAD`] each) queued before the client counts as behind.
+    pub(crate) bytes: usize,
+}
+
 impl Connection {
-    pub(crate) fn new(
-        key: u64,
-        id: String,
-        uri: String,
-        queue: usize,
-        max_queued_bytes: usize,
-    ) -> (Connection, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    /// A connection not yet attached to an instance, and its queue.
+    pub(crate) fn new(key: u64, id: String, uri: String, limits: QueueLimits) -> Connection {
         let inner = Inner {
             key,
-            id,
-            uri,
+            id: id.into(),
+            uri: uri.into(),
             tags: OnceLock::new(),
             readonly: AtomicBool::new(false),
             protocol: AtomicBool::new(true),
             state: Mutex::new(Value::Null),
-            tx,
-            queued_bytes: AtomicUsize::new(0),
-            max_queued_bytes,
-            close_queued: AtomicBool::new(false),
-            close_sent: Signal::default(),
-            killed: Signal::default(),
-        };
-        (
-            Connection {
-                inner: Arc::new(inner),
+            outbox: Outbox {
+                state: Mutex::new(OutboxState::default()),
+                waker: AtomicWaker::new(),
+                killed: AtomicBool::new(false),
+                limits,
+                flow: OnceLock::new(),
             },
-            rx,
-        )
+        };
+        Connection {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The connection id: the client's `_pk` query parameter, or a generated
@@ -169,7 +122,11 @@ impl Connection {
         &self.inner.id
     }
 
-    /// The URL the connection was opened with, including its query.
+    /// The request target the connection was opened with: path and query,
+    /// e.g. `/agents/chat-agent/room?_pk=…&token=…`. (Headers are not kept
+    /// for the socket's life; read what you need in
+    /// [`on_connect`](crate::Agent::on_connect) from
+    /// [`ConnectContext::request`](crate::ConnectContext::request).)
     pub fn uri(&self) -> &str {
         &self.inner.uri
     }
@@ -179,8 +136,13 @@ impl Connection {
     pub fn tags(&self) -> &[String] {
         match self.inner.tags.get() {
             Some(tags) => tags,
-            None => std::slice::from_ref(&self.inner.id),
+            None => &[],
         }
+    }
+
+    /// Whether the connection carries `tag`.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.inner.id.as_ref() == tag || self.tags().iter().any(|t| t == tag)
     }
 
     /// Whether state frames from this connection are refused.
@@ -220,61 +182,81 @@ impl Connection {
     ///
     /// # Errors
     /// [`SendError::Closed`] after [`close`](Self::close) or once the client
-    /// is gone; [`SendError::QueueFull`] when the client stopped reading (the
-    /// connection is then dropped).
+    /// is gone; [`SendError::QueueFull`] when one turn queued more than
+    /// [`HARD_LIMIT_FACTOR`] times the client's budget (the connection is
+    /// then dropped).
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
-        self.send_message(message.into())
-    }
-
-    pub(crate) fn send_message(&self, message: Message) -> Result<(), SendError> {
-        let inner = &self.inner;
-        if inner.close_queued.load(Ordering::Relaxed) || inner.killed.is_set() {
-            return Err(SendError::Closed);
-        }
-        let len = message.len();
-        let before = inner.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        if before > 0 && before + len > inner.max_queued_bytes {
-            inner.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.drop_slow_client();
-            return Err(SendError::QueueFull);
-        }
-        match inner.tx.try_send(Outbound::Data(message)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                inner.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                self.drop_slow_client();
-                Err(SendError::QueueFull)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
-        }
-    }
-
-    fn drop_slow_client(&self) {
-        tracing::warn!(id = %self.inner.id, "client is not reading; dropping the connection");
-        self.inner.kill();
+        self.push(Outbound::Data(message.into()))
     }
 
     /// Starts the closing handshake with `code` and `reason` (truncated to
-    /// the protocol's 123 bytes). Later sends fail; a second close is ignored.
-    /// Codes 1008 and 4000–4999 tell clients not to reconnect.
+    /// the protocol's 123 bytes), after the frames already queued. Later
+    /// sends fail; a second close is ignored. Codes 1008 and 4000–4999 tell
+    /// clients not to reconnect.
     pub fn close(&self, code: u16, reason: &str) {
-        if self.inner.close_queued.swap(true, Ordering::Relaxed) {
-            return;
-        }
         let reason = truncate(reason, MAX_CLOSE_REASON);
-        if self
-            .inner
-            .tx
-            .try_send(Outbound::Close(code, reason.into()))
-            .is_err()
-        {
-            self.inner.kill();
-        }
+        let _ = self.push(Outbound::Close(code, reason.into()));
     }
 
     /// Whether the socket is still open for sending.
     pub fn is_open(&self) -> bool {
-        !self.inner.close_queued.load(Ordering::Relaxed) && !self.inner.killed.is_set()
+        self.inner.outbox.is_open()
+    }
+
+    fn push(&self, out: Outbound) -> Result<(), SendError> {
+        let outbox = &self.inner.outbox;
+        if outbox.is_killed() {
+            return Err(SendError::Closed);
+        }
+        let mut state = lock(&outbox.state);
+        if state.closing {
+            return Err(SendError::Closed);
+        }
+        if let Outbound::Data(message) = &out {
+            let cost = message.len() + FRAME_OVERHEAD;
+            let hard_bytes = outbox.limits.bytes.saturating_mul(HARD_LIMIT_FACTOR);
+            let hard_frames = outbox.limits.frames.saturating_mul(HARD_LIMIT_FACTOR);
+            // One frame is always admitted into an empty queue, whatever its size.
+            if state.frames > 0
+                && (state.bytes + cost > hard_bytes || state.frames + 1 > hard_frames)
+            {
+                drop(state);
+                tracing::warn!("client far behind its queue budget; dropping the connection");
+                outbox.kill();
+                return Err(SendError::QueueFull);
+            }
+            state.frames += 1;
+            state.bytes += cost;
+            if !state.behind
+                && (state.bytes > outbox.limits.bytes || state.frames > outbox.limits.frames)
+            {
+                state.behind = true;
+                if let Some(flow) = outbox.flow.get() {
+                    flow.fell_behind();
+                }
+            }
+        } else {
+            state.closing = true;
+        }
+        state.queue.push_back(out);
+        // While the instance works through a burst, wake the socket once at
+        // the end of it (re-checked under the list's lock: no lost wake-up).
+        if let Some(flow) = outbox.flow.get() {
+            if flow.batching.load(Ordering::Relaxed) {
+                if state.wake_pending {
+                    return Ok(());
+                }
+                drop(state);
+                let mut pending = lock(&flow.pending_wakes);
+                if flow.batching.load(Ordering::Relaxed) {
+                    lock(&outbox.state).wake_pending = true;
+                    pending.push(self.clone());
+                    return Ok(());
+                }
+            }
+        }
+        outbox.waker.wake();
+        Ok(())
     }
 
     pub(crate) fn key(&self) -> u64 {
@@ -288,288 +270,180 @@ impl Connection {
     pub(crate) fn set_protocol_enabled(&self, enabled: bool) {
         self.inner.protocol.store(enabled, Ordering::Relaxed);
     }
-}
 
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// How a socket ended, for `on_close`.
-#[derive(Debug, Clone)]
-pub(crate) struct CloseInfo {
-    pub(crate) code: u16,
-    pub(crate) reason: String,
-    pub(crate) was_clean: bool,
-}
-
-/// Runs a registered socket to its end: the writer drains the outbound
-/// queue while this task reads and forwards messages to the actor. Returns
-/// how the socket ended.
-pub(crate) async fn drive(
-    socket: WebSocket,
-    conn: Connection,
-    rx: mpsc::Receiver<Outbound>,
-    actor: impl AsyncFnOnce(Connection) -> Option<AgentHandle>,
-) -> Option<(AgentHandle, CloseInfo)> {
-    let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, rx, conn.clone()));
-    // Registering sends the connect frames and runs `on_connect` before we
-    // read anything, so a frame sent the instant the socket opened is
-    // handled after them.
-    let handle = actor(conn.clone()).await;
-    let info = read_loop(stream, &conn, handle.as_ref()).await;
-    let inner = &conn.inner;
-    if inner.close_queued.load(Ordering::Relaxed) && !inner.close_sent.is_set() {
-        // Let the writer put our close frame (e.g. 1009) on the wire.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, inner.close_sent.wait(Side::Reader)).await;
-    }
-    inner.kill();
-    let _ = writer.await;
-    handle.map(|h| (h, info))
-}
-
-async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
-    conn: &Connection,
-    actor: Option<&AgentHandle>,
-) -> CloseInfo {
-    let inner = &conn.inner;
-    let mut closed: Option<CloseInfo> = None;
-    let close_deadline = async {
-        inner.close_sent.wait(Side::Reader).await;
-        tokio::time::sleep(CLOSE_TIMEOUT).await;
-    };
-    tokio::pin!(close_deadline);
-    // Created once per socket, and lock-free to poll (see `Signal`).
-    let killed = inner.killed.wait(Side::Reader);
-    tokio::pin!(killed);
-    loop {
-        // The socket is polled first: while frames keep coming, the kill and
-        // deadline futures (each poll takes a lock) are not polled at all.
-        let next = tokio::select! {
-            biased;
-            next = stream.next() => next,
-            _ = &mut killed => break,
-            _ = &mut close_deadline => break,
-        };
-        if inner.killed.is_set() {
-            break;
-        }
-        let message = match next {
-            None => break,
-            Some(Err(err)) => {
-                // Tell the client why before dropping it, when the socket
-                // can still carry a close frame.
-                if let Some((code, reason)) = close_for(err) {
-                    conn.close(code, &reason);
-                    closed = Some(CloseInfo {
-                        code,
-                        reason,
-                        was_clean: false,
-                    });
-                }
-                break;
-            }
-            Some(Ok(ws::Message::Text(text))) => Message::Text(text),
-            Some(Ok(ws::Message::Binary(bytes))) => Message::Binary(bytes),
-            Some(Ok(ws::Message::Ping(_) | ws::Message::Pong(_))) => continue,
-            Some(Ok(ws::Message::Close(frame))) => {
-                // Keep polling: that flushes the echoed close frame (same code
-                // and reason) and then ends the stream.
-                closed.get_or_insert(match frame {
-                    Some(f) => CloseInfo {
-                        code: f.code,
-                        reason: f.reason.as_str().to_owned(),
-                        was_clean: true,
-                    },
-                    None => CloseInfo {
-                        code: 1005,
-                        reason: String::new(),
-                        was_clean: true,
-                    },
-                });
-                continue;
-            }
-        };
-        if closed.is_some() {
-            continue;
-        }
-        let Some(actor) = actor else { continue };
-        if actor
-            .send(Command::Message {
-                key: inner.key,
-                message,
-            })
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    closed.unwrap_or(CloseInfo {
-        code: 1006,
-        reason: String::new(),
-        was_clean: false,
-    })
-}
-
-/// The close frame answering a read error: 1009 for a message over the
-/// limit, 1007 for invalid UTF-8, 1002 for a protocol violation; `None` when
-/// the transport itself failed.
-fn close_for(err: axum::Error) -> Option<(u16, String)> {
-    use tungstenite::error::CapacityError;
-    match *err.into_inner().downcast::<tungstenite::Error>().ok()? {
-        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-            Some((1009, format!("Message is too large: {size} > {max_size}")))
-        }
-        tungstenite::Error::Utf8(_) => Some((1007, "Invalid UTF-8 in text frame".to_owned())),
-        tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        ) => None,
-        tungstenite::Error::Protocol(err) => Some((1002, format!("Protocol error: {err}"))),
-        _ => None,
+    /// The queue, for the runtime that drains it.
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.inner.outbox
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, ws::Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    conn: Connection,
-) {
-    let inner = &conn.inner;
-    let killed = inner.killed.wait(Side::Writer);
-    tokio::pin!(killed);
-    loop {
-        let first = tokio::select! {
-            biased;
-            next = rx.recv() => match next {
-                Some(out) => out,
-                None => return,
-            },
-            _ = &mut killed => return,
-        };
-        if inner.killed.is_set() {
-            return;
-        }
-        let done = tokio::select! {
-            biased;
-            _ = &mut killed => return,
-            done = write_batch(&mut sink, &mut rx, first, inner) => done,
-        };
-        match done {
-            Ok(false) => {}
-            Ok(true) => {
-                inner.close_sent.set();
+/// Flow control shared by an instance and its connections: how many of them
+/// are behind (the instance takes no input while any is), and wake-ups held
+/// back while the instance works through a burst of events.
+#[derive(Debug, Default)]
+pub(crate) struct Flow {
+    behind: AtomicUsize,
+    caught_up: Notify,
+    batching: AtomicBool,
+    /// Connections with frames queued during the current batch, woken when
+    /// it ends (so every frame of a burst leaves in one write).
+    pending_wakes: Mutex<Vec<Connection>>,
+}
+
+impl Flow {
+    /// Whether some connection is behind its budget.
+    pub(crate) fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Acquire) > 0
+    }
+
+    /// Completes once no connection is behind.
+    pub(crate) async fn caught_up(&self) {
+        loop {
+            let notified = self.caught_up.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_behind() {
                 return;
             }
-            Err(err) => {
-                tracing::debug!(cause = %err, id = %inner.id, "write failed");
-                inner.kill();
-                return;
-            }
+            notified.await;
+        }
+    }
+
+    /// From now until [`end_batch`](Self::end_batch), sockets are woken once
+    /// at the end instead of at every frame.
+    pub(crate) fn begin_batch(&self) {
+        self.batching.store(true, Ordering::Relaxed);
+    }
+
+    /// Wakes every socket that got frames during the batch.
+    pub(crate) fn end_batch(&self) {
+        let woken = {
+            let mut pending = lock(&self.pending_wakes);
+            self.batching.store(false, Ordering::Relaxed);
+            std::mem::take(&mut *pending)
+        };
+        for conn in woken {
+            let outbox = conn.outbox();
+            lock(&outbox.state).wake_pending = false;
+            outbox.waker.wake();
+        }
+    }
+
+    fn fell_behind(&self) {
+        self.behind.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn caught_up_one(&self) {
+        if self.behind.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.caught_up.notify_waiters();
         }
     }
 }
 
-/// Writes `first` and whatever else is ready, then flushes once. Returns
-/// `true` once a close frame was written.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, ws::Message>,
-    rx: &mut mpsc::Receiver<Outbound>,
-    first: Outbound,
-    inner: &Inner,
-) -> Result<bool, axum::Error> {
-    let mut next = Some(first);
-    let mut written = 0;
-    while let Some(out) = next.take() {
-        match out {
-            Outbound::Data(message) => {
-                let len = message.len();
-                let frame = match message {
-                    Message::Text(t) => ws::Message::Text(t),
-                    Message::Binary(b) => ws::Message::Binary(b),
-                };
-                sink.feed(frame).await?;
-                inner.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            }
-            Outbound::Close(code, reason) => {
-                sink.send(ws::Message::Close(Some(CloseFrame { code, reason })))
-                    .await?;
-                return Ok(true);
-            }
-        }
-        written += 1;
-        if written < WRITE_BATCH {
-            next = rx.try_recv().ok();
-        }
-    }
-    sink.flush().await?;
-    Ok(false)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A 21-character URL-safe random id, like the reference's `nanoid()`.
-pub(crate) fn nanoid() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8; 64] = b"useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict";
-    let mut rng = rand::rng();
-    (0..21)
-        .map(|_| ALPHABET[rng.random_range(0..64)] as char)
-        .collect()
+/// One connection's outbound queue: filled by whoever sends, drained by the
+/// socket task.
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    /// The socket task, woken when frames arrive or the connection is killed.
+    waker: AtomicWaker,
+    killed: AtomicBool,
+    limits: QueueLimits,
+    /// The instance's flow control, once attached.
+    flow: OnceLock<Arc<Flow>>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: VecDeque<Outbound>,
+    /// Frames and bytes queued or being written, not yet on the wire.
+    frames: usize,
+    bytes: usize,
+    /// Counted in the flow's `behind`.
+    behind: bool,
+    /// A close frame is queued: nothing more is accepted.
+    closing: bool,
+    /// In the flow's pending wake-ups.
+    wake_pending: bool,
+}
 
-    #[test]
-    fn nanoid_shape() {
-        let id = nanoid();
-        assert_eq!(id.len(), 21);
-        assert!(id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
-        assert_ne!(id, nanoid());
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Attaches the connection to its instance's flow control.
+    pub(crate) fn attach(&self, flow: Arc<Flow>) {
+        let _ = self.flow.set(flow);
     }
 
-    #[test]
-    fn close_reason_is_truncated_on_a_char_boundary() {
-        let long = "é".repeat(100);
-        let t = truncate(&long, MAX_CLOSE_REASON);
-        assert!(t.len() <= MAX_CLOSE_REASON);
-        assert_eq!(t.len() % 2, 0);
+    /// Moves every queued frame into `into` (which the socket keeps until
+    /// they are written), registering the socket task for the next ones.
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Outbound>,
+    ) -> Poll<()> {
+        self.waker.register(cx.waker());
+        let mut state = lock(&self.state);
+        if state.queue.is_empty() {
+            return Poll::Pending;
+        }
+        if into.is_empty() {
+            std::mem::swap(into, &mut state.queue);
+        } else {
+            into.append(&mut state.queue);
+        }
+        Poll::Ready(())
     }
 
-    #[tokio::test]
-    async fn a_client_that_stops_reading_is_dropped() {
-        let (conn, _rx) = Connection::new(1, "x".into(), "/".into(), 2, 1 << 20);
-        assert_eq!(conn.send("a"), Ok(()));
-        assert_eq!(conn.send("b"), Ok(()));
-        assert_eq!(conn.send("c"), Err(SendError::QueueFull));
-        assert_eq!(conn.send("d"), Err(SendError::Closed));
-        assert!(!conn.is_open());
+    /// The socket wrote `frames` frames of `bytes` payload bytes.
+    pub(crate) fn written(&self, frames: usize, bytes: usize) {
+        let mut state = lock(&self.state);
+        state.frames = state.frames.saturating_sub(frames);
+        state.bytes = state.bytes.saturating_sub(bytes + frames * FRAME_OVERHEAD);
+        if state.behind && state.bytes <= self.limits.bytes && state.frames <= self.limits.frames {
+            state.behind = false;
+            drop(state);
+            if let Some(flow) = self.flow.get() {
+                flow.caught_up_one();
+            }
+        }
     }
 
-    #[tokio::test]
-    async fn byte_limit_admits_one_large_frame_then_drops() {
-        let (conn, _rx) = Connection::new(1, "x".into(), "/".into(), 100, 10);
-        assert_eq!(conn.send(vec![0u8; 50]), Ok(()));
-        assert_eq!(conn.send(vec![0u8; 1]), Err(SendError::QueueFull));
+    /// Frees everything queued and stops accepting frames: the socket is
+    /// gone. Lets the instance go on if this client held it back.
+    pub(crate) fn shut(&self) {
+        self.killed.store(true, Ordering::Release);
+        let mut state = lock(&self.state);
+        state.closing = true;
+        state.queue = VecDeque::new();
+        state.frames = 0;
+        state.bytes = 0;
+        if std::mem::take(&mut state.behind) {
+            drop(state);
+            if let Some(flow) = self.flow.get() {
+                flow.caught_up_one();
+            }
+        }
     }
 
-    #[tokio::test]
-    async fn send_after_close_fails() {
-        let (conn, mut rx) = Connection::new(1, "x".into(), "/".into(), 8, 1 << 20);
-        conn.close(4001, "bye");
-        conn.close(1000, "again");
-        assert_eq!(conn.send("late"), Err(SendError::Closed));
-        assert!(matches!(rx.recv().await, Some(Outbound::Close(4001, r)) if r.as_str() == "bye"));
-        assert!(rx.try_recv().is_err());
+    /// Drops the socket at once (no closing handshake).
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    fn is_open(&self) -> bool {
+        !self.is_killed() && !lock(&self.state).closing
     }
 }

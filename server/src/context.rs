@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use agents_protocol::{RawValue, ServerMessage};
+use agents_protocol::{STATE_FRAME_PREFIX, STATE_FRAME_SUFFIX};
+use bytes::Bytes;
+use serde::Serialize;
 
 use crate::agent::Agent;
 use crate::connection::Connection;
 use crate::error::{DuplicateConnectionId, StateError};
-use crate::message::Message;
+use crate::message::{Message, Utf8Bytes};
 use crate::request::RequestInfo;
 use crate::storage::InstanceStorage;
 
@@ -43,17 +45,12 @@ pub struct AgentContext<A: Agent> {
     name: Arc<str>,
     agent: Arc<str>,
     connections: HashMap<u64, Connection>,
-    state: Option<A::State>,
-    /// The state's JSON, serialized once per change.
-    state_json: Option<Box<RawValue>>,
-    /// The `cf_agent_state` frame for it, encoded once per change and shared
-    /// by every broadcast and connect.
-    state_frame: Option<Message>,
+    state: StateCell<A::State>,
     /// The connection whose event is being handled, if any.
-    pub(crate) current: Option<Connection>,
-    /// Set by [`set_state`](Self::set_state); the actor then calls
+    current: Option<Connection>,
+    /// Set by [`set_state`](Self::set_state); the runtime then calls
     /// `on_state_update` with [`StateSource::Server`].
-    pub(crate) state_changed: bool,
+    state_changed: bool,
     storage: InstanceStorage,
 }
 
@@ -63,21 +60,28 @@ impl<A: Agent> fmt::Debug for AgentContext<A> {
             .field("agent", &self.agent)
             .field("name", &self.name)
             .field("connections", &self.connections.len())
-            .field("state", &self.state_json)
+            .field("has_state", &self.state.value.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl<A: Agent> AgentContext<A> {
-    pub(crate) fn new(agent: Arc<str>, name: Arc<str>, storage: InstanceStorage) -> Self {
+    pub(crate) fn new(
+        agent: Arc<str>,
+        name: Arc<str>,
+        storage: InstanceStorage,
+        max_state_bytes: usize,
+    ) -> Self {
         AgentContext {
             storage,
             name,
             agent,
             connections: HashMap::new(),
-            state: None,
-            state_json: None,
-            state_frame: None,
+            state: StateCell {
+                value: None,
+                frame: Weak::new(),
+                max_bytes: max_state_bytes,
+            },
             current: None,
             state_changed: false,
         }
@@ -103,9 +107,7 @@ impl<A: Agent> AgentContext<A> {
         &'a self,
         tag: &'a str,
     ) -> impl Iterator<Item = &'a Connection> + 'a {
-        self.connections
-            .values()
-            .filter(move |c| c.tags().iter().any(|t| t == tag))
+        self.connections.values().filter(move |c| c.has_tag(tag))
     }
 
     /// The number of open connections.
@@ -137,18 +139,18 @@ impl<A: Agent> AgentContext<A> {
             if exclude.contains(&conn.id()) {
                 continue;
             }
-            let _ = conn.send_message(message.clone());
+            let _ = conn.send(message.clone());
         }
     }
 
     /// The current state, if any.
     pub fn state(&self) -> Option<&A::State> {
-        self.state.as_ref()
+        self.state.value.as_ref()
     }
 
-    /// The current state as JSON, if any.
-    pub fn state_json(&self) -> Option<&RawValue> {
-        self.state_json.as_deref()
+    /// The current state as JSON, if any (serialized on each call).
+    pub fn state_json(&self) -> Option<String> {
+        serde_json::to_string(self.state.value.as_ref()?).ok()
     }
 
     /// This instance's durable key-value store and SQL access, in the
@@ -163,44 +165,66 @@ impl<A: Agent> AgentContext<A> {
     ///
     /// # Errors
     /// [`StateError::Readonly`] when called while handling an event of a
-    /// readonly connection; [`StateError::Serialize`] when the state does not
-    /// serialize; [`StateError::Storage`] when it cannot be stored. On error
-    /// nothing changes.
+    /// readonly connection; [`StateError::TooLarge`] when its JSON is over
+    /// [`max_state_bytes`](crate::AgentServer::max_state_bytes) (found
+    /// without serializing more than that); [`StateError::Serialize`] when
+    /// it does not serialize; [`StateError::Storage`] when it cannot be
+    /// stored. On error nothing changes and nothing is sent.
     pub fn set_state(&mut self, state: A::State) -> Result<(), StateError> {
         if self.current.as_ref().is_some_and(Connection::is_readonly) {
             return Err(StateError::Readonly);
         }
-        let json = serde_json::value::to_raw_value(&state)?;
-        self.storage.save_state(json.get())?;
-        self.store_state(state, json);
-        self.broadcast_state(None);
+        let frame = self.replace_state(state)?;
+        self.broadcast_frame(frame, None);
         self.state_changed = true;
         Ok(())
     }
 
-    pub(crate) fn store_state(&mut self, state: A::State, json: Box<RawValue>) {
-        self.state = Some(state);
-        self.state_frame = Some(ServerMessage::encode_state(&json).into());
-        self.state_json = Some(json);
+    /// Encodes, checks and stores `state`, then makes it the current state;
+    /// returns its frame.
+    pub(crate) fn replace_state(&mut self, state: A::State) -> Result<Message, StateError> {
+        let frame = encode_state(&state, self.state.max_bytes)?;
+        let json = &frame[STATE_FRAME_PREFIX.len()..frame.len() - STATE_FRAME_SUFFIX.len()];
+        self.storage.save_state(json)?;
+        self.state.value = Some(state);
+        Ok(self.state.cache(frame))
+    }
+
+    /// Makes `state` (restored or initial, already stored) the current state.
+    pub(crate) fn restore_state(&mut self, state: A::State) {
+        self.state.value = Some(state);
+        self.state.frame = Weak::new();
     }
 
     /// The current state's `cf_agent_state` frame, if there is state.
-    pub(crate) fn state_frame(&self) -> Option<&Message> {
-        self.state_frame.as_ref()
+    pub(crate) fn state_frame(&mut self) -> Option<Message> {
+        self.state.frame()
     }
 
-    /// Sends the current state to protocol-enabled connections, skipping
-    /// those with id `exclude`.
-    pub(crate) fn broadcast_state(&self, exclude: Option<&str>) {
-        let Some(frame) = &self.state_frame else {
-            return;
-        };
+    /// Sends a state frame to protocol-enabled connections, skipping those
+    /// with id `exclude`.
+    pub(crate) fn broadcast_frame(&self, frame: Message, exclude: Option<&str>) {
         for conn in self.connections.values() {
             if !conn.is_protocol_enabled() || exclude.is_some_and(|id| id == conn.id()) {
                 continue;
             }
-            let _ = conn.send_message(frame.clone());
+            let _ = conn.send(frame.clone());
         }
+    }
+
+    /// A hook for `conn`'s event (or no connection's) begins.
+    pub(crate) fn begin_turn(&mut self, conn: Option<&Connection>) {
+        self.current = conn.cloned();
+    }
+
+    /// The hook returned.
+    pub(crate) fn end_turn(&mut self) {
+        self.current = None;
+    }
+
+    /// Whether [`set_state`](Self::set_state) ran since the last call.
+    pub(crate) fn take_state_changed(&mut self) -> bool {
+        std::mem::take(&mut self.state_changed)
     }
 
     pub(crate) fn insert(&mut self, conn: Connection) {
@@ -213,5 +237,111 @@ impl<A: Agent> AgentContext<A> {
 
     pub(crate) fn get(&self, key: u64) -> Option<&Connection> {
         self.connections.get(&key)
+    }
+}
+
+/// The agent's state: the typed value (the one copy kept), and its encoded
+/// `cf_agent_state` frame for as long as anything (a socket's queue, a
+/// storage write) still holds it, so that a burst of connects and
+/// broadcasts encodes it once.
+struct StateCell<S> {
+    value: Option<S>,
+    frame: Weak<String>,
+    max_bytes: usize,
+}
+
+impl<S: Serialize> StateCell<S> {
+    /// The frame of the current state, encoded anew if no copy is alive.
+    fn frame(&mut self) -> Option<Message> {
+        if let Some(frame) = self.frame.upgrade() {
+            return Some(shared(frame));
+        }
+        let value = self.value.as_ref()?;
+        // Restored states may predate the size limit: never refused here.
+        let frame = encode_state(value, usize::MAX).ok()?;
+        Some(self.cache(frame))
+    }
+
+    /// Keeps a weak handle on `frame` and returns it as a message.
+    fn cache(&mut self, frame: String) -> Message {
+        let frame = Arc::new(frame);
+        self.frame = Arc::downgrade(&frame);
+        shared(frame)
+    }
+}
+
+/// A message sharing `frame`'s buffer.
+fn shared(frame: Arc<String>) -> Message {
+    struct Owner(Arc<String>);
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    Message::Text(Utf8Bytes::from_checked(Bytes::from_owner(Owner(frame))))
+}
+
+/// `{"type":"cf_agent_state","state":…}` for `state`, serializing at most
+/// `max` bytes of state.
+fn encode_state<S: Serialize>(state: &S, max: usize) -> Result<String, StateError> {
+    struct Capped {
+        buf: Vec<u8>,
+        limit: usize,
+    }
+    impl std::io::Write for Capped {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            if self.buf.len() + data.len() > self.limit {
+                return Err(std::io::Error::other("state too large"));
+            }
+            self.buf.extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped {
+        buf: Vec::from(STATE_FRAME_PREFIX),
+        limit: STATE_FRAME_PREFIX.len().saturating_add(max),
+    };
+    if let Err(err) = serde_json::to_writer(&mut out, state) {
+        if err.is_io() {
+            return Err(StateError::TooLarge { max });
+        }
+        return Err(StateError::Serialize(err));
+    }
+    out.buf.extend_from_slice(STATE_FRAME_SUFFIX.as_bytes());
+    String::from_utf8(out.buf).map_err(|_| StateError::TooLarge { max })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_frames_are_capped_and_shared() {
+        assert_eq!(
+            encode_state(&serde_json::json!({"count": 1}), 100).unwrap(),
+            r#"{"type":"cf_agent_state","state":{"count":1}}"#
+        );
+        assert!(matches!(
+            encode_state(&"x".repeat(100), 100),
+            Err(StateError::TooLarge { max: 100 })
+        ));
+        assert!(encode_state(&"x".repeat(98), 100).is_ok());
+        let mut cell = StateCell {
+            value: Some(5),
+            frame: Weak::new(),
+            max_bytes: 10,
+        };
+        let a = cell.frame().unwrap();
+        let b = cell.frame().unwrap();
+        // The second came from the first's buffer.
+        let (Message::Text(a), Message::Text(b)) = (a, b) else {
+            unreachable!()
+        };
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        drop((a, b));
+        assert!(cell.frame.upgrade().is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! Error types of the server library.
+//! Every error type of the server library.
 
 use std::fmt;
 
@@ -71,9 +71,15 @@ pub enum StateError {
     /// The state could not be serialized to JSON.
     #[error("state error: cannot serialize state: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The state's JSON is over [`max_state_bytes`](crate::AgentServer::max_state_bytes).
+    #[error("state error: state is larger than {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
     /// The state could not be stored; nothing changed.
     #[error("state error: {0}")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] StorageError),
 }
 
 /// Two live connections share the id asked for (ids are the client's `_pk`,
@@ -99,18 +105,75 @@ pub enum TagError {
     /// A tag longer than [`MAX_TAG_LEN`](crate::MAX_TAG_LEN) characters.
     #[error("A connection tag must be at most {max} characters: {tag}")]
     TooLong {
-        /// The tag.
+        /// The tag (cut to [`MAX_LOG_FIELD`](crate::MAX_LOG_FIELD) bytes).
         tag: String,
         /// The limit.
         max: usize,
     },
 }
 
-/// A close frame payload, for logs.
-pub(crate) struct CloseDisplay<'a>(pub u16, pub &'a str);
+/// Errors of [`Storage`](crate::Storage) and [`InstanceStorage`](crate::InstanceStorage).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// SQLite failed.
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A value did not (de)serialize.
+    #[error("storage error: bad value: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The data directory could not be created.
+    #[error("storage error: cannot create {path}: {source}")]
+    Io {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
 
-impl fmt::Display for CloseDisplay<'_> {
+/// Why a call failed; becomes `{"success":false,"error":…}`.
+///
+/// Any error converts into it with `?` (as [`RpcError::Failed`] with the
+/// error's text), which is why it does not implement `std::error::Error`
+/// itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The agent has no such method: `Method <m> does not exist`.
+    NoSuchMethod,
+    /// The arguments did not deserialize.
+    InvalidArgs(String),
+    /// The method failed with this message.
+    Failed(String),
+}
+
+impl RpcError {
+    /// A failure with a message for the client.
+    pub fn msg(message: impl Into<String>) -> Self {
+        RpcError::Failed(message.into())
+    }
+
+    /// The error text the client gets for a call of `method`.
+    pub(crate) fn into_message(self, method: &str) -> String {
+        match self {
+            RpcError::NoSuchMethod => agents_protocol::rpc::no_such_method_error(method),
+            RpcError::InvalidArgs(m) | RpcError::Failed(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for RpcError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?}", self.0, self.1)
+        match self {
+            RpcError::NoSuchMethod => f.write_str("no such method"),
+            RpcError::InvalidArgs(m) | RpcError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for RpcError {
+    fn from(err: E) -> Self {
+        RpcError::Failed(err.to_string())
     }
 }

@@ -36,16 +36,24 @@
 //! }
 //! ```
 //!
-//! # Layout
-//! - [`agent`]: the [`Agent`] trait and its lifecycle.
-//! - [`context`]: [`AgentContext`] (broadcast, connections, state) and [`ConnectContext`].
-//! - [`connection`]: the [`Connection`] handle and the socket reader/writer.
-//! - `actor`: one task per instance; `registry`: `(agent, name)` → instance.
-//! - [`rpc`]: callable methods ([`Agent::on_call`]).
-//! - [`storage`]: the SQLite database for state and per-instance key-value data.
-//! - [`server`]: the [`AgentServer`] builder, routing and `serve`.
-//! - [`config`]: every limit with its default.
-//! - [`demo`]: the example agents of the `agents-server` binary.
+//! # Layers
+//! Each module depends only on the layers above it in this list, never on
+//! one below, so each can be read and replaced on its own:
+//! 1. Leaves: [`message`] (what is sent), [`error`] (every error type),
+//!    [`config`] (every limit), [`request`] (the HTTP request an agent
+//!    sees), [`storage`] (durable state and key-value data), `log`.
+//! 2. [`connection`]: the [`Connection`] handle and its outbound queue — no
+//!    runtime types inside.
+//! 3. The agent-facing API: [`agent`] (the [`Agent`] trait), [`context`]
+//!    ([`AgentContext`], [`ConnectContext`]), [`rpc`] (callable methods).
+//! 4. The runtime (private): `runtime::socket` (one task per socket:
+//!    WebSocket frames, limits, deadlines), `runtime::actor` (one task per
+//!    instance), `runtime::registry` (instances by key). An actor gets a
+//!    small environment (its key, the limits, its storage, the shutdown
+//!    signal), not the server.
+//! 5. [`server`]: the [`AgentServer`] builder, the axum router and upgrade,
+//!    serving with bounded heads and shutdown; [`Cors`] for plain HTTP from
+//!    other origins; [`static_files`] for a web app.
 //!
 //! # HTTP results
 //! | request | result |
@@ -53,45 +61,63 @@
 //! | `/<prefix>/<unknown-agent>/<name>` | 400 `Invalid request` |
 //! | `/<prefix>/<agent>` (no name) | 404 `Not found` |
 //! | plain GET to an instance without [`Agent::on_request`] | 404 `Not implemented` |
-//! | refused by [`AgentServer::on_before_connect`] | the hook's response |
+//! | refused by [`AgentServer::on_before_connect`] / [`AgentServer::on_before_request`] | the hook's response |
+//! | upgrade from an origin not in [`AgentServer::allowed_origins`] | 403 |
+//! | upgrade over [`AgentServer::max_connections`] | 503 |
+//! | request head over [`AgentServer::max_request_head`] | 431 |
 //!
 //! # Close codes the server sends
 //! | code | when |
 //! |---|---|
 //! | 1000–4999 as received | answering a client's close (same code and reason) |
 //! | 1001 `Server shutting down` | graceful shutdown |
+//! | 1002 `Protocol error: …` | a frame breaking the WebSocket protocol |
+//! | 1007 `Invalid UTF-8 in text frame` | text that is not UTF-8 |
 //! | 1009 `Message is too large: <n> > <max>` | message over [`AgentServer::max_message_size`] |
 //! | 1011 `Uncaught exception during session setup` | `on_connect` failed, after a `{"error":"…"}` frame |
 //! | 1013 `Too many connections` | over [`AgentServer::max_connections_per_instance`] |
-//! | none (TCP dropped) | the client stopped reading and its queue filled |
+//! | 1013 `Server busy` | over [`AgentServer::max_unfinished_bytes`] |
+//! | 1013 `Message took too long` | over [`AgentServer::message_timeout`] or [`AgentServer::message_idle_timeout`] |
+//! | none (TCP dropped) | no write progress for [`AgentServer::slow_consumer_timeout`], silent for two [`AgentServer::ping_interval`]s, or a closing handshake over 5 s |
 
-mod actor;
 pub mod agent;
 pub mod config;
 pub mod connection;
 pub mod context;
-pub mod demo;
-mod error;
-mod message;
-mod registry;
-mod request;
+mod cors;
+pub mod error;
+mod log;
+pub mod message;
+pub mod request;
 pub mod rpc;
+mod runtime;
 pub mod server;
+mod static_files;
 pub mod storage;
+mod upgrade;
 
 pub use agent::Agent;
 pub use agents_protocol as protocol;
 pub use config::{
-    CLOSE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INBOX_CAPACITY,
-    DEFAULT_MAX_CONNECTIONS_PER_INSTANCE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_OUTBOUND_QUEUE,
-    DEFAULT_OUTBOUND_QUEUE_BYTES, MAX_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
+    CLOSE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INBOX_BYTES,
+    DEFAULT_INBOX_CAPACITY, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_INSTANCE,
+    DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REQUEST_HEAD,
+    DEFAULT_MAX_STATE_BYTES, DEFAULT_MAX_UNFINISHED_BYTES, DEFAULT_MESSAGE_IDLE_TIMEOUT,
+    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE, DEFAULT_OUTBOUND_QUEUE_BYTES,
+    DEFAULT_PING_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_CONSUMER_TIMEOUT, MAX_NAME_LEN,
+    MAX_TAGS, MAX_TAG_LEN,
 };
 pub use connection::Connection;
 pub use context::{AgentContext, ConnectContext, StateSource};
-pub use error::{BoxError, DuplicateConnectionId, HookError, SendError, StateError, TagError};
+pub use cors::Cors;
+pub use error::{
+    BoxError, DuplicateConnectionId, HookError, RpcError, SendError, StateError, StorageError,
+    TagError,
+};
+pub use log::MAX_LOG_FIELD;
 pub use message::{Message, Utf8Bytes};
-pub use registry::Route;
 pub use request::RequestInfo;
-pub use rpc::{Call, CallStream, Reply, RpcError};
-pub use server::{AgentServer, Agents};
-pub use storage::{InstanceStorage, Storage, StorageError};
+pub use rpc::{Call, CallStream, Reply};
+pub use server::{AgentServer, Agents, Route};
+pub use static_files::static_files;
+pub use storage::{InstanceStorage, Storage};

@@ -29,25 +29,37 @@
 //! "Method X does not exist"; the agent's own hooks (`onMessage`, …) are
 //! refused as "not callable" before `on_call` runs, as in the reference.
 
-use std::fmt;
-
 use agents_protocol::{RawValue, RpcResponse, ServerMessage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::connection::Connection;
+pub use crate::error::RpcError;
 
 /// One RPC call being handled.
 #[derive(Debug)]
 pub struct Call {
-    pub(crate) id: String,
-    pub(crate) method: String,
-    pub(crate) args: Box<RawValue>,
-    pub(crate) conn: Connection,
-    pub(crate) streamed: bool,
+    id: String,
+    method: String,
+    args: Box<RawValue>,
+    conn: Connection,
 }
 
 impl Call {
+    pub(crate) fn new(id: String, method: String, args: Box<RawValue>, conn: Connection) -> Self {
+        Call {
+            id,
+            method,
+            args,
+            conn,
+        }
+    }
+
+    /// The call's id and method, once it is answered.
+    pub(crate) fn into_parts(self) -> (String, String) {
+        (self.id, self.method)
+    }
+
     /// The method name the client called.
     pub fn method(&self) -> &str {
         &self.method
@@ -82,7 +94,6 @@ impl Call {
     /// Turns this into a streaming call: send chunks (`done:false`) with the
     /// returned [`CallStream`]; the method's [`Reply`] ends the stream.
     pub fn stream(&mut self) -> CallStream {
-        self.streamed = true;
         CallStream {
             conn: self.conn.clone(),
             id: self.id.clone(),
@@ -114,10 +125,15 @@ impl CallStream {
 /// A method's successful result.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    pub(crate) result: Option<Box<RawValue>>,
+    result: Option<Box<RawValue>>,
 }
 
 impl Reply {
+    /// The JSON result, `None` for JavaScript `undefined`.
+    pub(crate) fn into_result(self) -> Option<Box<RawValue>> {
+        self.result
+    }
+
     /// Replies with `value` as JSON.
     ///
     /// # Errors
@@ -131,50 +147,5 @@ impl Reply {
     /// Replies without a result (JavaScript `undefined`).
     pub fn none() -> Result<Reply, RpcError> {
         Ok(Reply { result: None })
-    }
-}
-
-/// Why a call failed; becomes `{"success":false,"error":…}`.
-///
-/// Any error converts into it with `?` (as [`RpcError::Failed`] with the
-/// error's text), which is why it does not implement `std::error::Error`
-/// itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RpcError {
-    /// The agent has no such method: `Method <m> does not exist`.
-    NoSuchMethod,
-    /// The arguments did not deserialize.
-    InvalidArgs(String),
-    /// The method failed with this message.
-    Failed(String),
-}
-
-impl RpcError {
-    /// A failure with a message for the client.
-    pub fn msg(message: impl Into<String>) -> Self {
-        RpcError::Failed(message.into())
-    }
-
-    pub(crate) fn into_message(self, method: &str) -> String {
-        match self {
-            RpcError::NoSuchMethod => format!("Method {method} does not exist"),
-            RpcError::InvalidArgs(m) | RpcError::Failed(m) => m,
-        }
-    }
-}
-
-impl fmt::Display for RpcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RpcError::NoSuchMethod => f.write_str("no such method"),
-            RpcError::InvalidArgs(m) | RpcError::Failed(m) => f.write_str(m),
-        }
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for RpcError {
-    fn from(err: E) -> Self {
-        RpcError::Failed(err.to_string())
     }
 }

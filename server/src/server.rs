@@ -1,38 +1,75 @@
-//! The [`AgentServer`] builder, the axum router it produces, and `serve`.
+//! The [`AgentServer`] builder, the axum router it produces (routing,
+//! auth hooks, the WebSocket upgrade) and the HTTP server that serves it
+//! with bounded request heads and a bounded shutdown.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use agents_protocol::camel_case_to_kebab_case;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
+use bytes::Bytes;
 use http::{header, StatusCode};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::agent::Agent;
-use crate::config::{Config, MAX_NAME_LEN, READ_BUFFER_SIZE};
-use crate::connection::{self, nanoid, Connection};
-use crate::registry::{BeforeConnect, InstanceKey, Kind, KindOf, Route, Shared};
+use crate::config::{Config, MAX_NAME_LEN};
+use crate::connection::{Connection, QueueLimits};
+use crate::cors::Cors;
+use crate::log::Trunc;
 use crate::request::RequestInfo;
+use crate::runtime::registry::{Kind, KindOf, Registry};
+use crate::runtime::socket::{self, ReadBudget, SocketEnv};
+use crate::runtime::InstanceKey;
 use crate::storage::Storage;
+use crate::upgrade;
+
+/// Which agent and instance a request is for; given to
+/// [`on_before_connect`](AgentServer::on_before_connect) and
+/// [`on_before_request`](AgentServer::on_before_request).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The class name the agent was registered under, e.g. `ChatAgent`.
+    pub class_name: Arc<str>,
+    /// Its kebab-case URL segment, e.g. `chat-agent`.
+    pub agent: Arc<str>,
+    /// The instance name, raw as in the URL.
+    pub name: Arc<str>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type BeforeConnect =
+    Arc<dyn Fn(RequestInfo, Route) -> BoxFuture<Result<RequestInfo, Response>> + Send + Sync>;
+type BeforeRequest = Arc<
+    dyn Fn(http::Request<Body>, Route) -> BoxFuture<Result<http::Request<Body>, Response>>
+        + Send
+        + Sync,
+>;
 
 /// Builds an agent server: register agent types, set limits, then
 /// [`serve`](Self::serve) it or [`build`](Self::build) a router to mount in
 /// your own axum app.
 ///
 /// ```no_run
-/// # use agents_server::{AgentServer, demo::{EchoAgent, CounterAgent}};
+/// # use agents_server::{Agent, AgentServer};
+/// # #[derive(Default)] struct EchoAgent;
+/// # impl Agent for EchoAgent { type State = (); }
 /// # async fn run() -> std::io::Result<()> {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
 /// AgentServer::new()
 ///     .agent("EchoAgent", |_name| EchoAgent)
-///     .agent("CounterAgent", |_name| CounterAgent::default())
 ///     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
 ///     .await
 /// # }
@@ -42,7 +79,9 @@ pub struct AgentServer {
     config: Config,
     kinds: HashMap<String, Arc<dyn Kind>>,
     before_connect: Option<BeforeConnect>,
+    before_request: Option<BeforeRequest>,
     storage: Option<Storage>,
+    cors: Option<Cors>,
 }
 
 impl std::fmt::Debug for AgentServer {
@@ -67,7 +106,9 @@ impl AgentServer {
             config: Config::default(),
             kinds: HashMap::new(),
             before_connect: None,
+            before_request: None,
             storage: None,
+            cors: None,
         }
     }
 
@@ -84,11 +125,7 @@ impl AgentServer {
         F: Fn(&str) -> A + Send + Sync + 'static,
     {
         let kebab = camel_case_to_kebab_case(class_name);
-        let kind = KindOf {
-            class_name: class_name.into(),
-            factory,
-            _agent: PhantomData,
-        };
+        let kind = KindOf::new(class_name, factory);
         let previous = self.kinds.insert(kebab.clone(), Arc::new(kind));
         assert!(previous.is_none(), "two agents are registered at `{kebab}`");
         self
@@ -119,17 +156,41 @@ impl AgentServer {
         self
     }
 
-    /// Frames queued for one client before it counts as not reading and is
-    /// dropped. Defaults to [`DEFAULT_OUTBOUND_QUEUE`](crate::DEFAULT_OUTBOUND_QUEUE).
+    /// Most open WebSockets on the server; an upgrade beyond it gets HTTP
+    /// 503. Defaults to [`DEFAULT_MAX_CONNECTIONS`](crate::DEFAULT_MAX_CONNECTIONS).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// Most instances in memory; past it idle instances are evicted, and
+    /// when none is idle new ones are refused (HTTP 503, close 1013).
+    /// Defaults to [`DEFAULT_MAX_INSTANCES`](crate::DEFAULT_MAX_INSTANCES).
+    pub fn max_instances(mut self, max: usize) -> Self {
+        self.config.max_instances = max;
+        self
+    }
+
+    /// Frames queued for one client before it counts as behind (its
+    /// instance then takes no input until it catches up). Defaults to
+    /// [`DEFAULT_OUTBOUND_QUEUE`](crate::DEFAULT_OUTBOUND_QUEUE).
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.config.outbound_queue = frames;
         self
     }
 
-    /// Bytes queued for one client before it is dropped. Defaults to
-    /// [`DEFAULT_OUTBOUND_QUEUE_BYTES`](crate::DEFAULT_OUTBOUND_QUEUE_BYTES) (64 MiB).
+    /// Bytes queued for one client before it counts as behind. Defaults to
+    /// [`DEFAULT_OUTBOUND_QUEUE_BYTES`](crate::DEFAULT_OUTBOUND_QUEUE_BYTES) (8 MiB).
     pub fn outbound_queue_bytes(mut self, bytes: usize) -> Self {
         self.config.outbound_queue_bytes = bytes;
+        self
+    }
+
+    /// How long a socket may take no bytes at all while frames wait for it
+    /// before it is closed. Defaults to
+    /// [`DEFAULT_SLOW_CONSUMER_TIMEOUT`](crate::DEFAULT_SLOW_CONSUMER_TIMEOUT) (10 s).
+    pub fn slow_consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.config.slow_consumer_timeout = timeout;
         self
     }
 
@@ -140,10 +201,97 @@ impl AgentServer {
         self
     }
 
-    /// Events queued per instance before readers wait. Defaults to
+    /// Events queued per instance before sockets stop reading. Defaults to
     /// [`DEFAULT_INBOX_CAPACITY`](crate::DEFAULT_INBOX_CAPACITY).
     pub fn inbox_capacity(mut self, events: usize) -> Self {
         self.config.inbox_capacity = events;
+        self
+    }
+
+    /// Bytes of messages queued per instance before sockets stop reading.
+    /// Defaults to [`DEFAULT_INBOX_BYTES`](crate::DEFAULT_INBOX_BYTES) (8 MiB).
+    pub fn inbox_bytes(mut self, bytes: usize) -> Self {
+        self.config.inbox_bytes = bytes;
+        self
+    }
+
+    /// Bytes read off all sockets and not yet taken by an instance; the
+    /// socket that would pass it is closed with 1013. Defaults to
+    /// [`DEFAULT_MAX_UNFINISHED_BYTES`](crate::DEFAULT_MAX_UNFINISHED_BYTES) (64 MiB).
+    pub fn max_unfinished_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_unfinished_bytes = bytes;
+        self
+    }
+
+    /// How long one message may take to arrive in all; past it the socket
+    /// is closed with 1013. Defaults to
+    /// [`DEFAULT_MESSAGE_TIMEOUT`](crate::DEFAULT_MESSAGE_TIMEOUT) (30 s).
+    pub fn message_timeout(mut self, timeout: Duration) -> Self {
+        self.config.message_timeout = timeout;
+        self
+    }
+
+    /// How long a message being received may make no progress; past it the
+    /// socket is closed with 1013. Defaults to
+    /// [`DEFAULT_MESSAGE_IDLE_TIMEOUT`](crate::DEFAULT_MESSAGE_IDLE_TIMEOUT) (10 s).
+    pub fn message_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.message_idle_timeout = timeout;
+        self
+    }
+
+    /// How long a socket may be silent before the server pings it; after
+    /// two such intervals it is closed. Defaults to
+    /// [`DEFAULT_PING_INTERVAL`](crate::DEFAULT_PING_INTERVAL) (30 s).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = interval;
+        self
+    }
+
+    /// The largest state, as JSON, from a client or from
+    /// [`set_state`](crate::AgentContext::set_state). Defaults to
+    /// [`DEFAULT_MAX_STATE_BYTES`](crate::DEFAULT_MAX_STATE_BYTES) (2 MiB).
+    pub fn max_state_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_state_bytes = bytes;
+        self
+    }
+
+    /// How long a graceful shutdown may take before remaining sockets are
+    /// dropped. Defaults to
+    /// [`DEFAULT_SHUTDOWN_TIMEOUT`](crate::DEFAULT_SHUTDOWN_TIMEOUT) (10 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a client may take to send a request head. Defaults to
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`](crate::DEFAULT_HEADER_READ_TIMEOUT) (10 s).
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.config.header_read_timeout = timeout;
+        self
+    }
+
+    /// The largest request head; a larger one gets HTTP 431. At least 8 KiB.
+    /// Defaults to [`DEFAULT_MAX_REQUEST_HEAD`](crate::DEFAULT_MAX_REQUEST_HEAD) (64 KiB).
+    pub fn max_request_head(mut self, bytes: usize) -> Self {
+        self.config.max_request_head = bytes.max(8192);
+        self
+    }
+
+    /// Only pages from these origins (e.g. `https://app.example.com`) may
+    /// open sockets: an upgrade with another `Origin` header gets HTTP 403.
+    /// Requests without an `Origin` (not from a browser) are let through.
+    /// By default every origin is allowed, as in the reference.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.allowed_origins = Some(
+            origins
+                .into_iter()
+                .map(|o| o.into().trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        );
         self
     }
 
@@ -161,6 +309,29 @@ impl AgentServer {
         self
     }
 
+    /// A hook that runs before every plain HTTP request to an instance (the
+    /// reference's `onBeforeRequest`), with the same contract as
+    /// [`on_before_connect`](Self::on_before_connect): `Ok(request)` goes on
+    /// to [`Agent::on_request`], `Err(response)` is the answer. Without it,
+    /// the [`on_before_connect`](Self::on_before_connect) hook guards plain
+    /// HTTP too (with the request's head), so one auth hook covers both.
+    pub fn on_before_request<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(http::Request<Body>, Route) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<http::Request<Body>, Response>> + Send + 'static,
+    {
+        self.before_request = Some(Arc::new(move |req, route| Box::pin(hook(req, route))));
+        self
+    }
+
+    /// CORS for plain HTTP to agents (e.g. `agentFetch` from a page on
+    /// another origin): preflights are answered, and responses under the
+    /// prefix get the headers. Off by default, as in the reference.
+    pub fn cors(mut self, cors: Cors) -> Self {
+        self.cors = Some(cors);
+        self
+    }
+
     /// Where state and key-value data live. Defaults to
     /// [`Storage::in_memory`], which forgets everything when the server stops;
     /// use [`Storage::open_dir`] to keep it across restarts.
@@ -172,18 +343,43 @@ impl AgentServer {
     /// Finishes the configuration.
     pub fn build(self) -> Agents {
         let storage = self.storage.unwrap_or_else(Storage::in_memory);
+        let config = Arc::new(self.config);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let registry = Arc::new(Registry::new(
+            config.clone(),
+            self.kinds,
+            storage,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        let sockets = SocketEnv {
+            max_message: config.max_message_size,
+            ping_interval: config.ping_interval,
+            slow_consumer_timeout: config.slow_consumer_timeout,
+            message_timeout: config.message_timeout,
+            message_idle_timeout: config.message_idle_timeout,
+            read_budget: ReadBudget::new(config.max_unfinished_bytes.max(config.max_message_size)),
+        };
         Agents {
-            shared: Arc::new(Shared::new(
-                self.config,
-                self.kinds,
-                self.before_connect,
-                storage,
-            )),
+            server: Arc::new(Server {
+                config,
+                registry,
+                before_connect: self.before_connect,
+                before_request: self.before_request,
+                cors: self.cors,
+                sockets,
+                next_key: AtomicU64::new(1),
+                open_sockets: AtomicUsize::new(0),
+                shutdown,
+                tracker,
+            }),
         }
     }
 
     /// Serves the agents on `listener` until `shutdown` completes, then
-    /// closes every socket with 1001 and waits for the instances to finish.
+    /// closes every socket with 1001 and waits (at most
+    /// [`shutdown_timeout`](Self::shutdown_timeout)) for the instances to finish.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -195,16 +391,31 @@ impl AgentServer {
     }
 }
 
+/// What the router and the sockets share.
+struct Server {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    before_connect: Option<BeforeConnect>,
+    before_request: Option<BeforeRequest>,
+    cors: Option<Cors>,
+    sockets: SocketEnv,
+    next_key: AtomicU64,
+    open_sockets: AtomicUsize,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
 /// A built server: hands out the router and controls shutdown. Cheap to clone.
 #[derive(Clone)]
 pub struct Agents {
-    shared: Arc<Shared>,
+    server: Arc<Server>,
 }
 
 impl std::fmt::Debug for Agents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agents")
-            .field("instances", &self.shared.instance_count())
+            .field("instances", &self.instance_count())
+            .field("sockets", &self.socket_count())
             .finish()
     }
 }
@@ -213,146 +424,312 @@ impl Agents {
     /// The axum router answering `/<prefix>/…`; merge it into your app.
     /// Paths it does not own are left to your app (or its fallback).
     pub fn router(&self) -> Router {
-        let base = format!("/{}", self.shared.config.prefix.join("/"));
+        let base = format!("/{}", self.server.config.prefix.join("/"));
         let base = if base == "/" { String::new() } else { base };
         Router::new()
             .route(&format!("{base}/{{*rest}}"), any(handle))
-            .with_state(self.shared.clone())
+            .with_state(self.server.clone())
     }
 
     /// Serves `app` (which should contain [`router`](Self::router)) on
-    /// `listener` until `shutdown` completes, then shuts the agents down.
+    /// `listener` until `shutdown` completes, then shuts down: no new
+    /// connections, 1001 to every socket, and back within
+    /// [`shutdown_timeout`](AgentServer::shutdown_timeout) whatever the
+    /// clients do. Request heads are bounded in size (431) and in time.
     pub async fn serve(
         &self,
         listener: TcpListener,
         app: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let token = self.shared.shutdown.clone();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
+        let config = &self.server.config;
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_request_head);
+        let http = Arc::new(http);
+        let stop = self.server.shutdown.clone();
+        let connections = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: wait, retry.
+                        tracing::warn!(cause = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (http, app, stop) = (http.clone(), app.clone(), stop.clone());
+            connections.spawn(async move {
+                let service = TowerToHyperService::new(app);
+                let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                tokio::pin!(conn);
                 tokio::select! {
-                    _ = shutdown => {}
-                    _ = token.cancelled() => {}
+                    _ = conn.as_mut() => return,
+                    _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
                 }
-            })
-            .await;
-        self.shutdown().await;
-        result
+                let _ = conn.await;
+            });
+        }
+        drop(listener);
+        connections.close();
+        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+        self.server.shutdown.cancel();
+        if tokio::time::timeout_at(deadline, self.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timed out; dropping the remaining sockets");
+        }
+        // HTTP connections still reading a head or a body are dropped.
+        let _ = tokio::time::timeout_at(deadline, connections.wait()).await;
+        Ok(())
     }
 
     /// Closes every socket with 1001 `Server shutting down`, lets in-flight
-    /// events finish and waits for every instance to stop.
+    /// events finish and waits for every instance and socket to stop.
     pub async fn shutdown(&self) {
-        self.shared.shutdown.cancel();
-        self.shared.tracker.close();
-        self.shared.tracker.wait().await;
+        self.server.shutdown.cancel();
+        self.server.tracker.close();
+        self.server.tracker.wait().await;
     }
 
     /// The number of instances in memory.
     pub fn instance_count(&self) -> usize {
-        self.shared.instance_count()
+        self.server.registry.instance_count()
+    }
+
+    /// The number of open WebSockets.
+    pub fn socket_count(&self) -> usize {
+        self.server.open_sockets.load(Ordering::Relaxed)
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain;charset=UTF-8")],
-        body,
-    )
-        .into_response()
+async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
+    let Some(cors) = &server.cors else {
+        return route(&server, request).await;
+    };
+    if upgrade::is_upgrade(request.headers()) {
+        return route(&server, request).await;
+    }
+    if let Some(preflight) = cors.preflight(request.method(), request.headers()) {
+        return preflight;
+    }
+    let headers = request.headers().clone();
+    let mut response = route(&server, request).await;
+    cors.decorate(&headers, &mut response);
+    response
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path().to_owned();
+async fn route(server: &Arc<Server>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
     let mut segments = path.split('/').filter(|s| !s.is_empty());
-    for want in &shared.config.prefix {
+    for want in &server.config.prefix {
         if segments.next() != Some(want.as_str()) {
-            return text(StatusCode::NOT_FOUND, "Not found");
+            return upgrade::refuse(StatusCode::NOT_FOUND, "Not found");
         }
     }
     let (Some(agent), Some(name)) = (segments.next(), segments.next()) else {
-        return text(StatusCode::NOT_FOUND, "Not found");
+        return upgrade::refuse(StatusCode::NOT_FOUND, "Not found");
     };
-    let Some(kind) = shared.kinds.get(agent).cloned() else {
-        tracing::warn!(agent, "request for an unknown agent");
-        return text(StatusCode::BAD_REQUEST, "Invalid request");
+    let Some(kind) = server.registry.kind(agent).cloned() else {
+        tracing::warn!(agent = %Trunc(agent), "request for an unknown agent");
+        return upgrade::refuse(StatusCode::BAD_REQUEST, "Invalid request");
     };
     if name.len() > MAX_NAME_LEN {
-        return text(StatusCode::BAD_REQUEST, "Invalid request");
+        return upgrade::refuse(StatusCode::BAD_REQUEST, "Invalid request");
     }
     let key = InstanceKey {
         agent: agent.into(),
         name: name.into(),
     };
-    let is_upgrade = parts
-        .headers
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if !is_upgrade {
-        return shared
-            .request(&kind, &key, http::Request::from_parts(parts, body))
-            .await;
+    let route = Route {
+        class_name: kind.class_name().clone(),
+        agent: key.agent.clone(),
+        name: key.name.clone(),
+    };
+    if !upgrade::is_upgrade(&parts.headers) {
+        let mut request = http::Request::from_parts(parts, body);
+        if let Some(hook) = &server.before_request {
+            match hook(request, route).await {
+                Ok(r) => request = r,
+                Err(response) => return response,
+            }
+        } else if let Some(hook) = &server.before_connect {
+            let (parts, body) = request.into_parts();
+            let info = RequestInfo::new(
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            );
+            if let Err(response) = hook(info, route).await {
+                return response;
+            }
+            request = http::Request::from_parts(parts, body);
+        }
+        return server.registry.request(&kind, &key, request).await;
+    }
+    if let Some(allowed) = &server.config.allowed_origins {
+        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+            let origin = origin
+                .to_str()
+                .unwrap_or("")
+                .trim_end_matches('/')
+                .to_ascii_lowercase();
+            if !allowed.contains(&origin) {
+                tracing::info!(origin = %Trunc(&origin), "upgrade from a refused origin");
+                return upgrade::refuse(StatusCode::FORBIDDEN, "Origin not allowed");
+            }
+        }
     }
     let mut info = RequestInfo::new(
         parts.method.clone(),
         parts.uri.clone(),
         parts.headers.clone(),
     );
-    if let Some(hook) = &shared.before_connect {
-        let route = Route {
-            class_name: kind.class_name().clone(),
-            agent: key.agent.clone(),
-            name: key.name.clone(),
-        };
+    if let Some(hook) = &server.before_connect {
         match hook(info, route).await {
             Ok(rewritten) => info = rewritten,
             Err(response) => return response,
         }
     }
-    // A browser fails the handshake unless one offered subprotocol is
-    // selected; we take the client's first.
-    let offered = parts
-        .headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
-        .and_then(|p| p.parse().ok());
-    let mut ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+    let response = match upgrade::accept(&parts.method, &parts.headers) {
+        Ok(response) => response,
+        Err((status, why)) => return upgrade::refuse(status, why),
     };
-    if let Some(protocol) = offered {
-        ws.set_selected_protocol(protocol);
+    let mut request = http::Request::from_parts(parts, body);
+    let Some(on_upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return upgrade::refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        );
+    };
+    // Counted from here, so that a burst of upgrades cannot overshoot.
+    let open = server.open_sockets.fetch_add(1, Ordering::AcqRel);
+    if open >= server.config.max_connections || server.shutdown.is_cancelled() {
+        server.open_sockets.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!(open, "refusing an upgrade: too many connections");
+        return upgrade::refuse(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
     }
-    let max = shared.config.max_message_size;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(READ_BUFFER_SIZE)
-        .on_upgrade(move |socket| async move {
-            let _running = shared.tracker.token();
-            let id = info
-                .query("_pk")
-                .filter(|s| !s.is_empty())
-                .map_or_else(nanoid, str::to_owned);
-            let (conn, rx) = Connection::new(
-                shared.next_connection_key(),
-                id,
-                info.url(),
-                shared.config.outbound_queue,
-                shared.config.outbound_queue_bytes,
-            );
-            let key_num = conn.key();
-            let registered = connection::drive(socket, conn, rx, async |conn: Connection| {
-                shared.connect(&kind, &key, conn, info).await
-            })
-            .await;
-            if let Some((handle, info)) = registered {
-                let _ = handle
-                    .send(crate::actor::Command::Closed { key: key_num, info })
-                    .await;
+    let id = info
+        .query("_pk")
+        .filter(|s| !s.is_empty())
+        .map_or_else(nanoid, str::to_owned);
+    let target = info
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let limits = QueueLimits {
+        frames: server.config.outbound_queue.max(1),
+        bytes: server.config.outbound_queue_bytes.max(1),
+    };
+    let conn = Connection::new(
+        server.next_key.fetch_add(1, Ordering::Relaxed),
+        id,
+        target,
+        limits,
+    );
+    let (server, tracker) = (server.clone(), server.tracker.clone());
+    tracker.spawn(async move {
+        let result = match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    run_socket(
+                        &server,
+                        parts.io.into_inner(),
+                        parts.read_buf,
+                        conn,
+                        &kind,
+                        &key,
+                        info,
+                    )
+                    .await
+                }
+                Err(upgraded) => {
+                    run_socket(
+                        &server,
+                        TokioIo::new(upgraded),
+                        Bytes::new(),
+                        conn,
+                        &kind,
+                        &key,
+                        info,
+                    )
+                    .await
+                }
+            },
+            Err(err) => {
+                tracing::debug!(cause = %err, "upgrade failed");
+                None
             }
-        })
+        };
+        if let Some((handle, key, close)) = result {
+            let _ = handle
+                .send(crate::runtime::actor::Command::Closed { key, info: close })
+                .await;
+        }
+        server.open_sockets.fetch_sub(1, Ordering::AcqRel);
+    });
+    response
+}
+
+/// Runs one upgraded socket; returns the instance to tell about its end.
+async fn run_socket<T>(
+    server: &Arc<Server>,
+    io: T,
+    read_ahead: Bytes,
+    conn: Connection,
+    kind: &Arc<dyn Kind>,
+    key: &InstanceKey,
+    info: RequestInfo,
+) -> Option<(
+    crate::runtime::actor::InstanceHandle,
+    u64,
+    crate::runtime::actor::CloseInfo,
+)>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let conn_key = conn.key();
+    let register = server.registry.connect(kind, key, conn.clone(), info);
+    let (handle, close) = socket::run(io, read_ahead, conn, &server.sockets, register).await?;
+    Some((handle, conn_key, close))
+}
+
+/// A 21-character URL-safe random id, like the reference's `nanoid()`.
+fn nanoid() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8; 64] = b"useandom-26T198340PX75pxJACKVERYMINDBUSHWOLF_GQZbfghjklqvwyzrict";
+    let mut rng = rand::rng();
+    (0..21)
+        .map(|_| ALPHABET[rng.random_range(0..64)] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nanoid_shape() {
+        let id = nanoid();
+        assert_eq!(id.len(), 21);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        assert_ne!(id, nanoid());
+    }
 }

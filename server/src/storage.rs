@@ -12,25 +12,7 @@ use rusqlite::{params, Connection as Db, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Errors of [`Storage`] and [`InstanceStorage`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StorageError {
-    /// SQLite failed.
-    #[error("storage error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A value did not (de)serialize.
-    #[error("storage error: bad value: {0}")]
-    Json(#[from] serde_json::Error),
-    /// The data directory could not be created.
-    #[error("storage error: cannot create {path}: {source}")]
-    Io {
-        /// The directory.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-}
+pub use crate::error::StorageError;
 
 /// The database shared by all instances. Cheap to clone.
 #[derive(Clone)]

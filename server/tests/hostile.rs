@@ -49,7 +49,7 @@ async fn malformed_and_unknown_frames_reach_on_message() {
 /// Empty, fragmented and 1 MiB messages round-trip intact and in order.
 #[tokio::test]
 async fn sizes_and_fragments_round_trip() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server.connect("/agents/echo-agent/sizes").await;
     c.handshake().await;
     c.send("").await;

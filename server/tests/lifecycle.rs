@@ -82,8 +82,8 @@ async fn tags_lookup_and_broadcast_exclusion() {
     // Excluding id `a` skips both sockets that share it.
     a1.send("others:hello").await;
     assert_eq!(b.text().await, "hello");
-    a1.quiet().await;
-    a2.quiet().await;
+    a1.sentinel().await;
+    a2.sentinel().await;
 }
 
 #[tokio::test]
@@ -107,7 +107,7 @@ async fn protocol_frames_never_reach_on_message() {
 /// A frame sent the instant the socket opens is handled after the connect frames.
 #[tokio::test]
 async fn a_frame_sent_at_open_is_answered_after_the_connect_frames() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/agents/echo-agent/fast"))
         .await
         .unwrap();
@@ -145,7 +145,7 @@ async fn agent_close_reaches_the_client() {
 
 #[tokio::test]
 async fn ping_gets_pong() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server.connect("/agents/echo-agent/ping").await;
     c.handshake().await;
     c.ws.send(Ws::Ping("hi".into())).await.unwrap();
@@ -164,7 +164,7 @@ async fn ping_gets_pong() {
 
 #[tokio::test]
 async fn subprotocol_offered_is_selected() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut req = server
         .url("/agents/echo-agent/sp")
         .into_client_request()
@@ -254,21 +254,31 @@ async fn idle_instances_are_evicted_and_recreated() {
 }
 
 /// Many clients racing an instance that is being evicted all end up connected.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_racing_eviction_are_not_lost() {
     let server =
-        TestServer::start(agents_server::demo::server().idle_timeout(Duration::from_millis(1)))
+        TestServer::start(agents_server_cli::demo::server().idle_timeout(Duration::from_millis(1)))
             .await;
-    for round in 0..20 {
-        let mut c = server
-            .connect(&format!("/agents/echo-agent/race?r={round}"))
-            .await;
-        c.handshake().await;
-        c.send("still here").await;
-        assert_eq!(c.text().await, "still here");
-        c.close(1000, "").await;
-        c.closed().await;
-        tokio::time::sleep(Duration::from_millis(round % 3)).await;
+    for round in 0..20u64 {
+        let mut clients = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let url = server.url(&format!("/agents/echo-agent/race?r={round}&i={i}"));
+            clients.spawn(async move {
+                tokio::time::sleep(Duration::from_millis((i * round) % 3)).await;
+                let mut c = Client::connect(&url).await;
+                c.handshake().await;
+                c.send("still here").await;
+                assert_eq!(c.text().await, "still here");
+                c.close(1000, "").await;
+                c.closed().await;
+            });
+        }
+        while let Some(done) = tokio::time::timeout(WAIT, clients.join_next())
+            .await
+            .expect("a racing client hung")
+        {
+            done.unwrap();
+        }
     }
 }
 

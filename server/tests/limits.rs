@@ -7,7 +7,7 @@ use crate::util::*;
 #[tokio::test]
 async fn connections_beyond_the_limit_get_1013() {
     let server =
-        TestServer::start(agents_server::demo::server().max_connections_per_instance(2)).await;
+        TestServer::start(agents_server_cli::demo::server().max_connections_per_instance(2)).await;
     let mut a = server.connect("/agents/echo-agent/full").await;
     let mut b = server.connect("/agents/echo-agent/full").await;
     a.handshake().await;
@@ -48,7 +48,7 @@ async fn a_client_that_stops_reading_is_dropped() {
 /// 1000 connections on one instance; one broadcast reaches all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_reaches_a_thousand_connections() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut clients = Vec::with_capacity(1000);
     for i in 0..1000 {
         let mut c = server

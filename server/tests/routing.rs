@@ -7,7 +7,7 @@ use crate::util::*;
 
 #[tokio::test]
 async fn http_results_match_the_reference() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     assert_eq!(
         server.get("/agents/unknown-agent/x?_pk=x").await,
         (400, "Invalid request".into())
@@ -26,23 +26,53 @@ async fn http_results_match_the_reference() {
     );
     assert_eq!(
         server.get("/agents/counter-agent/p").await,
+        (200, r#"{"count":0}"#.into())
+    );
+}
+
+/// Names up to `MAX_NAME_LEN` bytes are served; one byte more is refused.
+#[tokio::test]
+async fn name_length_boundary() {
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
+    let longest = "n".repeat(agents_server::MAX_NAME_LEN);
+    let mut c = server
+        .connect(&format!("/agents/echo-agent/{longest}"))
+        .await;
+    let (identity, _) = c.handshake().await;
+    assert_eq!(identity["name"], longest.as_str());
+    assert_eq!(
+        server.get(&format!("/agents/echo-agent/{longest}")).await,
         (404, "Not implemented".into())
     );
-    let long = "n".repeat(agents_server::MAX_NAME_LEN + 1);
+    let too_long = format!("{longest}n");
     assert_eq!(
-        server.get(&format!("/agents/echo-agent/{long}")).await.0,
-        400
+        server.get(&format!("/agents/echo-agent/{too_long}")).await,
+        (400, "Invalid request".into())
     );
+    let err =
+        tokio_tungstenite::connect_async(server.url(&format!("/agents/echo-agent/{too_long}")))
+            .await
+            .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 400);
+            assert_eq!(resp.body().as_deref(), Some(&b"Invalid request"[..]));
+        }
+        other => panic!("expected HTTP 400, got {other}"),
+    }
 }
 
 #[tokio::test]
 async fn unknown_agent_upgrade_is_refused_with_400() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let err = tokio_tungstenite::connect_async(server.url("/agents/nope-agent/x"))
         .await
         .unwrap_err();
     match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 400),
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 400);
+            assert_eq!(resp.body().as_deref(), Some(&b"Invalid request"[..]));
+        }
         other => panic!("expected HTTP 400, got {other}"),
     }
 }
@@ -51,7 +81,7 @@ async fn unknown_agent_upgrade_is_refused_with_400() {
 /// ignored; a sub-path reaches the same instance.
 #[tokio::test]
 async fn names_are_raw_segments_and_paths_are_lenient() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server
         .connect("/agents/echo-agent/with%20space?_pk=x")
         .await;
@@ -122,7 +152,7 @@ fn colliding_class_names_are_refused() {
 /// The agents' router merges into an app that has routes of its own.
 #[tokio::test]
 async fn router_mounts_into_a_users_app() {
-    let agents = agents_server::demo::server().build();
+    let agents = agents_server_cli::demo::server().build();
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok" }))
         .merge(agents.router());
@@ -140,4 +170,99 @@ async fn router_mounts_into_a_users_app() {
     assert_eq!(c.closed().await.0, 1001);
     stopping.await.unwrap();
     task.abort();
+}
+
+/// The README's limits table states every default the code has.
+#[test]
+fn the_readme_limits_table_matches_the_defaults() {
+    let readme = include_str!("../../README.md");
+    let table: Vec<&str> = readme
+        .split("### Limits and results")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .collect();
+    let row = |name: &str| -> String {
+        table
+            .iter()
+            .find(|l| l.starts_with(&format!("| `{name}`")))
+            .unwrap_or_else(|| panic!("no README row for {name}"))
+            .split('|')
+            .nth(2)
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let mib = |n: usize| format!("{} MiB", n / (1024 * 1024));
+    let secs = |d: std::time::Duration| format!("{} s", d.as_secs());
+    use agents_server::*;
+    assert_eq!(row("max_message_size"), mib(DEFAULT_MAX_MESSAGE_SIZE));
+    assert_eq!(row("max_state_bytes"), mib(DEFAULT_MAX_STATE_BYTES));
+    assert_eq!(row("max_connections"), "20,000");
+    assert_eq!(DEFAULT_MAX_CONNECTIONS, 20_000);
+    assert_eq!(row("max_connections_per_instance"), "20,000");
+    assert_eq!(DEFAULT_MAX_CONNECTIONS_PER_INSTANCE, 20_000);
+    assert_eq!(row("max_instances"), "10,000");
+    assert_eq!(DEFAULT_MAX_INSTANCES, 10_000);
+    assert_eq!(
+        row("outbound_queue_bytes"),
+        format!(
+            "{} / {DEFAULT_OUTBOUND_QUEUE} frames per client",
+            mib(DEFAULT_OUTBOUND_QUEUE_BYTES)
+        )
+    );
+    assert_eq!(
+        row("slow_consumer_timeout"),
+        secs(DEFAULT_SLOW_CONSUMER_TIMEOUT)
+    );
+    assert_eq!(
+        row("inbox_bytes"),
+        format!(
+            "{} / {DEFAULT_INBOX_CAPACITY} events per instance",
+            mib(DEFAULT_INBOX_BYTES)
+        )
+    );
+    assert_eq!(
+        row("max_unfinished_bytes"),
+        format!("{} server-wide", mib(DEFAULT_MAX_UNFINISHED_BYTES))
+    );
+    assert_eq!(
+        row("message_timeout"),
+        format!(
+            "{} / {}",
+            secs(DEFAULT_MESSAGE_TIMEOUT),
+            secs(DEFAULT_MESSAGE_IDLE_TIMEOUT)
+        )
+    );
+    assert_eq!(row("ping_interval"), secs(DEFAULT_PING_INTERVAL));
+    assert_eq!(
+        row("max_request_head"),
+        format!("{} KiB", DEFAULT_MAX_REQUEST_HEAD / 1024)
+    );
+    assert_eq!(
+        row("header_read_timeout"),
+        secs(DEFAULT_HEADER_READ_TIMEOUT)
+    );
+    assert_eq!(row("shutdown_timeout"), secs(DEFAULT_SHUTDOWN_TIMEOUT));
+    assert_eq!(row("idle_timeout"), secs(DEFAULT_IDLE_TIMEOUT));
+    assert!(readme.contains(&format!("| instance name length | {MAX_NAME_LEN} bytes |")));
+    assert!(readme.contains(&format!("| log fields | {MAX_LOG_FIELD} bytes |")));
+}
+
+/// The defaults apply when nothing is set: a message of exactly the
+/// default limit round-trips, one byte more is refused with 1009.
+#[tokio::test]
+async fn the_default_message_limit_applies() {
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
+    let mut c = server.connect("/agents/echo-agent/default-limit").await;
+    c.handshake().await;
+    let max = agents_server::DEFAULT_MAX_MESSAGE_SIZE;
+    c.send_binary(&vec![3u8; max]).await;
+    assert_eq!(c.binary().await.len(), max);
+    c.send_binary(&vec![3u8; max + 1]).await;
+    assert_eq!(
+        c.closed().await,
+        (1009, format!("Message is too large: {} > {max}", max + 1))
+    );
 }

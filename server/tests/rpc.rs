@@ -12,7 +12,7 @@ fn call(id: &str, method: &str, args: serde_json::Value) -> String {
 /// the caller gets its reply.
 #[tokio::test]
 async fn increment_broadcasts_state_before_the_reply() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut a = server.connect("/agents/counter-agent/rpc?_pk=a").await;
     let mut b = server.connect("/agents/counter-agent/rpc?_pk=b").await;
     a.handshake().await;
@@ -85,7 +85,7 @@ async fn errors_are_replies_and_the_connection_stays() {
 
 #[tokio::test]
 async fn pipelined_calls_are_each_answered_by_id() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server.connect("/agents/counter-agent/pipe").await;
     c.handshake().await;
     for i in 1..=3 {
@@ -114,7 +114,7 @@ async fn pipelined_calls_are_each_answered_by_id() {
 
 #[tokio::test]
 async fn streaming_sends_chunks_in_order_then_done() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server.connect("/agents/counter-agent/stream").await;
     c.handshake().await;
     c.send(&call("s", "count_to", json!([4]))).await;
@@ -145,7 +145,7 @@ async fn validation_rejects_a_client_state() {
         a.json().await,
         json!({"type":"cf_agent_state_error","error":"State update rejected"})
     );
-    b.quiet().await;
+    b.sentinel().await;
     a.send(r#"{"type":"cf_agent_state","state":{"ok":1}}"#)
         .await;
     assert_eq!(
@@ -171,21 +171,19 @@ async fn instance_key_value_storage() {
 
 #[tokio::test]
 async fn chat_keeps_history_for_newcomers() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut a = server.connect("/agents/chat-agent/history?_pk=ann").await;
     a.handshake().await;
     a.send("first").await;
     a.send("second").await;
+    // The sender gets each message back, then the state that holds it; once
+    // the second state frame is here, both messages are stored.
+    assert_eq!(a.text().await, "first");
+    assert_eq!(a.json().await["type"], "cf_agent_state");
+    assert_eq!(a.text().await, "second");
+    assert_eq!(a.json().await["state"]["messages"][1]["text"], "second");
     let mut c = server.connect("/agents/chat-agent/history?_pk=cat").await;
-    // Wait until both messages are in the state the newcomer sees.
-    let state = loop {
-        let (_, state) = c.handshake().await;
-        let state = state.unwrap();
-        if state["messages"].as_array().unwrap().len() == 2 {
-            break state;
-        }
-        c = server.connect("/agents/chat-agent/history?_pk=cat").await;
-    };
+    let state = c.handshake().await.1.unwrap();
     let texts: Vec<_> = state["messages"]
         .as_array()
         .unwrap()

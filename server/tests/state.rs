@@ -6,7 +6,7 @@ use crate::util::*;
 
 #[tokio::test]
 async fn client_state_reaches_the_others_not_the_sender() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut a = server.connect("/agents/counter-agent/s?_pk=a").await;
     let mut b = server.connect("/agents/counter-agent/s?_pk=b").await;
     a.handshake().await;
@@ -17,7 +17,7 @@ async fn client_state_reaches_the_others_not_the_sender() {
         b.json().await,
         json!({"type":"cf_agent_state","state":{"count":7}})
     );
-    a.quiet().await;
+    a.sentinel().await;
     let mut c = server.connect("/agents/counter-agent/s?_pk=c").await;
     let (_, state) = c.handshake().await;
     assert_eq!(state, Some(json!({"count":7})));
@@ -25,7 +25,7 @@ async fn client_state_reaches_the_others_not_the_sender() {
 
 #[tokio::test]
 async fn state_that_does_not_fit_the_type_is_rejected() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut a = server.connect("/agents/counter-agent/bad-state").await;
     a.handshake().await;
     a.send(r#"{"type":"cf_agent_state","state":{"count":"x"}}"#)
@@ -77,7 +77,7 @@ async fn readonly_and_no_protocol_connections() {
         json!({"type":"cf_agent_state","state":null})
     );
     assert_eq!(wait_for(&log, "state server").await, "state server null");
-    np.quiet().await;
+    np.sentinel().await;
     // A null state still counts as state on connect.
     let mut late = server.connect("/agents/probe-agent/flags").await;
     assert_eq!(late.handshake().await.1, Some(json!(null)));

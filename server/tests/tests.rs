@@ -5,7 +5,7 @@
 
 mod util;
 
-mod binary;
+mod budgets;
 mod errors;
 mod hostile;
 mod lifecycle;

@@ -130,7 +130,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        // No size limits of its own: the tests probe the server's.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
+        let (ws, _) = tokio::time::timeout(WAIT, connect)
             .await
             .expect("connect timed out")
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
@@ -220,14 +225,27 @@ impl Client {
             .unwrap();
     }
 
-    /// Asserts nothing arrives for a short while.
-    pub async fn quiet(&mut self) {
-        match tokio::time::timeout(Duration::from_millis(150), self.ws.next()).await {
-            Err(_) => {}
-            Ok(m) => panic!("expected silence, got {m:?}"),
-        }
+    /// Asserts that nothing else was queued for this client: sends an RPC
+    /// call to a method no agent has and requires its error reply to be the
+    /// very next frame. The instance handles events in order, so anything
+    /// caused by earlier events would arrive before it.
+    pub async fn sentinel(&mut self) {
+        let n = SENTINELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("sentinel-{n}");
+        self.send(&format!(
+            r#"{{"type":"rpc","id":"{id}","method":"no_such_method","args":[]}}"#
+        ))
+        .await;
+        let next = self.json().await;
+        assert_eq!(
+            next,
+            serde_json::json!({"type":"rpc","id":id,"success":false,"error":"Method no_such_method does not exist"}),
+            "expected nothing before the sentinel reply"
+        );
     }
 }
+
+static SENTINELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What the probe's hooks saw, in order.
 pub type Log = Arc<Mutex<Vec<String>>>;
@@ -255,7 +273,9 @@ pub async fn wait_for(log: &Log, prefix: &str) -> String {
 /// An agent that records its hooks and misbehaves on request:
 /// query `fail=1`/`panic=1` breaks `on_connect`; messages `fail`/`panic`
 /// break `on_message`; `tags=a,b`, `readonly=1`, `noproto=1` set flags;
-/// `flood:<n>` sends n 1 KiB frames; `count` answers with the connection count.
+/// `flood:<n>` sends n 1 KiB frames; `count` answers with the connection
+/// count; `uri?` with the connection's URI; `sleep:<ms>` keeps the instance
+/// busy.
 pub struct Probe {
     pub log: Log,
 }
@@ -323,6 +343,11 @@ impl Agent for Probe {
             Some("fail") => return Err("message refused".into()),
             Some("panic") => panic!("message exploded"),
             Some("count") => conn.send(cx.connection_count().to_string())?,
+            Some("uri?") => conn.send(conn.uri().to_owned())?,
+            Some(t) if t.starts_with("sleep:") => {
+                let ms: u64 = t["sleep:".len()..].parse()?;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             Some(t) if t.starts_with("flood:") => {
                 let n: usize = t["flood:".len()..].parse()?;
                 let chunk = Message::from(vec![7u8; 1024]);
@@ -435,7 +460,7 @@ impl Agent for Probe {
         };
         self.push(format!(
             "state {who} {}",
-            cx.state_json().map_or("none", |s| s.get())
+            cx.state_json().unwrap_or_else(|| "none".into())
         ));
         Ok(())
     }
@@ -444,10 +469,165 @@ impl Agent for Probe {
 /// The example agents plus a `Probe` at `probe-agent`, sharing `log`.
 pub fn server_with_probe(log: &Log) -> AgentServer {
     let log = log.clone();
-    agents_server::demo::server().agent("ProbeAgent", move |_| Probe { log: log.clone() })
+    agents_server_cli::demo::server().agent("ProbeAgent", move |_| Probe { log: log.clone() })
 }
 
 pub async fn start_with_probe() -> (TestServer, Log) {
     let log = Log::default();
     (TestServer::start(server_with_probe(&log)).await, log)
 }
+
+/// A WebSocket client at the byte level, for input no well-behaved client
+/// sends: partial frames, stalls, a socket that never reads.
+pub struct Raw {
+    pub tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Opens `path` with an upgrade request (plus `headers`); panics unless
+    /// the answer is 101.
+    pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Raw {
+        let (status, raw) = Self::try_connect(addr, path, headers, None).await;
+        assert_eq!(status, 101, "upgrade refused");
+        raw
+    }
+
+    /// Sends an upgrade request; returns the status and the socket. With
+    /// `recv_buffer`, the socket's receive buffer is that small.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        recv_buffer: Option<u32>,
+    ) -> (u16, Raw) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut tcp = socket.connect(addr).await.unwrap();
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    return i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = tcp.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed during the handshake");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("no handshake answer");
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        buf.drain(..head_end);
+        (status, Raw { tcp, buf })
+    }
+
+    /// A masked client frame.
+    pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        Self::header(fin, opcode, payload.len())
+            .into_iter()
+            .chain(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]))
+            .collect()
+    }
+
+    /// Just the header of a masked client frame with a `len`-byte payload
+    /// (the payload's bytes are masked with [`Raw::masked`]).
+    pub fn header(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        match len {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 65535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&MASK);
+        f
+    }
+
+    /// `len` payload bytes of value `byte`, masked, starting at payload offset `at`.
+    pub fn masked(byte: u8, at: usize, len: usize) -> Vec<u8> {
+        (at..at + len).map(|i| byte ^ MASK[i % 4]).collect()
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    /// The next server frame (opcode and payload); `None` once the server
+    /// hung up. Panics after [`WAIT`].
+    pub async fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if self.buf.len() >= 2 {
+                    let (len, at) = match self.buf[1] & 0x7f {
+                        126 if self.buf.len() >= 4 => {
+                            (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                        }
+                        127 if self.buf.len() >= 10 => {
+                            let mut l = [0u8; 8];
+                            l.copy_from_slice(&self.buf[2..10]);
+                            (u64::from_be_bytes(l) as usize, 10)
+                        }
+                        126 | 127 => (usize::MAX, 0),
+                        n => (n as usize, 2),
+                    };
+                    if len != usize::MAX && self.buf.len() >= at + len {
+                        let opcode = self.buf[0] & 0x0f;
+                        let payload = self.buf[at..at + len].to_vec();
+                        self.buf.drain(..at + len);
+                        return Some((opcode, payload));
+                    }
+                }
+                let mut chunk = vec![0u8; 64 * 1024];
+                match self.tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a server frame")
+    }
+
+    /// Reads until the server's close frame: its code and reason.
+    pub async fn close_frame(&mut self) -> (u16, String) {
+        loop {
+            match self.next_frame().await {
+                Some((0x8, p)) if p.len() >= 2 => {
+                    return (
+                        u16::from_be_bytes([p[0], p[1]]),
+                        String::from_utf8(p[2..].to_vec()).unwrap(),
+                    )
+                }
+                Some((0x8, _)) => return (1005, String::new()),
+                Some(_) => continue,
+                None => panic!("the server hung up without a close frame"),
+            }
+        }
+    }
+
+    /// Reads (and drops) everything until the server hangs up.
+    pub async fn until_hangup(&mut self) {
+        while self.next_frame().await.is_some() {}
+    }
+}
+
+const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];

@@ -5,7 +5,7 @@ use crate::util::*;
 /// `#1` of the capture: echo-agent connect frames, echo, not-a-protocol, rpc nope.
 #[tokio::test]
 async fn echo_agent_matches_the_reference_capture() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server
         .connect("/agents/echo-agent/a?_pk=5bbad2fc-c20b-4b57-988a-dfe7f849475f")
         .await;
@@ -39,7 +39,7 @@ async fn echo_agent_matches_the_reference_capture() {
 /// `#2` of the capture: counter-agent connect frames, non-callable hook, broadcast.
 #[tokio::test]
 async fn counter_agent_matches_the_reference_capture() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server.connect("/agents/counter-agent/c?_pk=ed923615").await;
     assert_eq!(
         c.text().await,
@@ -63,7 +63,7 @@ async fn counter_agent_matches_the_reference_capture() {
 /// Edge case 1: a broadcast reaches every connection of the instance.
 #[tokio::test]
 async fn broadcast_reaches_every_connection() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut a = server.connect("/agents/counter-agent/room?_pk=a").await;
     let mut b = server.connect("/agents/counter-agent/room?_pk=b").await;
     a.handshake().await;
@@ -76,7 +76,7 @@ async fn broadcast_reaches_every_connection() {
 /// The chat example broadcasts each text message to everyone, sender included.
 #[tokio::test]
 async fn chat_agent_broadcasts_text() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut a = server.connect("/agents/chat-agent/lobby").await;
     let mut b = server.connect("/agents/chat-agent/lobby").await;
     a.handshake().await;
@@ -89,7 +89,7 @@ async fn chat_agent_broadcasts_text() {
 /// The private example agent closes unauthorized sockets with terminal 4001.
 #[tokio::test]
 async fn private_agent_needs_its_token() {
-    let server = TestServer::start(agents_server::demo::server()).await;
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
     let mut c = server.connect("/agents/private-agent/p").await;
     c.handshake().await;
     assert_eq!(c.closed().await, (4001, "Unauthorized".into()));

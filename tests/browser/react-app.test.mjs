@@ -29,8 +29,34 @@ const WAIT = { timeout: 15_000 };
 async function open(room, user) {
   const page = await browser.newPage({ viewport: { width: 1100, height: 720 } });
   const errors = watchErrors(page);
+  const states = watchStateFrames(page);
   await page.goto(`http://${server.host}/?room=${room}&user=${user}`);
-  return { page, errors };
+  return { page, errors, states };
+}
+
+/** Every `cf_agent_state` frame the page's sockets receive: `{ agent, state }`. */
+function watchStateFrames(page) {
+  const states = [];
+  page.on("websocket", (ws) => {
+    const agent = new URL(ws.url()).pathname.split("/")[2];
+    ws.on("framereceived", ({ payload }) => {
+      if (typeof payload !== "string" || !payload.includes('"cf_agent_state"')) return;
+      const frame = JSON.parse(payload);
+      if (frame.type === "cf_agent_state") states.push({ agent, state: frame.state });
+    });
+  });
+  return states;
+}
+
+/** The first counter state frame after index `from`, waiting up to WAIT.timeout. */
+async function counterStateAfter(states, from) {
+  const deadline = Date.now() + WAIT.timeout;
+  for (;;) {
+    const found = states.slice(from).find((s) => s.agent === "counter-agent");
+    if (found) return found.state;
+    if (Date.now() > deadline) throw new Error("no counter state frame after the restart");
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 async function expectStatus(page, status) {
@@ -64,6 +90,7 @@ test("two pages share a chat room and a counter, across a server restart", async
   for (const p of [a.page, b.page]) await p.getByTestId("count").filter({ hasText: /^2$/ }).waitFor(WAIT);
 
   // The server dies: both pages say so; what is typed meanwhile is kept.
+  const seen = [a.states.length, b.states.length];
   await server.kill();
   await expectStatus(a.page, "reconnecting");
   await expectStatus(b.page, "reconnecting");
@@ -72,6 +99,9 @@ test("two pages share a chat room and a counter, across a server restart", async
   await server.start();
   await expectStatus(a.page, "open");
   await expectStatus(b.page, "open");
+  // The count shown after the restart comes from the restarted server's state frame.
+  assert.deepEqual(await counterStateAfter(a.states, seen[0]), { count: 2 });
+  assert.deepEqual(await counterStateAfter(b.states, seen[1]), { count: 2 });
   for (const p of [a.page, b.page]) {
     await p.getByTestId("count").filter({ hasText: /^2$/ }).waitFor(WAIT);
     await p.getByTestId("messages").getByText("typed while the server was down").waitFor(WAIT);

@@ -18,6 +18,15 @@ before(async () => {
 
 after(() => server.stop());
 
+/** `promise`, or a rejection naming `what` after WAIT_MS. */
+function within(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), WAIT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /** Resolves with the next value `register` delivers, or rejects after WAIT_MS. */
 function next(register, what) {
   return new Promise((resolve, reject) => {
@@ -67,7 +76,7 @@ test("echo-agent: identity handshake, text and binary round trips", async () => 
   });
   c.binaryType = "arraybuffer";
   const box = inbox(c);
-  await c.ready;
+  await within(c.ready, "ready");
   assert.deepEqual(identity, { name: "compat-echo", agent: "echo-agent" });
   assert.equal(c.identified, true);
   // Raw listeners see the protocol frames too, as in the reference.
@@ -85,7 +94,7 @@ test("echo-agent: identity handshake, text and binary round trips", async () => 
   c.send(json);
   await box.until((d) => d === json, "user JSON echo");
 
-  await assert.rejects(c.call("nope", [1]), /Method nope does not exist/);
+  await assert.rejects(within(c.call("nope", [1]), "call"), /Method nope does not exist/);
   const closed = next((done) => c.addEventListener("close", done, { once: true }), "close");
   c.close();
   await closed;
@@ -96,7 +105,7 @@ test("counter-agent: state handshake, broadcast, setState reaches another client
   const seenB = [];
   const a = client({ agent: "CounterAgent", name: "compat-counter", onStateUpdate: (s, src) => seenA.push([s, src]) });
   const b = client({ agent: "counter-agent", name: "compat-counter", onStateUpdate: (s, src) => seenB.push([s, src]) });
-  await Promise.all([a.ready, b.ready]);
+  await within(Promise.all([a.ready, b.ready]), "both ready");
   assert.deepEqual(a.state, { count: 0 });
   assert.deepEqual(seenA[0], [{ count: 0 }, "server"]);
   assert.equal(a.name, "compat-counter");
@@ -112,7 +121,7 @@ test("counter-agent: state handshake, broadcast, setState reaches another client
   assert.deepEqual(b.state, { count: 41 });
   assert.deepEqual(seenB.at(-1), [{ count: 41 }, "server"]);
 
-  await assert.rejects(a.call("onMessage", []), /Method onMessage is not callable/);
+  await assert.rejects(within(a.call("onMessage", []), "call"), /Method onMessage is not callable/);
   a.close();
   b.close();
 });
@@ -120,26 +129,46 @@ test("counter-agent: state handshake, broadcast, setState reaches another client
 test("counter-agent RPC: call and stub resolve, streaming delivers chunks in order", async () => {
   const a = client({ agent: "CounterAgent", name: "compat-rpc" });
   const b = client({ agent: "CounterAgent", name: "compat-rpc" });
-  await Promise.all([a.ready, b.ready]);
-  assert.equal(await a.call("increment", [2]), 2);
-  assert.equal(await a.stub.increment(3), 5);
+  await within(Promise.all([a.ready, b.ready]), "both ready");
+  assert.equal(await within(a.call("increment", [2]), "increment"), 2);
+  assert.equal(await within(a.stub.increment(3), "stub.increment"), 5);
   assert.deepEqual(a.state, { count: 5 });
   const deadline = Date.now() + WAIT_MS;
   while (b.state?.count !== 5 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   assert.deepEqual(b.state, { count: 5 });
 
   const chunks = [];
-  const done = await a.call("count_to", [4], { stream: { onChunk: (c) => chunks.push(c) } });
+  const done = await within(a.call("count_to", [4], { stream: { onChunk: (c) => chunks.push(c) } }), "count_to");
   assert.deepEqual(chunks, [1, 2, 3]);
   assert.equal(done, 4);
-  await assert.rejects(a.call("increment", ["x"]), /Invalid arguments for increment/);
+  await assert.rejects(within(a.call("increment", ["x"]), "call"), /Invalid arguments for increment/);
   a.close();
   b.close();
 });
 
-test("unknown agent: the handshake is refused and the client keeps retrying", async () => {
-  const c = client({ agent: "NoSuchAgent", name: "x", maxRetries: 0 });
-  const err = await next((done) => c.addEventListener("error", done, { once: true }), "error");
-  assert.ok(err);
+test("a message over the server's 32 MiB limit closes the socket with 1009, not a reset", async () => {
+  const c = client({ agent: "EchoAgent", name: "compat-huge", maxRetries: 0 });
+  await within(c.ready, "ready");
+  const closed = next((done) => c.addEventListener("close", done, { once: true }), "close");
+  c.send("x".repeat(32 * 1024 * 1024 + 1));
+  const event = await closed;
   c.close();
+  assert.equal(event.code, 1009);
+  assert.equal(event.reason, "Message is too large: 33554433 > 33554432");
+});
+
+test("unknown agent: the handshake is refused with HTTP 400 and the client keeps retrying", async () => {
+  // Short delays so the retries come quickly; maxRetries stays at its default (unlimited).
+  const c = client({ agent: "NoSuchAgent", name: "x", minReconnectionDelay: 10, maxReconnectionDelay: 50 });
+  const errors = [];
+  const twoErrors = next((done) => {
+    c.addEventListener("error", (e) => {
+      errors.push(e.message);
+      if (errors.length === 2) done();
+    });
+  }, "two error events");
+  await twoErrors;
+  c.close();
+  // ws reports a refused handshake (its `unexpected-response`) with the status.
+  assert.deepEqual(errors.slice(0, 2), ["Unexpected server response: 400", "Unexpected server response: 400"]);
 });

@@ -1,14 +1,19 @@
 //! The example agents the `agents-server` binary serves. `EchoAgent` and
 //! `CounterAgent` behave like the reference's `reference-agents.ts`.
 
+use axum::body::Body;
+use axum::http::{self, header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::rpc::{Call, Reply, RpcError};
-use crate::{Agent, AgentContext, BoxError, Connection, Message};
+use agents_server::{
+    Agent, AgentContext, AgentServer, BoxError, Call, ConnectContext, Connection, Message, Reply,
+    RpcError, StateSource,
+};
 
 /// Longest `count_to` stream [`CounterAgent`] accepts. The chunks are
 /// queued for the caller in one go, so this stays well under the per-connection
-/// outbound queue ([`DEFAULT_OUTBOUND_QUEUE`](crate::DEFAULT_OUTBOUND_QUEUE)).
+/// outbound queue ([`DEFAULT_OUTBOUND_QUEUE`](agents_server::DEFAULT_OUTBOUND_QUEUE)).
 pub const MAX_COUNT_TO: u32 = 1000;
 
 /// Messages [`ChatAgent`] keeps in its state for newcomers.
@@ -49,7 +54,8 @@ pub struct CounterState {
 
 /// `counter-agent`: state `{"count":0}`; the text `broadcast:<x>` sends
 /// `<x>` to every connection; callable `increment(by)` (returns the new
-/// count) and streaming `count_to(n)` (streams 1..n, ends with n).
+/// count) and streaming `count_to(n)` (streams 1..n, ends with n); plain
+/// `GET` answers the state as JSON (what `agentFetch` reads).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CounterAgent;
 
@@ -70,6 +76,18 @@ impl Agent for CounterAgent {
             cx.broadcast(rest, &[]);
         }
         Ok(())
+    }
+
+    async fn on_request(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        request: http::Request<Body>,
+    ) -> Result<Response, BoxError> {
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return Ok((StatusCode::METHOD_NOT_ALLOWED, "Use GET").into_response());
+        }
+        let json = serde_json::to_string(&cx.state())?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
     }
 
     async fn on_call(
@@ -140,11 +158,11 @@ impl Agent for ChatAgent {
     fn validate_state_change(
         &self,
         _next: &ChatState,
-        source: &crate::StateSource,
+        source: &StateSource,
     ) -> Result<(), BoxError> {
         match source {
-            crate::StateSource::Server => Ok(()),
-            crate::StateSource::Client(_) => Err("the chat history is server-owned".into()),
+            StateSource::Server => Ok(()),
+            StateSource::Client(_) => Err("the chat history is server-owned".into()),
         }
     }
 
@@ -212,7 +230,7 @@ impl Agent for PrivateAgent {
         &mut self,
         _cx: &mut AgentContext<Self>,
         conn: &Connection,
-        ctx: &crate::ConnectContext,
+        ctx: &ConnectContext,
     ) -> Result<(), BoxError> {
         if ctx.request().query("token") != Some(PRIVATE_TOKEN) {
             conn.close(4001, "Unauthorized");
@@ -231,8 +249,8 @@ impl Agent for PrivateAgent {
 }
 
 /// A server with the example agents registered.
-pub fn server() -> crate::AgentServer {
-    crate::AgentServer::new()
+pub fn server() -> AgentServer {
+    AgentServer::new()
         .agent("EchoAgent", |_| EchoAgent)
         .agent("CounterAgent", |_| CounterAgent)
         .agent("ChatAgent", |_| ChatAgent)

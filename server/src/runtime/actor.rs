@@ -1,0 +1,708 @@
+//! One agent instance = one actor task: the [`InstanceHandle`] the sockets
+//! and the registry hold (a bounded inbox, bounded in bytes too), and the
+//! task that owns the agent value, its context, state and connections, and
+//! runs every hook one at a time in arrival order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use agents_protocol::{
+    ClientMessage, Identity, Incoming, McpState, RpcRequest, RpcResponse, ServerMessage,
+    SetupError, READONLY_ERROR, SETUP_FAILED_REASON, STATE_REJECTED_ERROR,
+};
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio_util::sync::CancellationToken;
+
+use super::hooks::{guarded, guarded_sync};
+use super::InstanceKey;
+use crate::agent::Agent;
+use crate::config::{Config, MAX_TAGS, MAX_TAG_LEN};
+use crate::connection::{Connection, Flow};
+use crate::context::{AgentContext, ConnectContext, StateSource};
+use crate::error::{HookError, RpcError, TagError};
+use crate::log::{CloseDisplay, Trunc};
+use crate::message::Message;
+use crate::request::RequestInfo;
+use crate::rpc::Call;
+use crate::storage::InstanceStorage;
+
+/// Accounting charge of a message in an inbox, on top of its payload (the
+/// queue entry), so that many tiny messages count too.
+pub(crate) const INBOX_OVERHEAD: usize = 128;
+
+/// Events handled in one batch before the sockets that got frames are woken.
+const BATCH_EVENTS: usize = 64;
+
+/// Hook and base-class names a client may not call over RPC; the reply is
+/// `Method <m> is not callable`, as the reference answers for its own hooks.
+const NOT_CALLABLE: &[&str] = &[
+    "onStart",
+    "onConnect",
+    "onMessage",
+    "onError",
+    "onClose",
+    "onRequest",
+    "onStateUpdate",
+    "onStateChanged",
+    "validateStateChange",
+    "setState",
+    "broadcast",
+    "getConnection",
+    "getConnections",
+    "getConnectionTags",
+    "shouldConnectionBeReadonly",
+    "shouldSendProtocolMessages",
+    "on_start",
+    "on_connect",
+    "on_message",
+    "on_error",
+    "on_close",
+    "on_request",
+    "on_state_update",
+    "validate_state_change",
+    "set_state",
+    "initial_state",
+    "connection_tags",
+    "should_connection_be_readonly",
+    "should_send_protocol_messages",
+];
+
+/// How a socket ended, for `on_close`.
+#[derive(Debug, Clone)]
+pub(crate) struct CloseInfo {
+    pub(crate) code: u16,
+    pub(crate) reason: String,
+    pub(crate) was_clean: bool,
+}
+
+/// Events for an instance, handled one at a time in arrival order.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Register a socket; `ack` answers whether it was accepted.
+    Connect {
+        conn: Connection,
+        request: RequestInfo,
+        ack: oneshot::Sender<bool>,
+    },
+    /// A data message from a registered socket, holding its share of the
+    /// inbox's byte budget until handled.
+    Message {
+        key: u64,
+        message: Message,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// A registered socket ended.
+    Closed { key: u64, info: CloseInfo },
+    /// A plain HTTP request to the instance.
+    Request {
+        request: http::Request<Body>,
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// What offering a message to an instance did.
+pub(crate) enum Admit {
+    /// It is in the inbox.
+    Done,
+    /// The inbox is full: this completes (true) once it is in, or (false)
+    /// when the instance stopped.
+    Wait(Pin<Box<dyn Future<Output = bool> + Send>>),
+    /// The instance stopped.
+    Closed,
+}
+
+/// Cheap-to-clone handle to one instance's actor.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceHandle {
+    tx: mpsc::Sender<Command>,
+    /// Bytes the inbox may still take.
+    inbox_bytes: Arc<Semaphore>,
+    inbox_budget: usize,
+    pub(crate) generation: u64,
+    pub(crate) control: Arc<Control>,
+}
+
+/// What the registry sees of, and asks of, a running instance.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    /// When the instance last became idle (no connections), as
+    /// milliseconds on [`Control::clock`]; 0 while it is busy.
+    idle_since: AtomicU64,
+    /// Asks the instance to stop now (the registry needs room).
+    pub(crate) evict: CancellationToken,
+}
+
+impl Control {
+    /// Milliseconds since the first call; never 0.
+    fn clock() -> u64 {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+        epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn set_idle(&self, idle: bool) {
+        let now = if idle { Self::clock() } else { 0 };
+        // Keep the first moment of a stretch of idleness.
+        let _ = self
+            .idle_since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
+                match (idle, since) {
+                    (true, 0) => Some(now),
+                    (true, _) => None,
+                    (false, _) => Some(0),
+                }
+            });
+    }
+
+    /// Since when the instance is idle, if it is.
+    pub(crate) fn idle_since(&self) -> Option<u64> {
+        match self.idle_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(since),
+        }
+    }
+}
+
+impl InstanceHandle {
+    /// Queues an event, waiting for room in the inbox.
+    pub(crate) async fn send(&self, cmd: Command) -> Result<(), mpsc::error::SendError<Command>> {
+        self.tx.send(cmd).await
+    }
+
+    /// Offers a socket's message; takes its bytes from the inbox budget.
+    pub(crate) fn try_admit(&self, key: u64, message: Message) -> Admit {
+        // A message larger than the whole budget still passes, alone.
+        let cost = (message.len() + INBOX_OVERHEAD).min(self.inbox_budget) as u32;
+        match self.inbox_bytes.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => {
+                let cmd = Command::Message {
+                    key,
+                    message,
+                    _permit: permit,
+                };
+                match self.tx.try_send(cmd) {
+                    Ok(()) => Admit::Done,
+                    Err(mpsc::error::TrySendError::Closed(_)) => Admit::Closed,
+                    Err(mpsc::error::TrySendError::Full(cmd)) => {
+                        let tx = self.tx.clone();
+                        Admit::Wait(Box::pin(async move { tx.send(cmd).await.is_ok() }))
+                    }
+                }
+            }
+            Err(TryAcquireError::Closed) => Admit::Closed,
+            Err(TryAcquireError::NoPermits) => {
+                let (tx, bytes) = (self.tx.clone(), self.inbox_bytes.clone());
+                Admit::Wait(Box::pin(async move {
+                    let Ok(permit) = bytes.acquire_many_owned(cost).await else {
+                        return false;
+                    };
+                    let cmd = Command::Message {
+                        key,
+                        message,
+                        _permit: permit,
+                    };
+                    tx.send(cmd).await.is_ok()
+                }))
+            }
+        }
+    }
+}
+
+/// What an actor needs from the server: its key, the limits, its storage
+/// and the shutdown signal — nothing else.
+#[derive(Debug)]
+pub(crate) struct ActorEnv {
+    pub(crate) key: InstanceKey,
+    pub(crate) config: Arc<Config>,
+    pub(crate) storage: InstanceStorage,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) generation: u64,
+}
+
+/// Creates the actor for one instance; the caller spawns the returned task.
+pub(crate) fn start<A: Agent>(
+    env: ActorEnv,
+    agent: A,
+) -> (InstanceHandle, impl Future<Output = ()> + Send) {
+    let (tx, rx) = mpsc::channel(env.config.inbox_capacity.max(1));
+    let budget = env
+        .config
+        .inbox_bytes
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let flow = Arc::new(Flow::default());
+    let control = Arc::new(Control::default());
+    let handle = InstanceHandle {
+        tx,
+        inbox_bytes: Arc::new(Semaphore::new(budget)),
+        inbox_budget: budget,
+        generation: env.generation,
+        control: control.clone(),
+    };
+    let cx = AgentContext::new(
+        env.key.agent.clone(),
+        env.key.name.clone(),
+        env.storage.clone(),
+        env.config.max_state_bytes,
+    );
+    let actor = Actor {
+        agent,
+        cx,
+        rx,
+        env,
+        flow,
+        control,
+        stopping: false,
+    };
+    (handle, actor.run())
+}
+
+struct Actor<A: Agent> {
+    agent: A,
+    cx: AgentContext<A>,
+    rx: mpsc::Receiver<Command>,
+    env: ActorEnv,
+    flow: Arc<Flow>,
+    control: Arc<Control>,
+    /// Server shutdown began: refuse new connections, exit once empty.
+    stopping: bool,
+}
+
+impl<A: Agent> Actor<A> {
+    async fn run(mut self) {
+        self.start().await;
+        let shutdown = self.env.shutdown.clone();
+        let evict = self.control.evict.clone();
+        let idle_timeout = self.env.config.idle_timeout;
+        loop {
+            let idle = self.cx.connection_count() == 0;
+            let behind = self.flow.is_behind();
+            let cmd = tokio::select! {
+                biased;
+                _ = evict.cancelled() => {
+                    // Chosen while idle; a socket that raced in reconnects
+                    // to the instance's next incarnation.
+                    for conn in self.cx.connections() {
+                        conn.close(1013, "Try again later");
+                    }
+                    tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicted to make room");
+                    break;
+                }
+                _ = shutdown.cancelled(), if !self.stopping => {
+                    self.stopping = true;
+                    for conn in self.cx.connections() {
+                        conn.close(1001, "Server shutting down");
+                    }
+                    if idle {
+                        break;
+                    }
+                    continue;
+                }
+                // A client is behind its queue budget: take no input until
+                // it catches up (or its socket gives up on it).
+                _ = self.flow.caught_up(), if behind => continue,
+                cmd = self.rx.recv(), if !behind => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+                _ = tokio::time::sleep(idle_timeout), if idle && !self.stopping => {
+                    tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicting idle instance");
+                    break;
+                }
+            };
+            // Everything already in the inbox is handled before the sockets
+            // are woken, so a burst leaves each socket in one write.
+            self.flow.begin_batch();
+            self.handle(cmd).await;
+            for _ in 1..BATCH_EVENTS {
+                if self.flow.is_behind() {
+                    break;
+                }
+                match self.rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd).await,
+                    Err(_) => break,
+                }
+            }
+            self.flow.end_batch();
+            let idle = self.cx.connection_count() == 0;
+            self.control.set_idle(idle);
+            if self.stopping && idle {
+                break;
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Restores the stored state, or falls back to the initial state when
+    /// there is none or it no longer fits the state type.
+    fn load_state(&mut self) -> bool {
+        let key = &self.env.key;
+        let stored = match self.cx.storage().load_state() {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::error!(agent = %Trunc(&key.agent), name = %Trunc(&key.name), %err, "cannot load state");
+                return false;
+            }
+        };
+        let Some(json) = stored else { return false };
+        match serde_json::from_str::<A::State>(&json) {
+            Ok(state) => {
+                self.cx.restore_state(state);
+                true
+            }
+            Err(err) => {
+                tracing::warn!(agent = %Trunc(&key.agent), name = %Trunc(&key.name), %err, "stored state does not fit; using the initial state");
+                let _ = self.cx.storage().delete_state();
+                false
+            }
+        }
+    }
+
+    async fn start(&mut self) {
+        if !self.load_state() {
+            self.seed_initial_state().await;
+        }
+        let (agent, cx) = (&mut self.agent, &mut self.cx);
+        let result = guarded("on_start", || agent.on_start(cx)).await;
+        if let Err(err) = result {
+            self.report(None, err).await;
+        }
+        self.after_hook().await;
+    }
+
+    async fn seed_initial_state(&mut self) {
+        let agent = &self.agent;
+        match guarded_sync("initial_state", || Ok(agent.initial_state())) {
+            Ok(Some(state)) => self.cx.restore_state(state),
+            Ok(None) => {}
+            Err(err) => self.report(None, err).await,
+        }
+    }
+
+    /// Stops taking events; what is still queued is handled or bounced (a
+    /// connect gets no ack, so its socket retries on a fresh instance).
+    async fn stop(&mut self) {
+        self.rx.close();
+        while let Some(cmd) = self.rx.recv().await {
+            match cmd {
+                Command::Connect { .. } | Command::Message { .. } => {}
+                cmd @ (Command::Closed { .. } | Command::Request { .. }) => self.handle(cmd).await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect { conn, request, ack } => {
+                let accepted = self.connect(conn, request).await;
+                let _ = ack.send(accepted);
+            }
+            Command::Message { key, message, .. } => {
+                let Some(conn) = self.cx.get(key).cloned() else {
+                    return;
+                };
+                self.cx.begin_turn(Some(&conn));
+                self.message(conn, message).await;
+                self.cx.end_turn();
+                self.after_hook().await;
+            }
+            Command::Closed { key, info } => self.closed(key, info).await,
+            Command::Request { request, reply } => {
+                let (agent, cx) = (&mut self.agent, &mut self.cx);
+                let result = guarded("on_request", || agent.on_request(cx, request)).await;
+                let response = match result {
+                    Ok(response) => response,
+                    Err(err) => {
+                        let body = err.client_message();
+                        self.report(None, err).await;
+                        (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+                    }
+                };
+                let _ = reply.send(response);
+                self.after_hook().await;
+            }
+        }
+    }
+
+    async fn connect(&mut self, conn: Connection, request: RequestInfo) -> bool {
+        if self.stopping {
+            conn.close(1001, "Server shutting down");
+            return false;
+        }
+        if self.cx.connection_count() >= self.env.config.max_connections_per_instance {
+            tracing::warn!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "too many connections");
+            conn.close(1013, "Too many connections");
+            return false;
+        }
+        conn.outbox().attach(self.flow.clone());
+        let ctx = ConnectContext { request };
+        let agent = &self.agent;
+        let setup = guarded_sync("connection_tags", || {
+            let tags = validate_tags(conn.id(), agent.connection_tags(&conn, &ctx))?;
+            let readonly = agent.should_connection_be_readonly(&conn, &ctx);
+            let protocol = agent.should_send_protocol_messages(&conn, &ctx);
+            Ok((tags, readonly, protocol))
+        });
+        let (tags, readonly, protocol) = match setup {
+            Ok(flags) => flags,
+            Err(err) => return self.fail_setup(&conn, err).await,
+        };
+        conn.set_tags(tags);
+        conn.set_readonly(readonly);
+        conn.set_protocol_enabled(protocol);
+        self.cx.insert(conn.clone());
+        if protocol {
+            self.send_connect_frames(&conn);
+        }
+        self.cx.begin_turn(Some(&conn));
+        let (agent, cx) = (&mut self.agent, &mut self.cx);
+        let result = guarded("on_connect", || agent.on_connect(cx, &conn, &ctx)).await;
+        self.cx.end_turn();
+        let accepted = match result {
+            Ok(()) => true,
+            Err(err) => {
+                self.cx.remove(conn.key());
+                self.fail_setup(&conn, err).await
+            }
+        };
+        self.after_hook().await;
+        accepted
+    }
+
+    /// Identity (with `stateFollows` when state exists), state, MCP — the
+    /// reference's order.
+    fn send_connect_frames(&mut self, conn: &Connection) {
+        let state = self.cx.state_frame();
+        let identity = ServerMessage::Identity(Identity {
+            name: self.cx.name().to_owned(),
+            agent: self.cx.agent().to_owned(),
+            state_follows: state.is_some(),
+        });
+        let _ = conn.send(identity.to_json());
+        if let Some(state) = state {
+            let _ = conn.send(state);
+        }
+        let _ = conn.send(ServerMessage::McpServers(McpState::default()).to_json());
+    }
+
+    async fn fail_setup(&mut self, conn: &Connection, err: HookError) -> bool {
+        tracing::warn!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), id = %Trunc(conn.id()), err = %Trunc(&err.to_string()), "connection setup failed");
+        let _ = conn.send(
+            SetupError {
+                error: err.client_message(),
+            }
+            .to_json(),
+        );
+        conn.close(1011, SETUP_FAILED_REASON);
+        self.report(Some(conn.clone()), err).await;
+        false
+    }
+
+    async fn message(&mut self, conn: Connection, message: Message) {
+        let protocol = match &message {
+            Message::Text(text) => match ClientMessage::decode(text.as_str()) {
+                Incoming::Protocol(msg) => Some(msg),
+                Incoming::Raw(_) => None,
+            },
+            Message::Binary(_) => None,
+        };
+        match protocol {
+            Some(ClientMessage::State(state)) => self.client_state(conn, state).await,
+            Some(ClientMessage::Rpc(call)) => self.rpc(&conn, call).await,
+            None => {
+                let (agent, cx) = (&mut self.agent, &mut self.cx);
+                let result = guarded("on_message", || agent.on_message(cx, &conn, message)).await;
+                if let Err(err) = result {
+                    tracing::warn!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), id = %Trunc(conn.id()), err = %Trunc(&err.to_string()), "on_message failed");
+                    self.report(Some(conn), err).await;
+                }
+            }
+        }
+    }
+
+    /// validate → store → broadcast to the others → notify.
+    async fn client_state(&mut self, conn: Connection, json: Box<RawValue>) {
+        let refuse = |error: String| {
+            let _ = conn.send(ServerMessage::StateError(error).to_json());
+        };
+        if conn.is_readonly() {
+            return refuse(READONLY_ERROR.to_owned());
+        }
+        let max = self.env.config.max_state_bytes;
+        if json.get().len() > max {
+            return refuse(format!(
+                "{STATE_REJECTED_ERROR}: state is larger than {max} bytes"
+            ));
+        }
+        let next: A::State = match serde_json::from_str(json.get()) {
+            Ok(next) => next,
+            Err(err) => return refuse(format!("{STATE_REJECTED_ERROR}: {err}")),
+        };
+        drop(json);
+        let source = StateSource::Client(conn.clone());
+        let agent = &self.agent;
+        if let Err(err) = guarded_sync("validate_state_change", || {
+            agent.validate_state_change(&next, &source)
+        }) {
+            tracing::info!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), id = %Trunc(conn.id()), err = %Trunc(&err.to_string()), "state update rejected");
+            return refuse(STATE_REJECTED_ERROR.to_owned());
+        }
+        let frame = match self.cx.replace_state(next) {
+            Ok(frame) => frame,
+            Err(err) => {
+                tracing::error!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), %err, "state not stored");
+                return refuse(format!("{STATE_REJECTED_ERROR}: {err}"));
+            }
+        };
+        self.cx.broadcast_frame(frame, Some(conn.id()));
+        let (agent, cx) = (&mut self.agent, &mut self.cx);
+        let result = guarded("on_state_update", || agent.on_state_update(cx, source)).await;
+        if let Err(err) = result {
+            self.report(Some(conn), err).await;
+        }
+    }
+
+    async fn rpc(&mut self, conn: &Connection, request: RpcRequest) {
+        if NOT_CALLABLE.contains(&request.method.as_str()) {
+            let reply = RpcResponse::not_callable(request.id, &request.method);
+            let _ = conn.send(ServerMessage::Rpc(reply).to_json());
+            return;
+        }
+        let mut call = Call::new(request.id, request.method, request.args, conn.clone());
+        let outcome = {
+            let (agent, cx, call) = (&mut self.agent, &mut self.cx, &mut call);
+            guarded("on_call", || {
+                let fut = agent.on_call(cx, call);
+                async { Ok(fut.await) }
+            })
+            .await
+        };
+        let (id, method) = call.into_parts();
+        let reply = match outcome {
+            Ok(Ok(reply)) => RpcResponse::Success {
+                id,
+                result: reply.into_result(),
+                done: true,
+            },
+            Ok(Err(err)) => {
+                if !matches!(err, RpcError::NoSuchMethod) {
+                    tracing::info!(method = %Trunc(&method), err = %Trunc(&err.to_string()), "rpc error");
+                }
+                RpcResponse::Error {
+                    error: err.into_message(&method),
+                    id,
+                }
+            }
+            Err(err) => {
+                tracing::error!(method = %Trunc(&method), err = %Trunc(&err.to_string()), "rpc method panicked");
+                RpcResponse::Error {
+                    error: err.client_message(),
+                    id,
+                }
+            }
+        };
+        let _ = conn.send(ServerMessage::Rpc(reply).to_json());
+    }
+
+    async fn closed(&mut self, key: u64, info: CloseInfo) {
+        let Some(conn) = self.cx.remove(key) else {
+            return;
+        };
+        tracing::debug!(id = %Trunc(conn.id()), close = %CloseDisplay(info.code, &info.reason), "connection closed");
+        self.cx.begin_turn(Some(&conn));
+        let (agent, cx) = (&mut self.agent, &mut self.cx);
+        let result = guarded("on_close", || {
+            agent.on_close(cx, &conn, info.code, &info.reason, info.was_clean)
+        })
+        .await;
+        self.cx.end_turn();
+        if let Err(err) = result {
+            self.report(Some(conn), err).await;
+        }
+        self.after_hook().await;
+    }
+
+    /// Runs `on_state_update` for a state the agent itself changed.
+    async fn after_hook(&mut self) {
+        if !self.cx.take_state_changed() {
+            return;
+        }
+        let (agent, cx) = (&mut self.agent, &mut self.cx);
+        let result = guarded("on_state_update", || {
+            agent.on_state_update(cx, StateSource::Server)
+        })
+        .await;
+        // A change made inside on_state_update is not re-notified.
+        self.cx.take_state_changed();
+        if let Err(err) = result {
+            self.report(None, err).await;
+        }
+    }
+
+    async fn report(&mut self, conn: Option<Connection>, err: HookError) {
+        let (agent, cx) = (&mut self.agent, &mut self.cx);
+        let result = guarded("on_error", || {
+            let fut = agent.on_error(cx, conn.as_ref(), err);
+            async {
+                fut.await;
+                Ok(())
+            }
+        })
+        .await;
+        if let Err(err) = result {
+            tracing::error!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), err = %Trunc(&err.to_string()), "on_error failed");
+        }
+    }
+}
+
+/// `[id, ...tags]` with the id once, checked against the reference's limits.
+fn validate_tags(id: &str, extra: Vec<String>) -> Result<Box<[String]>, TagError> {
+    let mut tags = vec![id.to_owned()];
+    tags.extend(extra.into_iter().filter(|t| t != id));
+    if tags.len() > MAX_TAGS {
+        return Err(TagError::TooMany { max: MAX_TAGS });
+    }
+    for tag in &tags {
+        if tag.is_empty() {
+            return Err(TagError::Empty);
+        }
+        if tag.chars().count() > MAX_TAG_LEN {
+            return Err(TagError::TooLong {
+                tag: Trunc(tag).to_string(),
+                max: MAX_TAG_LEN,
+            });
+        }
+    }
+    Ok(tags.into_boxed_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_follow_the_reference_rules() {
+        assert_eq!(
+            &*validate_tags("id", vec!["a".into(), "id".into()]).unwrap(),
+            ["id", "a"]
+        );
+        assert_eq!(
+            validate_tags("id", vec![String::new()]),
+            Err(TagError::Empty)
+        );
+        assert!(matches!(
+            validate_tags("id", (0..10).map(|i| i.to_string()).collect()),
+            Err(TagError::TooMany { max: 10 })
+        ));
+        assert!(validate_tags("id", (0..9).map(|i| i.to_string()).collect()).is_ok());
+        assert!(matches!(
+            validate_tags("id", vec!["x".repeat(257)]),
+            Err(TagError::TooLong { .. })
+        ));
+    }
+}
