@@ -31,6 +31,6 @@ rm "$OUT/names.json"
 # wasm-opt's one- and two-letter names, `_` among them, stay as they are).
 "$ESBUILD" "$ROOT/packages/client/src/index.js" --bundle --minify --format=esm \
   --target=es2022 --mangle-props='^[a-z][a-zA-Z]+_$' --log-level=warning --outfile="$OUT/index.js"
-# pkg/agents_client.d.ts stays: index.d.ts takes the option types from it.
-rm -f "$OUT/agents_client.js" "$OUT/agents_client_bg.wasm.d.ts"
+# The types are packages/client/index.d.ts; the glue is in pkg/index.js.
+rm -f "$OUT/agents_client.js" "$OUT/agents_client.d.ts" "$OUT/agents_client_bg.wasm.d.ts"
 echo "built $OUT"
