@@ -31,6 +31,21 @@ export class AgentConnectionError extends Error {
   }
 }
 
+/** A `message` event; `isProtocol` marks the frames the client acted on. */
+class AgentMessageEvent extends MessageEvent {
+  get isProtocol() {
+    return false;
+  }
+}
+class ProtocolMessageEvent extends AgentMessageEvent {
+  get isProtocol() {
+    return true;
+  }
+}
+// One init object for every message event (a fresh one per message costs
+// more than the event's own construction).
+const messageInit = { data: undefined };
+
 // `client.stub.increment(2)` is `client.call("increment", [2])`. Keys that
 // `await`, loggers and test matchers probe answer `undefined`, as the
 // reference's, so they never fire calls.
@@ -164,9 +179,10 @@ export class AgentClient extends EventTarget {
       const data = e.data;
       const kind = c.on_(this, MESSAGE, gen, data);
       if (kind) {
-        const event = new MessageEvent("message", { data });
         // Protocol frames reach listeners too, marked, so filters need no JSON.parse.
-        event.isProtocol = kind > 1;
+        messageInit.data = data;
+        const event = new (kind > 1 ? ProtocolMessageEvent : AgentMessageEvent)("message", messageInit);
+        messageInit.data = undefined; // not kept alive by the shared object
         this.#emit(event, this.onmessage);
       }
     };

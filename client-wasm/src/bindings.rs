@@ -96,13 +96,15 @@ pub(crate) fn run(core: &CoreCell, host: &Host, f: &mut dyn FnMut(&mut Core<JsVa
         f(&mut core);
         core.take_actions()
     };
-    while let Some(gen) = perform(host, actions) {
+    while let Some(gen) = perform(host, &mut actions) {
         // `new WebSocket()` threw (a URL the browser refuses): the core
         // decides what follows (error, close, retry).
         let mut core = core.borrow_mut();
         core.open_failed(gen);
+        core.recycle(actions);
         actions = core.take_actions();
     }
+    core.borrow_mut().recycle(actions);
 }
 
 fn error(e: ClientError) -> JsValue {
@@ -260,10 +262,10 @@ impl WasmCore {
 
 /// Carries out the core's actions, in order. Returns the attempt whose
 /// socket could not be created, if any.
-fn perform(host: &Host, actions: Vec<Action<JsValue, Handle>>) -> Option<u32> {
+fn perform(host: &Host, actions: &mut Vec<Action<JsValue, Handle>>) -> Option<u32> {
     let undefined = &JsValue::UNDEFINED;
     let mut failed = None;
-    for action in actions {
+    for action in actions.drain(..) {
         match action {
             Action::Init { id, agent, name } => host.init(&id, &agent, &name),
             Action::Query(gen) => host.query(gen),

@@ -172,6 +172,7 @@ pub(crate) fn call_options(args: &JsValue, options: &JsValue) -> Result<CallOpti
 /// JavaScript strings (a key made from Rust text costs a UTF-8 decode).
 pub(crate) struct Keys {
     ty: JsValue,
+    rpc: JsValue,
     types: js_sys::Map,
     names: [JsValue; 10],
 }
@@ -197,6 +198,7 @@ impl Keys {
         }
         Keys {
             ty: "type".into(),
+            rpc: FrameType::Rpc.name().into(),
             types,
             names: NAMES.map(JsValue::from),
         }
@@ -229,11 +231,12 @@ impl FrameFields for JsFrame<'_> {
 
     #[inline(never)]
     fn frame_type(&self) -> Option<FrameType> {
-        let at = self
-            .keys
-            .types
-            .get(&field(&self.obj, &self.keys.ty))
-            .as_f64()?;
+        let ty = field(&self.obj, &self.keys.ty);
+        // The frequent case first (call results and stream chunks).
+        if ty == self.keys.rpc {
+            return Some(FrameType::Rpc);
+        }
+        let at = self.keys.types.get(&ty).as_f64()?;
         FrameType::ALL.get(at as usize).copied()
     }
     #[inline(never)]
@@ -245,8 +248,8 @@ impl FrameFields for JsFrame<'_> {
         self.at(key).as_string()
     }
     #[inline(never)]
-    fn truthy(&self, key: &'static str) -> bool {
-        self.at(key).is_truthy()
+    fn truthy(&self, value: &JsValue) -> bool {
+        value.is_truthy()
     }
     #[inline(never)]
     fn is_true(&self, key: &'static str) -> bool {
@@ -271,7 +274,8 @@ pub(crate) fn frame(data: &JsValue, keys: &Keys) -> ServerFrame<String, JsValue>
         return ServerFrame::User;
     }
     match json_parse(data) {
-        Ok(obj) if obj.is_object() => classify(&JsFrame { obj, keys }),
+        // Text that starts with `{` parses to an object or not at all.
+        Ok(obj) if first == 123.0 || obj.is_object() => classify(&JsFrame { obj, keys }),
         _ => ServerFrame::User,
     }
 }

@@ -124,6 +124,15 @@ impl<V: Clone, H: Clone> Core<V, H> {
         core::mem::take(&mut self.actions)
     }
 
+    /// Hands back a drained action list, so the next batch reuses its
+    /// memory (no allocation per message).
+    pub fn recycle(&mut self, mut spent: Vec<Action<V, H>>) {
+        if self.actions.capacity() == 0 {
+            spent.clear();
+            self.actions = spent;
+        }
+    }
+
     fn act(&mut self, action: Action<V, H>) {
         self.actions.push(action);
     }

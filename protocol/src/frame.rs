@@ -77,9 +77,9 @@ pub trait FrameFields {
     fn value(&self, key: &'static str) -> Option<Self::Value>;
     /// `key`'s value when it is a string.
     fn string(&self, key: &'static str) -> Option<Self::Str>;
-    /// Whether `key` is present and truthy as JavaScript's `if` sees it
-    /// (not `false`, `null`, `0`, `-0` or `""`).
-    fn truthy(&self, key: &'static str) -> bool;
+    /// Whether a value is truthy as JavaScript's `if` sees it (not `false`,
+    /// `null`, `0`, `-0` or `""`).
+    fn truthy(&self, value: &Self::Value) -> bool;
     /// Whether `key` is present and exactly `true`.
     fn is_true(&self, key: &'static str) -> bool;
     /// Whether `key` holds a JSON object (not an array, not `null`).
@@ -156,10 +156,10 @@ pub fn classify<F: FrameFields>(f: &F) -> ServerFrame<F::Str, F::Value> {
         FrameType::McpServers if f.is_object("mcp") => f.value("mcp").map(ServerFrame::McpServers),
         FrameType::McpServers => None,
         FrameType::Rpc => f.string("id").map(|id| {
-            if f.truthy("success") {
+            if f.value("success").is_some_and(|s| f.truthy(&s)) {
                 ServerFrame::RpcResult {
                     id,
-                    done: f.value("done").is_none() || f.truthy("done"),
+                    done: f.value("done").is_none_or(|d| f.truthy(&d)),
                     result: f.value("result"),
                 }
             } else {

@@ -189,10 +189,7 @@ impl<'a> FrameFields for Envelope<'a> {
         as_string(self.field(key)?)
     }
 
-    fn truthy(&self, key: &'static str) -> bool {
-        let Some(raw) = self.field(key) else {
-            return false;
-        };
+    fn truthy(&self, raw: &&'a RawValue) -> bool {
         match raw.get() {
             "false" | "null" | "\"\"" => false,
             // Numbers as JavaScript reads them: `1e-400` is 0, `1e400` Infinity.

@@ -60,8 +60,8 @@ impl FrameFields for JsonFrame<'_> {
     fn string(&self, key: &'static str) -> Option<String> {
         self.0.get(key)?.as_str().map(str::to_owned)
     }
-    fn truthy(&self, key: &'static str) -> bool {
-        self.0.get(key).is_some_and(truthy)
+    fn truthy(&self, value: &String) -> bool {
+        truthy(&serde_json::from_str(value).unwrap())
     }
     fn is_true(&self, key: &'static str) -> bool {
         self.0.get(key) == Some(&Value::Bool(true))
