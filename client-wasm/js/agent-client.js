@@ -22,8 +22,8 @@ const READY_STATE = 0, QUEUED = 1, RETRY_COUNT = 2, SHOULD_RECONNECT = 3;
 
 /** `onConnectionError`'s argument and `connectionError`: why reconnecting stopped. */
 export class AgentConnectionError extends Error {
-  constructor(message, code, reason, wasClean) {
-    super(message);
+  constructor(code, reason, wasClean) {
+    super(`Agent connection closed: ${reason || `WebSocket closed with code ${code}`}`);
     this.name = "AgentConnectionError";
     this.code = code;
     this.reason = reason;
@@ -239,8 +239,8 @@ export class AgentClient extends EventTarget {
     if (name) this.#o[name]?.(a, b, c, d);
     else console.warn(`agents-rs: identity changed on reconnect, from ${c}/${a} to ${d}/${b} (pass onIdentityChange to handle it)`);
   }
-  connectionError_(message, code, reason, wasClean) {
-    const error = (this.connectionError = message && new AgentConnectionError(message, code, reason, wasClean));
+  connectionError_(code, reason, wasClean) {
+    const error = (this.connectionError = code ? new AgentConnectionError(code, reason, wasClean) : null);
     if (error) this.#o.onConnectionError?.(error);
   }
   warn_(text, detail) {

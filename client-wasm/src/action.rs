@@ -4,7 +4,6 @@ use alloc::string::String;
 
 use crate::error::ClientError;
 use crate::options::Protocols;
-use crate::text::decimal;
 
 /// Something to write to the socket.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,15 +44,6 @@ impl Close {
             reason: reason.into(),
             clean,
         }
-    }
-
-    /// The `AgentConnectionError` message, as the reference words it.
-    pub fn message(&self) -> String {
-        let mut why = self.reason.clone();
-        if why.is_empty() {
-            why = String::from("WebSocket closed with code ") + &decimal(self.code.into());
-        }
-        String::from("Agent connection closed: ") + &why
     }
 }
 

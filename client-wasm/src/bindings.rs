@@ -28,10 +28,12 @@ extern "C" {
     fn query(this: &Host, gen: u32);
     #[wasm_bindgen(method, catch, js_name = open_)]
     fn open(this: &Host, gen: u32, url: &str, protocols: &JsValue) -> Result<(), JsValue>;
-    #[wasm_bindgen(method, catch, js_name = write_)]
-    fn write(this: &Host, data: &JsValue) -> Result<(), JsValue>;
-    #[wasm_bindgen(method, catch, js_name = shut_)]
-    fn shut(this: &Host, code: u16, reason: &str) -> Result<(), JsValue>;
+    // The core writes only to an open socket (a closing one drops data
+    // without throwing) and closes with codes it checked: neither throws.
+    #[wasm_bindgen(method, js_name = write_)]
+    fn write(this: &Host, data: &JsValue);
+    #[wasm_bindgen(method, js_name = shut_)]
+    fn shut(this: &Host, code: u16, reason: &str);
     #[wasm_bindgen(method, js_name = emit_)]
     fn emit(this: &Host, kind: u8, code: u16, reason: &str, clean: bool);
     #[wasm_bindgen(method, js_name = timer_)]
@@ -47,7 +49,7 @@ extern "C" {
     #[wasm_bindgen(method, js_name = callback_)]
     fn callback(this: &Host, name: &str, a: &JsValue, b: &JsValue, c: &JsValue, d: &JsValue);
     #[wasm_bindgen(method, js_name = connectionError_)]
-    fn connection_error(this: &Host, message: &str, code: u16, reason: &str, clean: bool);
+    fn connection_error(this: &Host, code: u16, reason: &str, clean: bool);
     #[wasm_bindgen(method, js_name = warn_)]
     fn warn(this: &Host, text: &str, detail: &JsValue);
     #[wasm_bindgen(method, js_name = settle_)]
@@ -233,7 +235,7 @@ impl WasmCore {
                 });
             }
             user::CLOSE | user::RECONNECT => {
-                let code = a.as_f64().map_or(1000, |c| c as u16);
+                let code = js_value::close_code(&a).map_err(error)?;
                 let reason = b.as_string().unwrap_or_default();
                 let close = kind == user::CLOSE;
                 self.run(host, &mut |core| match close {
@@ -284,15 +286,9 @@ fn perform(host: &Host, actions: &mut Vec<Action<JsValue, Handle>>) -> Option<u3
                     failed = Some(gen);
                 }
             }
-            Action::Send(Out::User(data)) => {
-                let _ = host.write(&data);
-            }
-            Action::Send(Out::Frame(text)) => {
-                let _ = host.write(&JsValue::from(text));
-            }
-            Action::Shut { code, reason } => {
-                let _ = host.shut(code, &reason);
-            }
+            Action::Send(Out::User(data)) => host.write(&data),
+            Action::Send(Out::Frame(text)) => host.write(&JsValue::from(text)),
+            Action::Shut { code, reason } => host.shut(code, &reason),
             Action::Emit(Event::Open) => host.emit(0, 0, "", false),
             Action::Emit(Event::Close(c)) => host.emit(1, c.code, &c.reason, c.clean),
             Action::Emit(Event::Error) => host.emit(2, 0, "", false),
@@ -323,10 +319,8 @@ fn perform(host: &Host, actions: &mut Vec<Action<JsValue, Handle>>) -> Option<u3
                 undefined,
             ),
             Action::Mcp(mcp) => host.callback("onMcpUpdate", &mcp, undefined, undefined, undefined),
-            Action::ConnectionError(Some(c)) => {
-                host.connection_error(&c.message(), c.code, &c.reason, c.clean)
-            }
-            Action::ConnectionError(None) => host.connection_error("", 0, "", false),
+            Action::ConnectionError(Some(c)) => host.connection_error(c.code, &c.reason, c.clean),
+            Action::ConnectionError(None) => host.connection_error(0, "", false),
             Action::Settle(handle, outcome) => settle(host, handle, outcome),
             Action::Warn(text) => host.warn(&text, undefined),
         }

@@ -28,6 +28,7 @@ pub enum ClientError {
     /// The send queue is full (`maxEnqueuedMessages`).
     QueueFull,
     /// (Rust API) A value did not convert to or from JSON.
+    #[cfg(feature = "rust-api")]
     Serde(String),
 }
 
@@ -36,6 +37,7 @@ impl ClientError {
     pub fn message(&self) -> String {
         match self {
             ClientError::Options(m) | ClientError::Rpc(m) => m.clone(),
+            #[cfg(feature = "rust-api")]
             ClientError::Serde(m) => "cannot convert: ".to_owned() + m,
             ClientError::ConnectionClosed => "Connection closed".into(),
             ClientError::Timeout { method, ms } => {

@@ -125,6 +125,23 @@ pub(crate) fn size(data: &JsValue) -> Result<f64, ClientError> {
     Err(ClientError::Options(error.into()))
 }
 
+/// The code of `close(code)`/`reconnect(code)`: 1000 when absent, else
+/// what `WebSocket.close` takes.
+///
+/// # Errors
+/// For other codes (the browser would throw `InvalidAccessError`).
+pub(crate) fn close_code(code: &JsValue) -> Result<u16, ClientError> {
+    match code.as_f64() {
+        None if code.is_undefined() => Ok(1000),
+        Some(c) if c == 1000.0 || (3000.0..=4999.0).contains(&c) && c == f64::from(c as u16) => {
+            Ok(c as u16)
+        }
+        _ => Err(ClientError::Options(
+            "close code must be 1000 or 3000-4999".into(),
+        )),
+    }
+}
+
 /// `call()`'s arguments and options, read.
 pub(crate) struct CallOptions {
     /// The arguments' JSON text.

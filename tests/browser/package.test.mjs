@@ -104,7 +104,7 @@ test("bad options throw clear errors at construction", async () => {
       { agent: "echo-agent", host, query: 5 },
       { agent: "echo-agent", host, path: "/x" },
     ];
-    return attempts.map((options) => {
+    const outcomes = attempts.map((options) => {
       try {
         new AgentClient(options).close();
         return "no error";
@@ -112,6 +112,18 @@ test("bad options throw clear errors at construction", async () => {
         return `${e.constructor.name}: ${e.message}`;
       }
     });
+    // close() takes what WebSocket.close takes, and says so.
+    const client = new AgentClient({ agent: "echo-agent", host, startClosed: true });
+    for (const code of [1006, 2999, 5000, 4000.5]) {
+      try {
+        client.close(code);
+        outcomes.push(`${code}: no error`);
+      } catch (e) {
+        outcomes.push(`${code}: ${e.message}`);
+      }
+    }
+    client.close(4999, "fine");
+    return outcomes;
   }, server.host);
   assert.deepEqual(messages, [
     "Error: AgentClient needs an options object",
@@ -119,6 +131,10 @@ test("bad options throw clear errors at construction", async () => {
     "Error: maxRetries must be a number >= 0",
     "Error: query must be an object or a function",
     "Error: path must not start with a slash",
+    "1006: close code must be 1000 or 3000-4999",
+    "2999: close code must be 1000 or 3000-4999",
+    "5000: close code must be 1000 or 3000-4999",
+    "4000.5: close code must be 1000 or 3000-4999",
   ]);
 });
 

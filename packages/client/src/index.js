@@ -5,21 +5,24 @@
 // scripts/build-client.sh bundles and minifies this file, the class
 // (client-wasm/js/agent-client.js) and the wasm-bindgen glue into
 // pkg/index.js, next to the .wasm: the URLs below are relative to that
-// output file.
-import init, { Core } from "../pkg/agents_client.js";
+// output file. The glue's imports are its own exports (`--target bundler`);
+// scripts/minify-wasm-names.mjs adds `IMPORT_MODULE` and `start()`.
+import * as glue from "../pkg/agents_client_bg.js";
 import { AgentClient, AgentConnectionError, useCore } from "../../../client-wasm/js/agent-client.js";
 
 const here = import.meta.url;
 const node = globalThis.process?.getBuiltinModule;
-// Node (tests, SSR): fetch() cannot read file: URLs, so hand init the bytes.
+// Node (tests, SSR): fetch() cannot read file: URLs, so read the bytes.
 // Bundlers (Vite) see the `new URL(…, import.meta.url)` pattern and ship the
-// .wasm as an asset.
-await init({
-  module_or_path:
-    node && here.startsWith("file:")
-      ? node("node:fs").readFileSync(new URL("./agents_client_bg.wasm", here))
-      : new URL("./agents_client_bg.wasm", import.meta.url),
-});
+// .wasm as an asset. (Compiled from bytes, not streamed: no dependence on
+// the server's MIME type for .wasm.)
+const url = new URL("./agents_client_bg.wasm", import.meta.url);
+const bytes =
+  node && here.startsWith("file:") ? node("node:fs").readFileSync(url) : await (await fetch(url)).arrayBuffer();
+const { instance } = await WebAssembly.instantiate(bytes, { [glue.IMPORT_MODULE]: glue });
+glue.__wbg_set_wasm(instance.exports);
+glue.start();
+const { Core } = glue;
 useCore((options, host) => new Core(options, host));
 const HTTP_URL = 5; // client-wasm/src/bindings.rs, `user`
 
