@@ -16,9 +16,12 @@ const node = globalThis.process?.getBuiltinModule;
 // Bundlers (Vite) see the `new URL(…, import.meta.url)` pattern and ship the
 // .wasm as an asset. (Compiled from bytes, not streamed: no dependence on
 // the server's MIME type for .wasm.)
-const url = new URL("./agents_client_bg.wasm", import.meta.url);
+// (`here`, not `import.meta.url`, on the Node path: Vite's test runner
+// rewrites the pattern to an http URL.)
 const bytes =
-  node && here.startsWith("file:") ? node("node:fs").readFileSync(url) : await (await fetch(url)).arrayBuffer();
+  node && here.startsWith("file:")
+    ? node("node:fs").readFileSync(new URL("./agents_client_bg.wasm", here))
+    : await (await fetch(new URL("./agents_client_bg.wasm", import.meta.url))).arrayBuffer();
 const { instance } = await WebAssembly.instantiate(bytes, { [glue.IMPORT_MODULE]: glue });
 glue.__wbg_set_wasm(instance.exports);
 glue.start();
