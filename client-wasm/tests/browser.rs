@@ -15,6 +15,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+#[path = "common/answers.rs"]
+mod answers;
+
 use agents_client::client::{install, AgentClient};
 use js_sys::{Array, Object, Reflect, Uint8Array, JSON};
 use wasm_bindgen::prelude::*;
@@ -222,6 +225,14 @@ impl Recorder {
         };
         events.iter().map(line).collect()
     }
+}
+
+/// Dispatches `online` or `offline` on the window, as the browser would.
+fn signal(ty: &str) {
+    let window = web_sys::window().unwrap();
+    window
+        .dispatch_event(&web_sys::Event::new(ty).unwrap())
+        .unwrap();
 }
 
 /// Waits until `done()`, at most [`WAIT_MS`].
@@ -461,25 +472,11 @@ async fn hostile_frames_reach_listeners_and_change_nothing() {
     let big: JsValue = js_sys::JsString::from(r#"{"type":"rpc","id":""#)
         .concat(&js_sys::JsString::from("x").repeat(200_000))
         .into();
-    let hostile: Vec<JsValue> = [
-        "{",
-        "{}",
-        "[1,2]",
-        "null",
-        r#""{\"type\":\"rpc\"}""#,
-        r#"{"type":42}"#,
-        r#"{"type":"cf_agent_no_such_frame"}"#,
-        r#"{"type":"cf_agent_identity"}"#,
-        r#"{"type":"cf_agent_identity","name":5,"agent":null}"#,
-        r#"{"type":"rpc"}"#,
-        r#"{"type":"rpc","id":"never-sent","success":true,"done":true,"result":1}"#,
-        r#"{"type":"rpc","id":7,"success":false,"error":{}}"#,
-        r#"{"type":"rpc","id":"never-sent","success":false,"error":{"not":"a string"}}"#,
-    ]
-    .iter()
-    .map(|s| JsValue::from_str(s))
-    .chain([big, "after".into()])
-    .collect();
+    let hostile: Vec<JsValue> = answers::HOSTILE
+        .iter()
+        .map(|s| JsValue::from_str(s))
+        .chain([big, "after".into()])
+        .collect();
     for text in &hostile {
         c.send(text).unwrap();
     }
@@ -778,19 +775,14 @@ async fn offline_keeps_retries_and_online_reconnects_at_once() {
     )));
     let rec = Recorder::new(&c);
     ready(&c).await;
-    let window = web_sys::window().unwrap();
-    window
-        .dispatch_event(&web_sys::Event::new("offline").unwrap())
-        .unwrap();
+    signal("offline");
     ctl("kill").await;
     rec.until("close", |r| r.count("close") >= 1).await;
     // With maxRetries 0 this would have been terminal, were we online.
     assert!(c.connection_error().is_null());
     assert!(c.should_reconnect());
     ctl("start").await;
-    window
-        .dispatch_event(&web_sys::Event::new("online").unwrap())
-        .unwrap();
+    signal("online");
     rec.until("reopen", |r| r.count("open") == 2).await;
     c.close(None, None);
 }
@@ -813,10 +805,7 @@ async fn a_client_started_offline_connects_when_online() {
     forget(&navigator, "onLine");
     assert!(c.should_reconnect(), "offline attempts do not count");
     ctl("start").await;
-    web_sys::window()
-        .unwrap()
-        .dispatch_event(&web_sys::Event::new("online").unwrap())
-        .unwrap();
+    signal("online");
     ready(&c).await;
     c.close(None, None);
 }

@@ -107,7 +107,10 @@ fn frames_sort_as_the_protocol_crate_decodes_them() {
         .into_iter()
         .filter(|f| f.to_client)
         .map(|f| f.text);
-    let variants = answers::VARIANTS.iter().map(|v| v.to_string());
+    let variants = answers::HOSTILE
+        .iter()
+        .chain(answers::VARIANTS)
+        .map(|v| v.to_string());
     let mut count = 0;
     for text in captured.chain(variants) {
         let ours = answers::client_answer(agents_client::js_value::sort_frame(&text), to_json);

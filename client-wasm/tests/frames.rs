@@ -15,7 +15,7 @@ mod fixtures;
 mod answers;
 
 use agents_protocol::frame::UNKNOWN_RPC_ERROR;
-use answers::{json, protocol_answer, Answer, VARIANTS};
+use answers::{json, protocol_answer, Answer, HOSTILE, VARIANTS};
 use serde_json::Value;
 
 fn client_answer(text: &str) -> Answer {

@@ -4,6 +4,8 @@
 
 #![cfg(not(target_arch = "wasm32"))]
 
+#[path = "common/answers.rs"]
+mod answers;
 mod common;
 
 use agents_client::action::{Action, Close, Event, Out, Outcome, Source};
@@ -717,23 +719,7 @@ fn hostile_frames_change_nothing() {
     let mut core = open(|_| {});
     core.call("m", "[]", Timeout::Ms(0.0), false, 1);
     core.take_actions();
-    for text in [
-        "{",
-        "{}",
-        "[1,2]",
-        "null",
-        r#""{\"type\":\"rpc\"}""#,
-        r#"{"type":42}"#,
-        r#"{"type":"cf_agent_no_such_frame"}"#,
-        r#"{"type":"cf_agent_identity"}"#,
-        r#"{"type":"cf_agent_identity","name":5,"agent":null}"#,
-        r#"{"type":"cf_agent_state"}"#,
-        r#"{"type":"cf_agent_mcp_servers","mcp":[1]}"#,
-        r#"{"type":"rpc"}"#,
-        r#"{"type":"rpc","id":"never-sent","success":true,"done":true,"result":1}"#,
-        r#"{"type":"rpc","id":7,"success":false,"error":{}}"#,
-        r#"{"type":"rpc","id":"never-sent","success":false,"error":{"not":"a string"}}"#,
-    ] {
+    for text in answers::HOSTILE {
         assert!(receive(&mut core, 1, text).is_empty(), "{text}");
     }
     assert!(!core.frame(0, sort(r#"{"type":"cf_agent_state","state":1}"#)));

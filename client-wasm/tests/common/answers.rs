@@ -66,33 +66,43 @@ pub fn client_answer<V>(frame: ServerFrame<String, V>, to_json: impl Fn(&V) -> V
     }
 }
 
+/// Text frames a client must hand to listeners and otherwise ignore:
+/// malformed JSON, unknown or ill-typed protocol frames, answers to calls it
+/// never made.
+pub const HOSTILE: &[&str] = &[
+    "{",
+    "{}",
+    "[1,2]",
+    "null",
+    r#""{\"type\":\"rpc\"}""#,
+    r#"{"type":42}"#,
+    r#"{"type":"cf_agent_no_such_frame"}"#,
+    r#"{"type":"cf_agent_identity"}"#,
+    r#"{"type":"cf_agent_identity","name":5,"agent":null}"#,
+    r#"{"type":"cf_agent_state"}"#,
+    r#"{"type":"cf_agent_mcp_servers","mcp":[1]}"#,
+    r#"{"type":"rpc"}"#,
+    r#"{"type":"rpc","id":"never-sent","success":true,"done":true,"result":1}"#,
+    r#"{"type":"rpc","id":7,"success":false,"error":{}}"#,
+    r#"{"type":"rpc","id":"never-sent","success":false,"error":{"not":"a string"}}"#,
+];
+
 /// Malformed variants of every protocol frame: fields missing, of the wrong
 /// type, repeated, truthy and falsy values, not an object at all.
 pub const VARIANTS: &[&str] = &[
     "",
-    "{",
     " {\"type\":\"cf_agent_state\",\"state\":1}",
-    "null",
-    "[1,2]",
-    r#""{\"type\":\"rpc\"}""#,
-    r#"{"type":42}"#,
-    r#"{"type":"cf_agent_no_such_frame"}"#,
     r#"{"type":"CF_AGENT_STATE","state":1}"#,
-    r#"{"type":"cf_agent_identity"}"#,
     r#"{"type":"cf_agent_identity","name":"a"}"#,
-    r#"{"type":"cf_agent_identity","name":5,"agent":null}"#,
     r#"{"type":"cf_agent_identity","name":"a","agent":"b","stateFollows":1}"#,
     r#"{"type":"cf_agent_identity","name":"a","agent":"b","stateFollows":"true"}"#,
-    r#"{"type":"cf_agent_state"}"#,
     r#"{"type":"cf_agent_state","state":null}"#,
     r#"{"type":"cf_agent_state","state":{"x":[1,{"y":"z"}]}}"#,
     r#"{"type":"cf_agent_state_error"}"#,
     r#"{"type":"cf_agent_state_error","error":5}"#,
     r#"{"type":"cf_agent_mcp_servers"}"#,
-    r#"{"type":"cf_agent_mcp_servers","mcp":[1]}"#,
     r#"{"type":"cf_agent_mcp_servers","mcp":null}"#,
     r#"{"type":"cf_agent_mcp_servers","mcp":{"tools":5}}"#,
-    r#"{"type":"rpc"}"#,
     r#"{"type":"rpc","id":7,"success":true}"#,
     r#"{"type":"rpc","id":"1"}"#,
     r#"{"type":"rpc","id":"1","success":false}"#,

@@ -1,10 +1,14 @@
-import type { AgentClient, AgentClientOptions, AgentConnectionError } from "@agents-rs/client";
+import type { AgentClient, AgentClientOptions } from "@agents-rs/client";
 import type { Query } from "./use-query.js";
 
 /** `readyState` values, as `WebSocket`'s. */
 export type ReadyState = 0 | 1 | 2 | 3;
 
-/** Options of {@link useAgent}: every `AgentClient` option plus the hook's own. */
+/**
+ * Options of {@link useAgent}: every `AgentClient` option (its callbacks
+ * `onStateUpdateError`, `onIdentityChange`, `onConnectionError` and
+ * `onMcpUpdate` included: read from the latest render) plus the hook's own.
+ */
 export interface UseAgentOptions<State = unknown>
   extends Omit<AgentClientOptions, "host" | "query" | "onStateUpdate" | "onIdentity"> {
   /** `host[:port]` of the server. @default window.location.host ("dummy-domain.com" without a window, e.g. SSR) */
@@ -37,16 +41,8 @@ export interface UseAgentOptions<State = unknown>
   onError?: (event: Event) => void;
   /** The state changed on the server (`"server"`) or through `setState` (`"client"`). */
   onStateUpdate?: (state: State, source: "server" | "client") => void;
-  /** The server refused a `setState` (e.g. `"State update rejected"`). */
-  onStateUpdateError?: (error: string) => void;
   /** The server's identity arrived. */
   onIdentity?: (name: string, agent: string) => void;
-  /** The server named another instance than before (e.g. after a reconnect). Without it, a warning is logged. */
-  onIdentityChange?: (oldName: string, newName: string, oldAgent: string, newAgent: string) => void;
-  /** Reconnecting stopped: a terminal close (1008, 4000–4999) or retries used up. */
-  onConnectionError?: (error: AgentConnectionError) => void;
-  /** The `cf_agent_mcp_servers` frame's `mcp` object. */
-  onMcpUpdate?: (mcp: unknown) => void;
 }
 
 /**
