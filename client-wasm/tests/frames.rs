@@ -45,7 +45,7 @@ fn the_client_and_the_protocol_crate_sort_every_frame_alike() {
         }
     }
     assert!(
-        protocol >= 50 && user >= 20,
+        protocol >= 50 && user >= 15,
         "{protocol} protocol, {user} user"
     );
 }
