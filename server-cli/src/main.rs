@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agents_server::{AgentServer, Cors};
+mod ops;
+
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -30,6 +32,20 @@ struct Args {
     /// Log filter, e.g. `info` or `agents_server=debug`.
     #[arg(long, env = "AGENTS_LOG", default_value = "info")]
     log: String,
+    /// Log lines as `text` or `json` (one object per line, for collectors).
+    #[arg(long, env = "AGENTS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Serve `/healthz`, `/readyz` and `/metrics` (Prometheus) on this
+    /// address, e.g. 127.0.0.1:9787. Off unless given.
+    #[arg(long, env = "AGENTS_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// Seconds to keep accepting after SIGTERM while `/readyz` says 503.
+    #[arg(long, env = "AGENTS_DRAIN_DELAY", default_value_t = secs(agents_server::DEFAULT_DRAIN_DELAY))]
+    drain_delay: f64,
+    /// Check health and exit: GET this URL (e.g.
+    /// http://127.0.0.1:9787/healthz); exit 0 on 200, 1 otherwise.
+    #[arg(long, value_name = "URL")]
+    probe: Option<String>,
     /// Directory of the SQLite database that keeps agent state across restarts.
     #[arg(long, env = "AGENTS_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
@@ -41,6 +57,13 @@ struct Args {
     idle_timeout: f64,
     #[command(flatten)]
     limits: Limits,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Budgets and deadlines (see the README's limits table).
@@ -159,10 +182,17 @@ impl Limits {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&args.log).context("bad --log filter")?)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Some(url) = &args.probe {
+        std::process::exit(if ops::probe(url).await? { 0 } else { 1 });
+    }
+    let filter = EnvFilter::try_new(&args.log).context("bad --log filter")?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     let storage = if args.in_memory {
         agents_server::Storage::in_memory()
@@ -172,7 +202,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let server = agents_server_cli::demo::server()
         .storage(storage)
-        .idle_timeout(duration("idle-timeout", args.idle_timeout)?);
+        .idle_timeout(duration("idle-timeout", args.idle_timeout)?)
+        .drain_delay(duration("drain-delay", args.drain_delay)?);
     let agents = args.limits.apply(server)?.build();
     let mut app = agents.router();
     app = match &args.static_dir {
@@ -190,10 +221,30 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    // The admin listener lives until the process ends (it reports the
+    // drain), so it is stopped after `serve` returns.
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match args.admin_addr {
+        Some(admin_addr) => Some(
+            ops::serve_admin(&agents, admin_addr, async {
+                let _ = admin_stopped.await;
+            })
+            .await?,
+        ),
+        None => None,
+    };
     // Scripts wait for this line and read the port from it.
     println!("agents-server listening on http://{local}");
     tracing::info!(%local, "listening");
+    if let Some((_, admin_local)) = &admin {
+        println!("agents-server admin on http://{admin_local}");
+        tracing::info!(%admin_local, "admin listener");
+    }
     agents.serve(listener, app, shutdown_signal()).await?;
+    let _ = admin_stop.send(());
+    if let Some((admin, _)) = admin {
+        let _ = admin.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

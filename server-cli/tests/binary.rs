@@ -482,3 +482,322 @@ async fn sigterm_ends_the_process_whatever_the_clients_do() {
     signal(&child, "TERM");
     exits_cleanly(&mut child).await;
 }
+
+/// Starts the binary with an admin listener; returns it, the agents address
+/// and the admin address (its second stdout line).
+async fn spawn_with_admin(
+    extra: &[&str],
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agents-server"));
+    cmd.args([
+        "--port",
+        "0",
+        "--in-memory",
+        "--log",
+        "warn",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ])
+    .args(extra)
+    .stdout(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = |line: Option<String>| -> std::net::SocketAddr {
+        line.expect("stdout ended")
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let agents = addr(
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let admin = addr(
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    (child, agents, admin)
+}
+
+/// The value of the first sample named `name` whose labels contain every
+/// pair of `labels`; `None` when there is none.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap();
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+}
+
+/// Every line of a Prometheus text exposition is a comment or `series value`.
+fn assert_prometheus_text(text: &str) {
+    assert!(!text.is_empty());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix('#') {
+            assert!(
+                comment.starts_with(" HELP ") || comment.starts_with(" TYPE "),
+                "bad comment line: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(
+            value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value),
+            "bad value in {line}"
+        );
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    "bad labels in {line}"
+                );
+            }
+        }
+    }
+}
+
+/// The admin listener: health, readiness, and metrics that move when a
+/// client connects, sends, calls and is closed for a budget.
+#[tokio::test]
+async fn admin_endpoints_and_metrics() {
+    let (_child, addr, admin) = spawn_with_admin(&["--max-message-size", "1024"]).await;
+    assert_eq!(http_get(admin, "/healthz", &[]).await, (200, "ok".into()));
+    assert_eq!(http_get(admin, "/readyz", &[]).await, (200, "ready".into()));
+    let (status, before) = http_get(admin, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    assert_prometheus_text(&before);
+    assert!(sample(&before, "process_resident_memory_bytes", &[]).unwrap() > 0.0);
+    assert!(sample(&before, "process_open_fds", &[]).unwrap() > 0.0);
+
+    let mut c = Client::connect(&format!("ws://{addr}/agents/counter-agent/m")).await;
+    c.handshake().await;
+    c.send("broadcast:hello").await;
+    assert_eq!(c.text().await, "hello");
+    c.send(r#"{"type":"rpc","id":"1","method":"increment","args":[2]}"#)
+        .await;
+    c.json().await;
+    assert_eq!(c.json().await["result"], 2);
+    let (_, during) = http_get(admin, "/metrics", &[]).await;
+    assert_prometheus_text(&during);
+    let agent = [("agent", "counter-agent")];
+    assert_eq!(sample(&during, "agents_connections", &agent), Some(1.0));
+    assert_eq!(sample(&during, "agents_instances", &agent), Some(1.0));
+    assert_eq!(
+        sample(&during, "agents_messages_received_total", &agent),
+        Some(2.0)
+    );
+    assert!(sample(&during, "agents_messages_sent_total", &agent).unwrap() >= 5.0);
+    let increment = [("agent", "counter-agent"), ("method", "increment")];
+    assert_eq!(
+        sample(&during, "agents_rpc_calls_total", &increment),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&during, "agents_rpc_duration_seconds_count", &increment),
+        Some(1.0)
+    );
+    assert!(sample(&during, "agents_rpc_duration_seconds_bucket", &increment).is_some());
+    assert_eq!(
+        sample(&during, "agents_state_writes_total", &agent),
+        Some(1.0)
+    );
+    assert!(sample(&during, "agents_storage_commit_seconds_count", &[]).unwrap() >= 1.0);
+
+    // A method the agent does not have is `other`, not a label of its own.
+    c.send(r#"{"type":"rpc","id":"2","method":"made-up","args":[]}"#)
+        .await;
+    c.json().await;
+    // Closed for a budget.
+    c.send_binary(&[0u8; 2048]).await;
+    assert_eq!(c.closed().await.0, 1009);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let after = loop {
+        let (_, text) = http_get(admin, "/metrics", &[]).await;
+        if sample(&text, "agents_connections", &agent) == Some(0.0) {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection gauge never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        sample(
+            &after,
+            "agents_budget_refusals_total",
+            &[("limit", "max_message_size")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&after, "agents_closes_total", &[("code", "1009")]),
+        Some(1.0)
+    );
+    let other = [("agent", "counter-agent"), ("method", "other")];
+    assert_eq!(sample(&after, "agents_rpc_errors_total", &other), Some(1.0));
+    assert!(!after.contains("made-up"));
+}
+
+/// `--log-format json`: every line is a JSON object; instance and
+/// connection come as fields.
+#[tokio::test]
+async fn json_logs_parse_and_carry_fields() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agents-server"));
+    cmd.args([
+        "--port",
+        "0",
+        "--in-memory",
+        "--log",
+        "info",
+        "--log-format",
+        "json",
+    ])
+    .stderr(Stdio::piped());
+    let (mut child, addr) = spawn(cmd).await;
+    let mut pipe = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text).await;
+        text
+    });
+    let id = "i".repeat(300);
+    let mut raw = Raw::connect(addr, &format!("/agents/echo-agent/room?_pk={id}"), &[]).await;
+    assert_eq!(raw.close_frame().await.0, 1011);
+    signal(&child, "TERM");
+    exits_cleanly(&mut child).await;
+    let text = log.await.unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let setup = lines
+        .iter()
+        .find(|l| l["message"] == "connection setup failed")
+        .unwrap_or_else(|| panic!("no setup failure in {text}"));
+    assert_eq!(setup["level"], "WARN");
+    assert_eq!(setup["agent"], "echo-agent");
+    assert_eq!(setup["name"], "room");
+    assert!(
+        setup["id"].as_str().unwrap().ends_with("… (300 bytes)"),
+        "{setup}"
+    );
+}
+
+/// SIGTERM with `--drain-delay 1`: readiness turns 503 at once while
+/// sockets stay open and new ones are still accepted; then sockets get
+/// 1001; then the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_before_closing() {
+    let (mut child, addr, admin) = spawn_with_admin(&["--drain-delay", "1"]).await;
+    let mut c = Client::connect(&format!("ws://{addr}/agents/echo-agent/d")).await;
+    c.handshake().await;
+    let closed_at = tokio::spawn(async move {
+        let close = c.closed().await;
+        (close, tokio::time::Instant::now())
+    });
+    signal(&child, "TERM");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let not_ready_at = loop {
+        if http_get(admin, "/readyz", &[]).await == (503, "not ready".into()) {
+            break tokio::time::Instant::now();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reported not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        !closed_at.is_finished(),
+        "sockets closed before readiness turned 503"
+    );
+    // Still accepting while draining.
+    let mut late = Client::connect(&format!("ws://{addr}/agents/echo-agent/d")).await;
+    late.handshake().await;
+    assert_eq!(http_get(admin, "/healthz", &[]).await.0, 200);
+    let (close, at) = closed_at.await.unwrap();
+    assert_eq!(close, (1001, "Server shutting down".into()));
+    assert!(at > not_ready_at);
+    assert_eq!(late.closed().await.0, 1001);
+    exits_cleanly(&mut child).await;
+}
+
+/// The Dockerfile only uses flags the binary has and paths the repo has.
+#[test]
+fn the_dockerfile_matches_the_binary_and_the_repo() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_agents-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut flags = 0;
+    for word in dockerfile
+        .split(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == '[' || c == ']')
+    {
+        if word.starts_with("--")
+            && !word.starts_with("--from")
+            && !word.starts_with("--interval")
+            && !word.starts_with("--timeout")
+            && !word.starts_with("--retries")
+            && !word.starts_with("--system")
+            && !word.starts_with("--uid")
+            && !word.starts_with("--home-dir")
+            && !word.starts_with("--release")
+            && !word.starts_with("--locked")
+        {
+            assert!(
+                help.contains(&format!("{word} ")),
+                "agents-server has no {word}"
+            );
+            flags += 1;
+        }
+    }
+    assert!(flags >= 6, "found only {flags} flags");
+    let mut copies = 0;
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for source in &parts[1..parts.len() - 1] {
+            assert!(
+                root.join(source).exists(),
+                "COPY source {source} does not exist"
+            );
+            copies += 1;
+        }
+    }
+    assert!(copies >= 5);
+}

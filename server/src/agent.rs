@@ -94,6 +94,35 @@ pub trait Agent: Send + Sized + 'static {
         None
     }
 
+    /// Turns a stored state into the current `State` type, when an instance
+    /// starts with state on disk — the place to migrate state stored by an
+    /// older version of your agent (renamed fields, new shapes). The default
+    /// decodes it as is.
+    ///
+    /// Stored state is never deleted or overwritten because it does not
+    /// fit: on an error, the instance does not start (its sockets are closed
+    /// with 1011 and the reason, plain HTTP gets 500) and the row stays as it
+    /// is until a version of the agent that can read it runs.
+    ///
+    /// ```
+    /// # use agents_server::{Agent, BoxError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Counter { count: i64 }
+    /// # struct A;
+    /// # impl Agent for A {
+    /// # type State = Counter;
+    /// fn upgrade_state(&self, stored: serde_json::Value) -> Result<Counter, BoxError> {
+    ///     // Version 1 stored `{"cnt": n}`.
+    ///     if let Some(n) = stored.get("cnt").and_then(|n| n.as_i64()) {
+    ///         return Ok(Counter { count: n });
+    ///     }
+    ///     Ok(serde_json::from_value(stored)?)
+    /// }
+    /// # }
+    /// ```
+    fn upgrade_state(&self, stored: serde_json::Value) -> Result<Self::State, BoxError> {
+        Ok(serde_json::from_value(stored)?)
+    }
+
     /// Runs once when the instance starts, before any connection or request.
     fn on_start(
         &mut self,

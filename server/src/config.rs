@@ -79,6 +79,10 @@ pub const DEFAULT_MAX_STATE_BYTES: usize = 2 * 1024 * 1024;
 /// dropped.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default [`drain_delay`](crate::AgentServer::drain_delay): after SIGTERM,
+/// how long the server goes on accepting while it reports not ready.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
+
 /// Default [`header_read_timeout`](crate::AgentServer::header_read_timeout):
 /// how long a client may take to send a request head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,6 +127,7 @@ pub(crate) struct Config {
     pub(crate) ping_interval: Duration,
     pub(crate) max_state_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) drain_delay: Duration,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_request_head: usize,
     /// `Origin`s allowed to open sockets; `None` allows all.
@@ -149,6 +154,7 @@ impl Default for Config {
             ping_interval: DEFAULT_PING_INTERVAL,
             max_state_bytes: DEFAULT_MAX_STATE_BYTES,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            drain_delay: DEFAULT_DRAIN_DELAY,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             allowed_origins: None,

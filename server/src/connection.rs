@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::error::SendError;
 use crate::message::{truncate, Message};
+use crate::storage::WriteProgress;
 
 /// Queue accounting charges each frame this many bytes on top of its
 /// payload (the queue entry and the frame header), so that many tiny frames
@@ -222,6 +223,7 @@ impl Connection {
             {
                 drop(state);
                 tracing::warn!("client far behind its queue budget; dropping the connection");
+                crate::metrics::refused(crate::metrics::Limit::OutboundQueue);
                 outbox.kill();
                 return Err(SendError::QueueFull);
             }
@@ -238,25 +240,62 @@ impl Connection {
         } else {
             state.closing = true;
         }
+        // The output gate: after a write, nothing leaves before it is durable.
+        if let Some(flow) = outbox.flow.get() {
+            if flow.progress.waiting_for().is_some() {
+                drop(state);
+                let Some(out) = flow.hold(self, out) else {
+                    return Ok(());
+                };
+                // Settled meanwhile: it goes out now.
+                self.enqueue(lock(&outbox.state), out);
+                return Ok(());
+            }
+        }
+        self.enqueue(state, out);
+        Ok(())
+    }
+
+    /// Queues an accounted frame and wakes the socket.
+    fn enqueue(&self, mut state: MutexGuard<'_, OutboxState>, out: Outbound) {
+        let outbox = &self.inner.outbox;
+        if outbox.is_killed() {
+            return;
+        }
         state.queue.push_back(out);
         // While the instance works through a burst, wake the socket once at
         // the end of it (re-checked under the list's lock: no lost wake-up).
         if let Some(flow) = outbox.flow.get() {
             if flow.batching.load(Ordering::Relaxed) {
                 if state.wake_pending {
-                    return Ok(());
+                    return;
                 }
                 drop(state);
                 let mut pending = lock(&flow.pending_wakes);
                 if flow.batching.load(Ordering::Relaxed) {
                     lock(&outbox.state).wake_pending = true;
                     pending.push(self.clone());
-                    return Ok(());
+                    return;
                 }
             }
         }
         outbox.waker.wake();
-        Ok(())
+    }
+
+    /// Sends `message` past the output gate (for the error replies that
+    /// replace output a failed write took with it).
+    pub(crate) fn send_now(&self, message: impl Into<Message>) {
+        let out = Outbound::Data(message.into());
+        let outbox = &self.inner.outbox;
+        let mut state = lock(&outbox.state);
+        if state.closing {
+            return;
+        }
+        if let Outbound::Data(m) = &out {
+            state.frames += 1;
+            state.bytes += m.len() + FRAME_OVERHEAD;
+        }
+        self.enqueue(state, out);
     }
 
     pub(crate) fn key(&self) -> u64 {
@@ -288,9 +327,52 @@ pub(crate) struct Flow {
     /// Connections with frames queued during the current batch, woken when
     /// it ends (so every frame of a burst leaves in one write).
     pending_wakes: Mutex<Vec<Connection>>,
+    /// The instance's writes, for the output gate.
+    progress: Arc<WriteProgress>,
+    /// Output held by the gate: each frame with the batch it waits for.
+    held: Mutex<VecDeque<(u64, Connection, Outbound)>>,
 }
 
 impl Flow {
+    /// Flow control for an instance whose writes `progress` tracks.
+    pub(crate) fn new(progress: Arc<WriteProgress>) -> Self {
+        Flow {
+            progress,
+            ..Flow::default()
+        }
+    }
+
+    /// Holds `out` until its batch settles; gives it back when everything
+    /// settled meanwhile.
+    fn hold(&self, conn: &Connection, out: Outbound) -> Option<Outbound> {
+        let mut held = lock(&self.held);
+        // Re-checked under the lock `settle` takes: nothing slips between.
+        match self.progress.waiting_for() {
+            Some(seq) => {
+                held.push_back((seq, conn.clone(), out));
+                None
+            }
+            None => Some(out),
+        }
+    }
+
+    /// Batch `seq` settled (batches settle in order): the output that
+    /// waited for it goes out if it is durable, or is dropped if it failed.
+    pub(crate) fn settle(&self, seq: u64, durable: bool) {
+        let mut held = lock(&self.held);
+        while held.front().is_some_and(|(s, _, _)| *s <= seq) {
+            let (_, conn, out) = held.pop_front().expect("a front entry");
+            let outbox = conn.outbox();
+            match out {
+                // A failed write takes the output that followed it along;
+                // closes still go out.
+                Outbound::Data(message) if !durable => outbox.written(1, message.len()),
+                out => conn.enqueue(lock(&outbox.state), out),
+            }
+        }
+        self.progress.settled.store(seq, Ordering::Release);
+    }
+
     /// Whether some connection is behind its budget.
     pub(crate) fn is_behind(&self) -> bool {
         self.behind.load(Ordering::Acquire) > 0

@@ -52,6 +52,7 @@ pub struct AgentContext<A: Agent> {
     /// `on_state_update` with [`StateSource::Server`].
     state_changed: bool,
     storage: InstanceStorage,
+    state_writes: metrics::Counter,
 }
 
 impl<A: Agent> fmt::Debug for AgentContext<A> {
@@ -71,6 +72,7 @@ impl<A: Agent> AgentContext<A> {
         name: Arc<str>,
         storage: InstanceStorage,
         max_state_bytes: usize,
+        state_writes: metrics::Counter,
     ) -> Self {
         AgentContext {
             storage,
@@ -81,9 +83,11 @@ impl<A: Agent> AgentContext<A> {
                 value: None,
                 frame: Weak::new(),
                 max_bytes: max_state_bytes,
+                last_len: 0,
             },
             current: None,
             state_changed: false,
+            state_writes,
         }
     }
 
@@ -180,20 +184,25 @@ impl<A: Agent> AgentContext<A> {
         Ok(())
     }
 
-    /// Encodes, checks and stores `state`, then makes it the current state;
-    /// returns its frame.
+    /// Encodes and checks `state`, writes it (durable with the turn), then
+    /// makes it the current state; returns its frame.
     pub(crate) fn replace_state(&mut self, state: A::State) -> Result<Message, StateError> {
-        let frame = encode_state(&state, self.state.max_bytes)?;
+        let max = self.state.max_bytes;
+        let frame = crate::offload::json(self.state.last_len, || encode_state(&state, max))?;
         let json = &frame[STATE_FRAME_PREFIX.len()..frame.len() - STATE_FRAME_SUFFIX.len()];
-        self.storage.save_state(json)?;
+        self.state.last_len = json.len();
+        self.storage.save_state(json.to_owned());
+        self.state_writes.increment(1);
         self.state.value = Some(state);
         Ok(self.state.cache(frame))
     }
 
-    /// Makes `state` (restored or initial, already stored) the current state.
-    pub(crate) fn restore_state(&mut self, state: A::State) {
+    /// Makes `state` (restored, of `len` bytes of JSON, or initial) the
+    /// current state.
+    pub(crate) fn restore_state(&mut self, state: A::State, len: usize) {
         self.state.value = Some(state);
         self.state.frame = Weak::new();
+        self.state.last_len = len;
     }
 
     /// The current state's `cf_agent_state` frame, if there is state.
@@ -248,6 +257,8 @@ struct StateCell<S> {
     value: Option<S>,
     frame: Weak<String>,
     max_bytes: usize,
+    /// The JSON length of the last state encoded (to foresee large work).
+    last_len: usize,
 }
 
 impl<S: Serialize> StateCell<S> {
@@ -258,7 +269,7 @@ impl<S: Serialize> StateCell<S> {
         }
         let value = self.value.as_ref()?;
         // Restored states may predate the size limit: never refused here.
-        let frame = encode_state(value, usize::MAX).ok()?;
+        let frame = crate::offload::json(self.last_len, || encode_state(value, usize::MAX)).ok()?;
         Some(self.cache(frame))
     }
 
@@ -333,6 +344,7 @@ mod tests {
             value: Some(5),
             frame: Weak::new(),
             max_bytes: 10,
+            last_len: 0,
         };
         let a = cell.frame().unwrap();
         let b = cell.frame().unwrap();

@@ -25,6 +25,11 @@ pub enum HookError {
         /// The panic payload, when it was a string.
         message: String,
     },
+    /// Writes of earlier hooks could not be made durable: they are lost,
+    /// their replies were turned into errors, and the state is back to what
+    /// is on disk.
+    #[error("{0}")]
+    Storage(StorageError),
 }
 
 impl HookError {
@@ -33,6 +38,7 @@ impl HookError {
         match self {
             HookError::Failed { source, .. } => source.to_string(),
             HookError::Panicked { message, .. } => message.clone(),
+            HookError::Storage(err) => err.to_string(),
         }
     }
 
@@ -130,6 +136,19 @@ pub enum StorageError {
         /// Why.
         source: std::io::Error,
     },
+    /// A value's JSON is over [`max_state_bytes`](crate::AgentServer::max_state_bytes).
+    #[error("storage error: value is larger than {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// A write could not be made durable (disk full, …); nothing of its
+    /// batch was stored.
+    #[error("storage error: write failed: {0}")]
+    Failed(String),
+    /// The backend cannot do this (e.g. SQL on a backend without it).
+    #[error("storage error: not supported by this backend: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Why a call failed; becomes `{"success":false,"error":…}`.

@@ -41,7 +41,8 @@
 //! one below, so each can be read and replaced on its own:
 //! 1. Leaves: [`message`] (what is sent), [`error`] (every error type),
 //!    [`config`] (every limit), [`request`] (the HTTP request an agent
-//!    sees), [`storage`] (durable state and key-value data), `log`.
+//!    sees), [`storage`] (durable state and key-value data), [`metrics`]
+//!    (what operators watch), `log`.
 //! 2. [`connection`]: the [`Connection`] handle and its outbound queue — no
 //!    runtime types inside.
 //! 3. The agent-facing API: [`agent`] (the [`Agent`] trait), [`context`]
@@ -88,6 +89,8 @@ mod cors;
 pub mod error;
 mod log;
 pub mod message;
+pub mod metrics;
+mod offload;
 pub mod request;
 pub mod rpc;
 mod runtime;
@@ -99,13 +102,13 @@ mod upgrade;
 pub use agent::Agent;
 pub use agents_protocol as protocol;
 pub use config::{
-    CLOSE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INBOX_BYTES,
-    DEFAULT_INBOX_CAPACITY, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_INSTANCE,
-    DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REQUEST_HEAD,
-    DEFAULT_MAX_STATE_BYTES, DEFAULT_MAX_UNFINISHED_BYTES, DEFAULT_MESSAGE_IDLE_TIMEOUT,
-    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE, DEFAULT_OUTBOUND_QUEUE_BYTES,
-    DEFAULT_PING_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SLOW_CONSUMER_TIMEOUT, MAX_NAME_LEN,
-    MAX_TAGS, MAX_TAG_LEN,
+    CLOSE_TIMEOUT, DEFAULT_DRAIN_DELAY, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_INBOX_BYTES, DEFAULT_INBOX_CAPACITY, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_INSTANCE, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_REQUEST_HEAD, DEFAULT_MAX_STATE_BYTES, DEFAULT_MAX_UNFINISHED_BYTES,
+    DEFAULT_MESSAGE_IDLE_TIMEOUT, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_OUTBOUND_QUEUE,
+    DEFAULT_OUTBOUND_QUEUE_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SLOW_CONSUMER_TIMEOUT, MAX_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
 };
 pub use connection::Connection;
 pub use context::{AgentContext, ConnectContext, StateSource};
@@ -116,6 +119,7 @@ pub use error::{
 };
 pub use log::MAX_LOG_FIELD;
 pub use message::{Message, Utf8Bytes};
+pub use offload::LARGE_JSON;
 pub use request::RequestInfo;
 pub use rpc::{Call, CallStream, Reply};
 pub use server::{AgentServer, Agents, Route};

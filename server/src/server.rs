@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use crate::config::{Config, MAX_NAME_LEN};
 use crate::connection::{Connection, QueueLimits};
 use crate::cors::Cors;
 use crate::log::Trunc;
+use crate::metrics::{Limit, SocketMetrics};
 use crate::request::RequestInfo;
 use crate::runtime::registry::{Kind, KindOf, Registry};
 use crate::runtime::socket::{self, ReadBudget, SocketEnv};
@@ -125,7 +126,7 @@ impl AgentServer {
         F: Fn(&str) -> A + Send + Sync + 'static,
     {
         let kebab = camel_case_to_kebab_case(class_name);
-        let kind = KindOf::new(class_name, factory);
+        let kind = KindOf::new(class_name, &kebab, factory);
         let previous = self.kinds.insert(kebab.clone(), Arc::new(kind));
         assert!(previous.is_none(), "two agents are registered at `{kebab}`");
         self
@@ -255,8 +256,17 @@ impl AgentServer {
         self
     }
 
+    /// How long the server keeps accepting after it was asked to stop, while
+    /// `/readyz` already answers 503 (so a balancer that probes every few
+    /// seconds moves new clients elsewhere first). Defaults to
+    /// [`DEFAULT_DRAIN_DELAY`](crate::DEFAULT_DRAIN_DELAY) (0 s).
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.config.drain_delay = delay;
+        self
+    }
+
     /// How long a graceful shutdown may take before remaining sockets are
-    /// dropped. Defaults to
+    /// dropped (counted after the drain delay). Defaults to
     /// [`DEFAULT_SHUTDOWN_TIMEOUT`](crate::DEFAULT_SHUTDOWN_TIMEOUT) (10 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.config.shutdown_timeout = timeout;
@@ -371,6 +381,7 @@ impl AgentServer {
                 sockets,
                 next_key: AtomicU64::new(1),
                 open_sockets: AtomicUsize::new(0),
+                ready: AtomicBool::new(false),
                 shutdown,
                 tracker,
             }),
@@ -401,6 +412,8 @@ struct Server {
     sockets: SocketEnv,
     next_key: AtomicU64,
     open_sockets: AtomicUsize,
+    /// Serving and not draining.
+    ready: AtomicBool,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -452,10 +465,27 @@ impl Agents {
         let stop = self.server.shutdown.clone();
         let connections = TaskTracker::new();
         tokio::pin!(shutdown);
+        self.server.ready.store(true, Ordering::Release);
+        // Set once asked to stop: accept on until then (the drain delay).
+        let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
+            let drained = async {
+                match drain_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let (stream, _peer) = tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if drain_until.is_none() => {
+                    // Not ready at once (balancers stop sending new
+                    // clients), still accepting for the drain delay.
+                    self.server.ready.store(false, Ordering::Release);
+                    tracing::info!(drain_delay = ?config.drain_delay, "draining");
+                    drain_until = Some(tokio::time::Instant::now() + config.drain_delay);
+                    continue;
+                }
+                _ = drained => break,
                 _ = stop.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -480,6 +510,7 @@ impl Agents {
                 let _ = conn.await;
             });
         }
+        self.server.ready.store(false, Ordering::Release);
         drop(listener);
         connections.close();
         let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
@@ -496,11 +527,13 @@ impl Agents {
     }
 
     /// Closes every socket with 1001 `Server shutting down`, lets in-flight
-    /// events finish and waits for every instance and socket to stop.
+    /// events finish, waits for every instance and socket to stop, and for
+    /// every write to be durable.
     pub async fn shutdown(&self) {
         self.server.shutdown.cancel();
         self.server.tracker.close();
         self.server.tracker.wait().await;
+        self.server.registry.storage().flush().await;
     }
 
     /// The number of instances in memory.
@@ -511,6 +544,57 @@ impl Agents {
     /// The number of open WebSockets.
     pub fn socket_count(&self) -> usize {
         self.server.open_sockets.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server takes agent traffic: serving, not draining, and
+    /// its storage backend reachable.
+    pub fn is_ready(&self) -> bool {
+        self.server.ready.load(Ordering::Acquire)
+            && !self.server.shutdown.is_cancelled()
+            && self.server.registry.storage().backend().is_ready()
+    }
+
+    /// The operators' endpoints, for an admin listener kept apart from
+    /// agent traffic: `GET /healthz` (200 while the process runs),
+    /// `GET /readyz` (200 when [`is_ready`](Self::is_ready), else 503:
+    /// starting, draining, or the backend unreachable) and `GET /metrics`
+    /// (what `render` returns, e.g. a Prometheus recorder's text).
+    pub fn admin_router<F>(&self, render: F) -> Router
+    where
+        F: Fn() -> String + Send + Sync + 'static,
+    {
+        let agents = self.clone();
+        let render = Arc::new(render);
+        Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let ready = agents.is_ready();
+                    async move {
+                        if ready {
+                            (StatusCode::OK, "ready")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let body = render();
+                    async move {
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            body,
+                        )
+                    }
+                }),
+            )
     }
 }
 
@@ -621,6 +705,7 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
     let open = server.open_sockets.fetch_add(1, Ordering::AcqRel);
     if open >= server.config.max_connections || server.shutdown.is_cancelled() {
         server.open_sockets.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::refused(Limit::Connections);
         tracing::warn!(open, "refusing an upgrade: too many connections");
         return upgrade::refuse(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
     }
@@ -704,8 +789,10 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let conn_key = conn.key();
+    let metrics = SocketMetrics::open(&key.agent);
     let register = server.registry.connect(kind, key, conn.clone(), info);
-    let (handle, close) = socket::run(io, read_ahead, conn, &server.sockets, register).await?;
+    let (handle, close) =
+        socket::run(io, read_ahead, conn, metrics, &server.sockets, register).await?;
     Some((handle, conn_key, close))
 }
 

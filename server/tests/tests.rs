@@ -13,4 +13,5 @@ mod limits;
 mod routing;
 mod rpc;
 mod state;
+mod storage;
 mod wire;

@@ -389,7 +389,7 @@ impl Agent for Probe {
                 cx.storage().put("memo", &t["remember:".len()..])?;
             }
             Some("recall") => {
-                let memo: Option<String> = cx.storage().get("memo")?;
+                let memo: Option<String> = cx.storage().get("memo").await?;
                 conn.send(memo.unwrap_or_else(|| "nothing".into()))?;
             }
             Some(t) if t.starts_with("state:") => {

@@ -25,9 +25,10 @@ use crate::agent::Agent;
 use crate::config::{Config, MAX_TAGS, MAX_TAG_LEN};
 use crate::connection::{Connection, Flow};
 use crate::context::{AgentContext, ConnectContext, StateSource};
-use crate::error::{HookError, RpcError, TagError};
+use crate::error::{HookError, RpcError, StorageError, TagError};
 use crate::log::{CloseDisplay, Trunc};
 use crate::message::Message;
+use crate::metrics::{AgentMetrics, InstanceMetrics, Limit};
 use crate::request::RequestInfo;
 use crate::rpc::Call;
 use crate::storage::InstanceStorage;
@@ -136,6 +137,8 @@ pub(crate) struct Control {
     idle_since: AtomicU64,
     /// Asks the instance to stop now (the registry needs room).
     pub(crate) evict: CancellationToken,
+    /// Cancelled once the actor ended and left the registry.
+    pub(crate) finished: CancellationToken,
 }
 
 impl Control {
@@ -223,6 +226,8 @@ pub(crate) struct ActorEnv {
     pub(crate) storage: InstanceStorage,
     pub(crate) shutdown: CancellationToken,
     pub(crate) generation: u64,
+    /// Metrics of the agent type.
+    pub(crate) metrics: Arc<AgentMetrics>,
 }
 
 /// Creates the actor for one instance; the caller spawns the returned task.
@@ -235,8 +240,20 @@ pub(crate) fn start<A: Agent>(
         .config
         .inbox_bytes
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let flow = Arc::new(Flow::default());
+    let flow = Arc::new(Flow::new(env.storage.progress().clone()));
     let control = Arc::new(Control::default());
+    let (failures, failed) = mpsc::unbounded_channel();
+    let replies = Arc::new(Replies::default());
+    env.storage.on_settle({
+        let (flow, replies) = (flow.clone(), replies.clone());
+        Arc::new(move |seq, result: Result<(), StorageError>| {
+            replies.settle(seq, result.as_ref().err());
+            flow.settle(seq, result.is_ok());
+            if let Err(error) = result {
+                let _ = failures.send((seq, error));
+            }
+        })
+    });
     let handle = InstanceHandle {
         tx,
         inbox_bytes: Arc::new(Semaphore::new(budget)),
@@ -244,11 +261,13 @@ pub(crate) fn start<A: Agent>(
         generation: env.generation,
         control: control.clone(),
     };
+    let instance_metrics = InstanceMetrics::start(&env.key.agent);
     let cx = AgentContext::new(
         env.key.agent.clone(),
         env.key.name.clone(),
         env.storage.clone(),
         env.config.max_state_bytes,
+        instance_metrics.state_writes.clone(),
     );
     let actor = Actor {
         agent,
@@ -257,7 +276,12 @@ pub(crate) fn start<A: Agent>(
         env,
         flow,
         control,
+        failed,
+        replies,
+        lost_upto: 0,
+        broken: None,
         stopping: false,
+        _metrics: instance_metrics,
     };
     (handle, actor.run())
 }
@@ -269,8 +293,64 @@ struct Actor<A: Agent> {
     env: ActorEnv,
     flow: Arc<Flow>,
     control: Arc<Control>,
+    /// Batches that failed to become durable.
+    failed: mpsc::UnboundedReceiver<(u64, StorageError)>,
+    /// Who gets an error reply if a batch fails.
+    replies: Arc<Replies>,
+    /// Batches up to this one were lost with a failure already handled.
+    lost_upto: u64,
+    /// Why the instance cannot run (its stored state cannot be read).
+    broken: Option<String>,
     /// Server shutdown began: refuse new connections, exit once empty.
     stopping: bool,
+    /// Counts the instance live while it exists.
+    _metrics: InstanceMetrics,
+}
+
+/// A client waiting for the outcome of a batch: its reply or state update
+/// becomes an error if the batch fails.
+#[derive(Debug)]
+enum Waiter {
+    Rpc { conn: Connection, id: String },
+    State { conn: Connection },
+}
+
+/// The waiters of batches not yet settled, in batch order.
+#[derive(Debug, Default)]
+struct Replies {
+    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, Waiter)>>,
+}
+
+impl Replies {
+    fn add(&self, seq: u64, waiter: Waiter) {
+        self.lock().push_back((seq, waiter));
+    }
+
+    /// Batch `seq` settled: its waiters are done, with an error reply if it failed.
+    fn settle(&self, seq: u64, error: Option<&StorageError>) {
+        let mut waiting = self.lock();
+        while waiting.front().is_some_and(|(s, _)| *s <= seq) {
+            let (_, waiter) = waiting.pop_front().expect("a front entry");
+            let Some(error) = error else { continue };
+            match waiter {
+                Waiter::Rpc { conn, id } => {
+                    let reply = RpcResponse::Error {
+                        id,
+                        error: error.to_string(),
+                    };
+                    conn.send_now(ServerMessage::Rpc(reply).to_json());
+                }
+                Waiter::State { conn } => {
+                    let error = format!("{STATE_REJECTED_ERROR}: {error}");
+                    conn.send_now(ServerMessage::StateError(error).to_json());
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, Waiter)>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl<A: Agent> Actor<A> {
@@ -291,6 +371,7 @@ impl<A: Agent> Actor<A> {
                         conn.close(1013, "Try again later");
                     }
                     tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicted to make room");
+                    self.env.metrics.evicted("capacity");
                     break;
                 }
                 _ = shutdown.cancelled(), if !self.stopping => {
@@ -303,6 +384,10 @@ impl<A: Agent> Actor<A> {
                     }
                     continue;
                 }
+                Some((seq, error)) = self.failed.recv() => {
+                    self.write_failed(seq, error).await;
+                    continue;
+                }
                 // A client is behind its queue budget: take no input until
                 // it catches up (or its socket gives up on it).
                 _ = self.flow.caught_up(), if behind => continue,
@@ -312,6 +397,7 @@ impl<A: Agent> Actor<A> {
                 },
                 _ = tokio::time::sleep(idle_timeout), if idle && !self.stopping => {
                     tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicting idle instance");
+                    self.env.metrics.evicted("idle");
                     break;
                 }
             };
@@ -338,50 +424,91 @@ impl<A: Agent> Actor<A> {
         self.stop().await;
     }
 
-    /// Restores the stored state, or falls back to the initial state when
-    /// there is none or it no longer fits the state type.
-    fn load_state(&mut self) -> bool {
+    /// Restores the stored state through [`Agent::upgrade_state`]: `Ok(false)`
+    /// when there is none; an error (the instance cannot run) when it cannot
+    /// be read. Stored state is never deleted here.
+    async fn restore(&mut self) -> Result<bool, String> {
         let key = &self.env.key;
-        let stored = match self.cx.storage().load_state() {
+        let stored = match self.cx.storage().load_state().await {
             Ok(stored) => stored,
             Err(err) => {
                 tracing::error!(agent = %Trunc(&key.agent), name = %Trunc(&key.name), %err, "cannot load state");
-                return false;
+                return Err(format!("Cannot load state: {err}"));
             }
         };
-        let Some(json) = stored else { return false };
-        match serde_json::from_str::<A::State>(&json) {
+        let Some(json) = stored else { return Ok(false) };
+        let len = json.len();
+        let agent = &self.agent;
+        let upgraded = crate::offload::json(len, || {
+            guarded_sync("upgrade_state", || {
+                let stored: serde_json::Value = serde_json::from_str(&json)?;
+                agent.upgrade_state(stored)
+            })
+        });
+        match upgraded {
             Ok(state) => {
-                self.cx.restore_state(state);
-                true
+                self.cx.restore_state(state, len);
+                Ok(true)
             }
             Err(err) => {
-                tracing::warn!(agent = %Trunc(&key.agent), name = %Trunc(&key.name), %err, "stored state does not fit; using the initial state");
-                let _ = self.cx.storage().delete_state();
-                false
+                let err = err.client_message();
+                tracing::error!(agent = %Trunc(&key.agent), name = %Trunc(&key.name), err = %Trunc(&err), "stored state does not fit the agent's state type; the instance will not start (see Agent::upgrade_state)");
+                Err(format!("Stored state does not fit: {err}"))
             }
         }
     }
 
     async fn start(&mut self) {
-        if !self.load_state() {
-            self.seed_initial_state().await;
+        match self.restore().await {
+            Ok(true) => {}
+            Ok(false) => self.seed_initial_state().await,
+            Err(reason) => {
+                self.broken = Some(reason);
+                return;
+            }
         }
+        self.cx.storage().begin_turn();
         let (agent, cx) = (&mut self.agent, &mut self.cx);
         let result = guarded("on_start", || agent.on_start(cx)).await;
         if let Err(err) = result {
             self.report(None, err).await;
         }
         self.after_hook().await;
+        self.cx.storage().end_turn();
     }
 
     async fn seed_initial_state(&mut self) {
         let agent = &self.agent;
         match guarded_sync("initial_state", || Ok(agent.initial_state())) {
-            Ok(Some(state)) => self.cx.restore_state(state),
+            Ok(Some(state)) => self.cx.restore_state(state, 0),
             Ok(None) => {}
             Err(err) => self.report(None, err).await,
         }
+    }
+
+    /// A batch failed to become durable. Its output (and that of every
+    /// batch after it) is gone, and its waiters got error replies; here the
+    /// instance returns to what is on disk and tells the agent.
+    async fn write_failed(&mut self, seq: u64, error: StorageError) {
+        if seq <= self.lost_upto {
+            return;
+        }
+        // Batches opened so far fail with it (the backend refuses them
+        // until the reset, which queues behind them).
+        self.lost_upto = self.cx.storage().progress().opened.load(Ordering::Acquire);
+        tracing::error!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), %error, "writes lost; the state returns to what is stored");
+        self.cx.storage().reset();
+        match self.restore().await {
+            Ok(true) => {}
+            Ok(false) => self.seed_initial_state().await,
+            Err(reason) => {
+                for conn in self.cx.connections() {
+                    conn.close(1011, &reason);
+                }
+                self.broken = Some(reason);
+            }
+        }
+        self.report(None, HookError::Storage(error)).await;
     }
 
     /// Stops taking events; what is still queued is handled or bounced (a
@@ -397,6 +524,26 @@ impl<A: Agent> Actor<A> {
     }
 
     async fn handle(&mut self, cmd: Command) {
+        self.cx.storage().begin_turn();
+        self.dispatch(cmd).await;
+        self.cx.storage().end_turn();
+    }
+
+    async fn dispatch(&mut self, cmd: Command) {
+        if let Some(reason) = &self.broken {
+            match cmd {
+                Command::Connect { conn, ack, .. } => {
+                    conn.close(1011, reason);
+                    let _ = ack.send(false);
+                }
+                Command::Request { reply, .. } => {
+                    let _ = reply
+                        .send((StatusCode::INTERNAL_SERVER_ERROR, reason.clone()).into_response());
+                }
+                Command::Message { .. } | Command::Closed { .. } => {}
+            }
+            return;
+        }
         match cmd {
             Command::Connect { conn, request, ack } => {
                 let accepted = self.connect(conn, request).await;
@@ -436,6 +583,7 @@ impl<A: Agent> Actor<A> {
         }
         if self.cx.connection_count() >= self.env.config.max_connections_per_instance {
             tracing::warn!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "too many connections");
+            crate::metrics::refused(Limit::ConnectionsPerInstance);
             conn.close(1013, "Too many connections");
             return false;
         }
@@ -535,6 +683,7 @@ impl<A: Agent> Actor<A> {
         }
         let max = self.env.config.max_state_bytes;
         if json.get().len() > max {
+            crate::metrics::refused(Limit::StateSize);
             return refuse(format!(
                 "{STATE_REJECTED_ERROR}: state is larger than {max} bytes"
             ));
@@ -560,6 +709,7 @@ impl<A: Agent> Actor<A> {
             }
         };
         self.cx.broadcast_frame(frame, Some(conn.id()));
+        self.wait_for_batch(Waiter::State { conn: conn.clone() });
         let (agent, cx) = (&mut self.agent, &mut self.cx);
         let result = guarded("on_state_update", || agent.on_state_update(cx, source)).await;
         if let Err(err) = result {
@@ -573,6 +723,7 @@ impl<A: Agent> Actor<A> {
             let _ = conn.send(ServerMessage::Rpc(reply).to_json());
             return;
         }
+        let started = std::time::Instant::now();
         let mut call = Call::new(request.id, request.method, request.args, conn.clone());
         let outcome = {
             let (agent, cx, call) = (&mut self.agent, &mut self.cx, &mut call);
@@ -583,6 +734,11 @@ impl<A: Agent> Actor<A> {
             .await
         };
         let (id, method) = call.into_parts();
+        let known = !matches!(outcome, Ok(Err(RpcError::NoSuchMethod)));
+        let failed = !matches!(outcome, Ok(Ok(_)));
+        self.env
+            .metrics
+            .rpc(&method, known, failed, started.elapsed().as_secs_f64());
         let reply = match outcome {
             Ok(Ok(reply)) => RpcResponse::Success {
                 id,
@@ -606,7 +762,20 @@ impl<A: Agent> Actor<A> {
                 }
             }
         };
+        if let RpcResponse::Success { id, .. } = &reply {
+            self.wait_for_batch(Waiter::Rpc {
+                conn: conn.clone(),
+                id: id.clone(),
+            });
+        }
         let _ = conn.send(ServerMessage::Rpc(reply).to_json());
+    }
+
+    /// If this turn wrote, `waiter` hears about its batch's failure.
+    fn wait_for_batch(&self, waiter: Waiter) {
+        if let Some(seq) = self.cx.storage().progress().waiting_for() {
+            self.replies.add(seq, waiter);
+        }
     }
 
     async fn closed(&mut self, key: u64, info: CloseInfo) {

@@ -15,11 +15,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actor::{self, ActorEnv, Command, InstanceHandle};
+use super::actor::{self, ActorEnv, Command, Control, InstanceHandle};
 use super::InstanceKey;
 use crate::agent::{not_implemented, Agent, DefaultOnRequest};
 use crate::config::Config;
 use crate::connection::Connection;
+use crate::metrics::{AgentMetrics, Limit};
 use crate::request::RequestInfo;
 use crate::storage::Storage;
 
@@ -36,6 +37,8 @@ pub(crate) trait Kind: Send + Sync {
     /// Whether the type may implement [`Agent::on_request`]: true until a
     /// response of the default implementation showed it does not.
     fn serves_http(&self) -> &AtomicBool;
+    /// Metrics shared by the type's instances.
+    fn metrics(&self) -> &Arc<AgentMetrics>;
     /// Makes the agent for a new instance, and its actor: the handle and
     /// the task to spawn.
     fn start(&self, env: ActorEnv) -> (InstanceHandle, BoxFuture<()>);
@@ -46,15 +49,18 @@ pub(crate) struct KindOf<A, F> {
     class_name: Arc<str>,
     factory: F,
     serves_http: AtomicBool,
+    metrics: Arc<AgentMetrics>,
     _agent: PhantomData<fn() -> A>,
 }
 
 impl<A, F> KindOf<A, F> {
-    pub(crate) fn new(class_name: &str, factory: F) -> Self {
+    /// The type registered as `class_name` at URL segment `kebab`.
+    pub(crate) fn new(class_name: &str, kebab: &str, factory: F) -> Self {
         KindOf {
             class_name: class_name.into(),
             factory,
             serves_http: AtomicBool::new(true),
+            metrics: Arc::new(AgentMetrics::new(kebab)),
             _agent: PhantomData,
         }
     }
@@ -73,6 +79,10 @@ where
         &self.serves_http
     }
 
+    fn metrics(&self) -> &Arc<AgentMetrics> {
+        &self.metrics
+    }
+
     fn start(&self, env: ActorEnv) -> (InstanceHandle, BoxFuture<()>) {
         let agent = (self.factory)(&env.key.name);
         let (handle, run) = actor::start(env, agent);
@@ -87,7 +97,7 @@ pub(crate) struct Registry {
     kinds: HashMap<String, Arc<dyn Kind>>,
     /// A std mutex: held only to look up, insert or remove, never across an
     /// `.await`, and not on the per-message path.
-    instances: Mutex<HashMap<InstanceKey, InstanceHandle>>,
+    instances: Mutex<Instances>,
     storage: Storage,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -114,7 +124,7 @@ impl Registry {
         Registry {
             config,
             kinds,
-            instances: Mutex::new(HashMap::new()),
+            instances: Mutex::new(Instances::default()),
             storage,
             shutdown,
             tracker,
@@ -122,79 +132,110 @@ impl Registry {
         }
     }
 
+    /// The storage every instance writes to.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// The agent type registered at `kebab`.
     pub(crate) fn kind(&self, kebab: &str) -> Option<&Arc<dyn Kind>> {
         self.kinds.get(kebab)
     }
 
-    fn instances(&self) -> MutexGuard<'_, HashMap<InstanceKey, InstanceHandle>> {
+    fn instances(&self) -> MutexGuard<'_, Instances> {
         self.instances.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The running instance for `key`, started if needed, evicting the
     /// longest-idle instance when [`max_instances`](crate::AgentServer::max_instances)
-    /// are running.
-    fn instance(
-        self: &Arc<Self>,
-        kind: &Arc<dyn Kind>,
-        key: &InstanceKey,
-    ) -> Result<InstanceHandle, Unavailable> {
-        let mut instances = self.instances();
-        if let Some(handle) = instances.get(key) {
-            return Ok(handle.clone());
+    /// are running. While an earlier incarnation of `key` is still stopping
+    /// the answer is to wait for it: one instance per key runs at a time.
+    fn instance(self: &Arc<Self>, kind: &Arc<dyn Kind>, key: &InstanceKey) -> Found {
+        let mut map = self.instances();
+        if let Some(handle) = map.running.get(key) {
+            return if handle.control.evict.is_cancelled() {
+                Found::Wait(handle.control.clone())
+            } else {
+                Found::Running(handle.clone())
+            };
+        }
+        if let Some(control) = map.stopping.get(key) {
+            return Found::Wait(control.clone());
         }
         if self.shutdown.is_cancelled() {
-            return Err(Unavailable::ShuttingDown);
+            return Found::Unavailable(Unavailable::ShuttingDown);
         }
-        if instances.len() >= self.config.max_instances {
-            let oldest = instances
+        if map.running.len() >= self.config.max_instances {
+            let oldest = map
+                .running
                 .iter()
                 .filter_map(|(k, h)| Some((h.control.idle_since()?, k)))
                 .min_by_key(|(since, _)| *since)
                 .map(|(_, k)| k.clone());
-            let Some(victim) = oldest.and_then(|k| instances.remove(&k)) else {
+            let Some((victim_key, victim)) = oldest.and_then(|k| map.running.remove_entry(&k))
+            else {
                 tracing::warn!(
                     max = self.config.max_instances,
                     "too many instances; refusing a new one"
                 );
-                return Err(Unavailable::Full);
+                crate::metrics::refused(Limit::Instances);
+                return Found::Unavailable(Unavailable::Full);
             };
             victim.control.evict.cancel();
+            map.stopping.insert(victim_key, victim.control);
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let env = ActorEnv {
             key: key.clone(),
             config: self.config.clone(),
-            storage: self.storage.instance(&key.agent, &key.name),
+            storage: self
+                .storage
+                .instance(&key.agent, &key.name, self.config.max_state_bytes),
             shutdown: self.shutdown.clone(),
             generation,
+            metrics: kind.metrics().clone(),
         };
         let (handle, run) = kind.start(env);
-        instances.insert(key.clone(), handle.clone());
-        // The instance leaves the map when its actor ends (unless a newer
-        // generation replaced it by then).
-        let (registry, key) = (self.clone(), key.clone());
+        map.running.insert(key.clone(), handle.clone());
+        let (registry, key, control) = (self.clone(), key.clone(), handle.control.clone());
         self.tracker.spawn(async move {
             run.await;
-            registry.remove(&key, generation);
+            registry.finished(&key, generation, &control);
         });
-        Ok(handle)
+        Found::Running(handle)
     }
 
-    /// Removes an instance's entry if it is still that generation's.
-    fn remove(&self, key: &InstanceKey, generation: u64) {
-        let mut instances = self.instances();
-        if instances
+    /// An instance's actor ended: it leaves the map, and whoever waits for
+    /// its key may start the next incarnation.
+    fn finished(&self, key: &InstanceKey, generation: u64, control: &Arc<Control>) {
+        let mut map = self.instances();
+        if map
+            .running
             .get(key)
             .is_some_and(|h| h.generation == generation)
         {
-            instances.remove(key);
+            map.running.remove(key);
         }
+        if map
+            .stopping
+            .get(key)
+            .is_some_and(|c| Arc::ptr_eq(c, control))
+        {
+            map.stopping.remove(key);
+        }
+        drop(map);
+        control.finished.cancel();
+    }
+
+    /// Waits (bounded) for a stopping incarnation to end.
+    async fn wait_for(&self, control: &Control) {
+        let _ =
+            tokio::time::timeout(self.config.shutdown_timeout, control.finished.cancelled()).await;
     }
 
     /// The number of running instances.
     pub(crate) fn instance_count(&self) -> usize {
-        self.instances().len()
+        self.instances().running.len()
     }
 
     /// Registers a socket with its instance. Returns the handle when the
@@ -209,8 +250,12 @@ impl Registry {
     ) -> Option<InstanceHandle> {
         for _ in 0..CONNECT_ATTEMPTS {
             let handle = match self.instance(kind, key) {
-                Ok(handle) => handle,
-                Err(why) => {
+                Found::Running(handle) => handle,
+                Found::Wait(control) => {
+                    self.wait_for(&control).await;
+                    continue;
+                }
+                Found::Unavailable(why) => {
                     conn.close(why.close_code(), why.reason());
                     return None;
                 }
@@ -222,14 +267,15 @@ impl Registry {
                 ack,
             };
             if handle.send(cmd).await.is_err() {
-                self.remove(key, handle.generation);
+                self.wait_for(&handle.control).await;
                 continue;
             }
             match accepted.await {
                 Ok(true) => return Some(handle),
                 Ok(false) => return None,
-                // Bounced by an instance that was stopping: try a fresh one.
-                Err(_) => self.remove(key, handle.generation),
+                // Bounced by an instance that was stopping: try its next
+                // incarnation once it is gone.
+                Err(_) => self.wait_for(&handle.control).await,
             }
         }
         conn.close(1013, "Try again later");
@@ -249,8 +295,12 @@ impl Registry {
         let mut request = Some(request);
         for _ in 0..CONNECT_ATTEMPTS {
             let handle = match self.instance(kind, key) {
-                Ok(handle) => handle,
-                Err(why) => {
+                Found::Running(handle) => handle,
+                Found::Wait(control) => {
+                    self.wait_for(&control).await;
+                    continue;
+                }
+                Found::Unavailable(why) => {
                     return (StatusCode::SERVICE_UNAVAILABLE, why.reason()).into_response();
                 }
             };
@@ -275,7 +325,7 @@ impl Registry {
                     return response;
                 }
                 Err(err) => {
-                    self.remove(key, handle.generation);
+                    self.wait_for(&handle.control).await;
                     if let Command::Request { request: r, .. } = err.0 {
                         request = Some(r);
                     }
@@ -284,6 +334,21 @@ impl Registry {
         }
         (StatusCode::SERVICE_UNAVAILABLE, "Try again later").into_response()
     }
+}
+
+/// What looking up an instance found.
+enum Found {
+    Running(InstanceHandle),
+    /// An earlier incarnation is still stopping: wait for it, then retry.
+    Wait(Arc<Control>),
+    Unavailable(Unavailable),
+}
+
+/// Running instances, and evicted ones still stopping.
+#[derive(Default)]
+struct Instances {
+    running: HashMap<InstanceKey, InstanceHandle>,
+    stopping: HashMap<InstanceKey, Arc<Control>>,
 }
 
 /// Why no instance could be had.

@@ -29,6 +29,7 @@ use crate::config::CLOSE_TIMEOUT;
 use crate::connection::{Connection, Outbound};
 use crate::log::Trunc;
 use crate::message::{Message, Utf8Bytes};
+use crate::metrics::{Limit, SocketMetrics};
 
 /// Bytes read per system call when no larger frame is expected.
 const READ_CHUNK: usize = 16 * 1024;
@@ -94,6 +95,7 @@ pub(crate) async fn run<T>(
     io: T,
     read_ahead: Bytes,
     conn: Connection,
+    metrics: SocketMetrics,
     env: &SocketEnv,
     register: impl Future<Output = Option<InstanceHandle>>,
 ) -> Option<(InstanceHandle, CloseInfo)>
@@ -128,6 +130,7 @@ where
         done: false,
         sleep: Box::pin(tokio::time::sleep_until(now + env.ping_interval)),
         conn,
+        metrics,
     };
     let mut register = std::pin::pin!(register);
     let registered = std::future::poll_fn(|cx| {
@@ -147,6 +150,7 @@ where
         }
     }
     let info = std::future::poll_fn(|cx| socket.poll(cx)).await;
+    crate::metrics::closed(info.code);
     socket.finish();
     socket.instance.take().map(|h| (h, info))
 }
@@ -200,6 +204,7 @@ struct Socket<'a, T> {
     discard: Option<Discard>,
     done: bool,
     sleep: Pin<Box<Sleep>>,
+    metrics: SocketMetrics,
 }
 
 /// A frame on its way out.
@@ -346,6 +351,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
         }
         if data_frames > 0 {
             self.conn.outbox().written(data_frames, data_bytes);
+            self.metrics.sent.increment(data_frames as u64);
+            self.metrics.sent_bytes.increment(data_bytes as u64);
         }
         if self.writes.is_empty() {
             self.write_stalled_since = None;
@@ -485,6 +492,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
                         }
                     }
                     if !self.recharge() {
+                        crate::metrics::refused(Limit::UnfinishedBytes);
                         self.fail(1013, "Server busy".to_owned(), Discard::Skim);
                     }
                 }
@@ -559,7 +567,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
                 let discard = match err {
                     // Read past the rest of it, so that the client gets to
                     // read our 1009 rather than a reset connection.
-                    FrameError::TooLarge { frame_len, .. } => Discard::Skip(frame_len),
+                    FrameError::TooLarge { frame_len, .. } => {
+                        crate::metrics::refused(Limit::MessageSize);
+                        Discard::Skip(frame_len)
+                    }
                     // Frame boundaries still hold: wait for the client's close.
                     FrameError::Utf8 => Discard::Skim,
                     FrameError::Protocol(_) => Discard::Raw,
@@ -619,6 +630,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
             return;
         };
         let len = message.len();
+        self.metrics.received.increment(1);
+        self.metrics.received_bytes.increment(len as u64);
         match instance.try_admit(self.conn.key(), message) {
             Admit::Done => {}
             Admit::Closed => self.done = true,
@@ -715,12 +728,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
             .is_some_and(|s| now >= s + self.env.slow_consumer_timeout)
         {
             tracing::warn!(%id, "client stopped reading; closing the connection");
+            crate::metrics::slow_consumer();
             self.done = true;
         } else if self.assembling_since.is_some_and(|since| {
             now >= since + self.env.message_timeout
                 || now >= self.last_read + self.env.message_idle_timeout
         }) {
             self.assembling_since = None;
+            crate::metrics::refused(Limit::MessageTimeout);
             self.fail(1013, "Message took too long".to_owned(), Discard::Skim);
         } else if now >= self.last_seen + 2 * self.env.ping_interval {
             tracing::debug!(%id, "client silent for two ping intervals; closing");
