@@ -21,9 +21,10 @@ cargo build --workspace --all-targets --locked
 LOG="$ROOT/target/test-logs"
 mkdir -p "$LOG"
 step "rust tests (protocol golden frames, server integration)"
-# agents-client's native suites: its unit tests (tests/browser.rs runs in Chromium below).
+# agents-client runs on its own: unit tests, the core (tests/machine.rs) and its agreement
+# with the protocol crate (tests/frames.rs); tests/browser*.rs run in Chromium below.
 cargo test --workspace --exclude agents-client --locked 2>&1 | tee "$LOG/cargo.log"
-cargo test -p agents-client --lib --locked 2>&1 | tee "$LOG/cargo-client.log"
+cargo test -p agents-client --lib --test machine --test frames --locked 2>&1 | tee "$LOG/cargo-client.log"
 
 step "browser tests: the wasm AgentClient in headless Chromium against agents-server"
 start_supervisor "$LOG/supervisor.out"

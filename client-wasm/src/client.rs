@@ -26,10 +26,7 @@
 use alloc::rc::Rc;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::cell::{Cell, RefCell};
-use core::pin::Pin;
-use core::task::{Context, Poll, Waker};
-use std::collections::VecDeque;
+use core::cell::RefCell;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -40,6 +37,12 @@ use wasm_bindgen_futures::JsFuture;
 use crate::bindings::{run, CoreCell, Handle, Host, WasmCore};
 use crate::error::ClientError;
 use crate::machine::Timeout;
+
+mod futures;
+
+pub(crate) use futures::CallSlot;
+use futures::{CallFuture, Queue};
+pub use futures::{Message, Messages};
 
 #[wasm_bindgen(module = "/js/agent-client.js")]
 extern "C" {
@@ -370,93 +373,6 @@ impl Client {
             queue,
             target: self.js.clone(),
             listener,
-        }
-    }
-}
-
-/// A message received by the client.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Message {
-    /// A text frame.
-    Text(String),
-    /// A binary frame.
-    Binary(Vec<u8>),
-}
-
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<Message>,
-    waker: Option<Waker>,
-}
-
-/// The client's messages as a `Stream`; dropping it removes its listener.
-pub struct Messages {
-    queue: Rc<RefCell<Queue>>,
-    target: AgentClient,
-    listener: Closure<dyn FnMut(web_sys::MessageEvent)>,
-}
-
-impl core::fmt::Debug for Messages {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Messages")
-            .field("queued", &self.queue.borrow().items.len())
-            .finish()
-    }
-}
-
-impl futures_core::Stream for Messages {
-    type Item = Message;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        let mut q = self.queue.borrow_mut();
-        match q.items.pop_front() {
-            Some(m) => Poll::Ready(Some(m)),
-            None => {
-                q.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl Drop for Messages {
-    fn drop(&mut self) {
-        let _ = self
-            .target
-            .remove_event_listener_with_callback("message", self.listener.as_ref().unchecked_ref());
-    }
-}
-
-/// Where a [`Client::call`]'s outcome lands, and the task to wake.
-#[derive(Default)]
-pub(crate) struct CallSlot {
-    outcome: RefCell<Option<Result<JsValue, ClientError>>>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl CallSlot {
-    pub(crate) fn settle(&self, outcome: Result<JsValue, ClientError>) {
-        *self.outcome.borrow_mut() = Some(outcome);
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-}
-
-struct CallFuture {
-    slot: Rc<CallSlot>,
-}
-
-impl core::future::Future for CallFuture {
-    type Output = Result<JsValue, ClientError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.slot.outcome.borrow_mut().take() {
-            Some(outcome) => Poll::Ready(outcome),
-            None => {
-                self.slot.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
         }
     }
 }

@@ -844,8 +844,8 @@ async fn a_tab_that_becomes_visible_reconnects_at_once() {
 #[wasm_bindgen_test]
 async fn backoff_has_random_jitter_and_grows() {
     server_up().await;
-    const CLIENTS: usize = 20;
-    const RETRIES: usize = 5;
+    const CLIENTS: usize = 12;
+    const RETRIES: usize = 4;
     let class = get(
         &JsValue::from(client(&options(
             r#"{"agent":"EchoAgent","startClosed":true}"#,
@@ -856,17 +856,23 @@ async fn backoff_has_random_jitter_and_grows() {
     let clients: Vec<AgentClient> = (0..CLIENTS)
         .map(|_| {
             let o: Object = JSON::parse(&format!(
-                r#"{{"agent":"EchoAgent","host":"127.0.0.1:9","maxRetries":{RETRIES},"minReconnectionDelay":20,"maxReconnectionDelay":10000,"reconnectionDelayGrowFactor":2}}"#
+                r#"{{"agent":"EchoAgent","host":"127.0.0.1:7","maxRetries":{RETRIES},"minReconnectionDelay":20,"maxReconnectionDelay":10000,"reconnectionDelayGrowFactor":2}}"#
             ))
             .unwrap()
             .unchecked_into();
             client(&o)
         })
         .collect();
-    until("every client gave up", || {
-        clients.iter().all(|c| !c.connection_error().is_null())
-    })
-    .await;
+    // The browser serialises failed attempts to one endpoint: allow longer
+    // than one event's wait.
+    let start = now();
+    while clients.iter().any(|c| c.connection_error().is_null()) {
+        assert!(
+            now() - start < 3.0 * WAIT_MS,
+            "timed out waiting for every client to give up"
+        );
+        JsFuture::from(next_task()).await.unwrap();
+    }
     let stop: js_sys::Function = get(&recorder, "stop").unchecked_into();
     stop.call0(&JsValue::NULL).unwrap();
     let asked: js_sys::Map = get(&recorder, "asked").unchecked_into();
@@ -892,8 +898,9 @@ async fn backoff_has_random_jitter_and_grows() {
         assert!(delays.iter().any(|d| *d != first), "no jitter: {delays:?}");
     }
     let mean = |k: usize| by_attempt[k].iter().sum::<f64>() / CLIENTS as f64;
+    // Uniform on [0, 20], then on [0, 160]: means near 10 and 80.
     assert!(
-        mean(RETRIES - 1) > mean(0) * 4.0,
+        mean(RETRIES - 1) > mean(0) * 2.0,
         "grows: {} then {}",
         mean(0),
         mean(RETRIES - 1)
