@@ -152,10 +152,12 @@ export class AgentClient extends EventTarget {
   setState(state) {
     this.#c.do_(this, SET_STATE, state);
   }
-  /** Closes and releases the WebAssembly memory now (else the garbage collector does). */
+  /** Closes and releases the WebAssembly memory now (else the garbage collector does); the client is unusable after. */
   free() {
+    if (!this.#c) return;
     this.close();
     this.#c.free();
+    this.#c = null;
   }
 
   // What the core asks for (client-wasm/src/bindings.rs, `Host`).
