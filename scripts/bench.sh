@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Benchmarks agents-server against a Node `ws` baseline (tests/bench/), in
-# one run, alternating, on 127.0.0.1: the server on core 0, the load tool on
-# core 1. Prints the medians of ROUNDS runs and our/baseline ratios, plus the
-# client's size and its in-browser throughput. Results go to target/bench/.
+# Benchmarks agents-server, in one run, against the machine's limit (the
+# bare Rust WebSocket server in `agents-bench --serve-limit`) and a Node `ws`
+# baseline (tests/bench/), on 127.0.0.1: each server on core 0, the load
+# tool on core 1. Every round runs each server once, in a rotating order:
+#   ours       agents-server --in-memory          (every scenario)
+#   ours-disk  agents-server --data-dir (synchronous=FULL, output gate)
+#                                                 (rpc, neighbour)
+#   limit      agents-bench --serve-limit         (every scenario)
+#   baseline   Node ws                            (no rpc, no neighbour)
+# Prints medians of ROUNDS runs, ratios (median of per-round ratios), the
+# targets of issues #11/#12, the client's size and its in-browser
+# throughput, and perf profiles of the server. Results go to target/bench/.
 #   ROUNDS=3 ./scripts/bench.sh        BENCH_ARGS="--idle 2000" to shrink
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -18,29 +26,54 @@ step "build (release)"
 cargo build --release --locked -p agents-server-cli -p agents-bench
 npm_install .
 pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
+ALL="idle,echo,pipelined,broadcast,burst,connect,rpc,neighbour"
 
-run_one() { # label
-  local label="$1" log="$OUT/$1.server.log" pid port
-  if [ "$label" = ours ]; then
-    (pin 0 ./target/release/agents-server --port 0 --in-memory --log warn) >"$log" 2>&1 &
-  else
-    (pin 0 node tests/bench/baseline.mjs 0) >"$log" 2>&1 &
-  fi
-  pid=$!
-  for _ in $(seq 100); do grep -q listening "$log" && break; sleep 0.1; done
-  port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$log")
-  local scenarios="echo,broadcast,connect,idle,rpc"
-  [ "$label" = baseline ] && scenarios="echo,broadcast,connect,idle"
-  (pin 1 ./target/release/agents-bench --url "ws://127.0.0.1:$port" --label "$label" \
-    --server-pid "$pid" --scenario "$scenarios" ${BENCH_ARGS:-}) | tee -a "$OUT/results.log" | grep -v '^JSON'
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+# Starts server `label` on core 0; sets PID and PORT.
+start_server() { # label log
+  local label="$1" log="$2"
+  case "$label" in
+    ours) (pin 0 ./target/release/agents-server --port 0 --in-memory --log warn) >"$log" 2>&1 & ;;
+    ours-disk)
+      rm -rf "$OUT/data"
+      (pin 0 ./target/release/agents-server --port 0 --data-dir "$OUT/data" --log warn) >"$log" 2>&1 & ;;
+    limit) (pin 0 ./target/release/agents-bench --serve-limit --port 0) >"$log" 2>&1 & ;;
+    baseline) (pin 0 node tests/bench/baseline.mjs 0) >"$log" 2>&1 & ;;
+  esac
+  PID=$!
+  for _ in $(seq 300); do grep -q listening "$log" && break; sleep 0.1; done
+  PORT=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$log")
+  [ -n "$PORT" ] || { echo "$label did not start:" >&2; cat "$log" >&2; exit 1; }
 }
 
+stop_server() {
+  if [ -n "${PID:-}" ]; then
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    PID=
+  fi
+}
+
+run_one() { # label round
+  local label="$1" scenarios="$ALL"
+  case "$label" in
+    ours-disk) scenarios="rpc,neighbour" ;;
+    baseline) scenarios="idle,echo,pipelined,broadcast,burst,connect" ;;
+  esac
+  start_server "$label" "$OUT/$label.server.log"
+  (pin 1 ./target/release/agents-bench --url "ws://127.0.0.1:$PORT" --label "$label" --round "$2" \
+    --server-pid "$PID" --scenario "$scenarios" ${BENCH_ARGS:-}) | tee -a "$OUT/results.log" | grep -v '^JSON'
+  stop_server
+  rm -rf "$OUT/data"
+}
+trap 'stop_server; cleanup_bg' EXIT
+
+SERVERS=(ours limit ours-disk baseline)
 for round in $(seq "$ROUNDS"); do
-  step "round $round/$ROUNDS: agents-server"
-  run_one ours
-  step "round $round/$ROUNDS: Node ws baseline"
-  run_one baseline
+  for i in "${!SERVERS[@]}"; do
+    label="${SERVERS[$(((i + round - 1) % ${#SERVERS[@]}))]}"
+    step "round $round/$ROUNDS: $label"
+    run_one "$label" "$round"
+  done
 done
 
 step "client size"
@@ -56,24 +89,41 @@ command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ] && server_bin="$OUT/server
 (AGENTS_SERVER_BIN="$server_bin" pin 1 node tests/browser/bench-client.mjs 9) 2>&1 |
   tee -a "$OUT/results.log" | grep -v '^JSON'
 
-step "profile: where agents-server spends its time (perf, when available)"
+step "profiles: where the server's CPU goes (perf, when available)"
+# One server at a time under `perf record` while the load tool runs one
+# scenario; flat profiles (no call graphs), split into kernel and user space.
+profile() { # name label scenario
+  local name="$1"
+  start_server "$2" "$OUT/profile-$name.server.log"
+  perf record -q -F 1999 -p "$PID" -o "$OUT/perf-$name.data" >/dev/null 2>&1 &
+  local perfpid=$!
+  sleep 0.3
+  (pin 1 ./target/release/agents-bench --url "ws://127.0.0.1:$PORT" --label "$2" --scenario "$3" \
+    --server-pid "$PID" ${BENCH_ARGS:-}) | grep -v '^JSON'
+  kill -INT "$perfpid" 2>/dev/null || true
+  wait "$perfpid" 2>/dev/null || true
+  stop_server
+  rm -rf "$OUT/data"
+  {
+    echo "## $name: $2, scenario $3"
+    echo "### by thread and object (kernel vs user space)"
+    perf report -q -i "$OUT/perf-$name.data" --no-children --sort comm,dso --stdio 2>/dev/null | sed -n '1,10p'
+    echo "### by symbol"
+    perf report -q -i "$OUT/perf-$name.data" --no-children --sort dso,sym --percent-limit 0.7 --stdio 2>/dev/null | sed -n '1,45p'
+  } >"$OUT/profile-$name.txt"
+  sed -n '1,30p' "$OUT/profile-$name.txt"
+}
 if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
-  (pin 0 ./target/release/agents-server --port 0 --in-memory --log warn) >"$OUT/perf.server.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q listening "$OUT/perf.server.log" && break; sleep 0.1; done
-  port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$OUT/perf.server.log")
-  perf record -q -g -p "$pid" -o "$OUT/perf.data" -- sleep 8 >/dev/null 2>&1 &
-  perfpid=$!
-  (pin 1 ./target/release/agents-bench --url "ws://127.0.0.1:$port" --scenario echo,broadcast --messages 1000 --broadcasts 100) >/dev/null
-  wait "$perfpid" || true
-  perf report -q -i "$OUT/perf.data" --no-children -g none --percent-limit 1.5 --sort dso,sym --stdio \
-    >"$OUT/profile.txt" 2>/dev/null || true
-  sed -n '1,30p' "$OUT/profile.txt"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  profile rpc-ours ours rpc
+  profile rpc-ours-disk ours-disk rpc
+  profile rpc-limit limit rpc
+  profile neighbour-ours-disk ours-disk neighbour
 else
   echo "perf not available; skipped"
 fi
 
 step "summary"
 node tests/bench/report.mjs <"$OUT/results.log" | tee "$OUT/summary.md" | grep -v '^MEDIAN'
-echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(stat -f -c %T "$OUT") under target/bench"
+dirty=$(git status --porcelain -- server server-cli protocol 2>/dev/null | wc -l)
+echo "server: commit $(git rev-parse --short HEAD 2>/dev/null)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) in server/, server-cli/, protocol/")"

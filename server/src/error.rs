@@ -146,6 +146,10 @@ pub enum StorageError {
     /// batch was stored.
     #[error("storage error: write failed: {0}")]
     Failed(String),
+    /// Another node owns the instance now (cluster mode): this
+    /// incarnation's writes are refused.
+    #[error("storage error: the instance moved to another node")]
+    Fenced,
     /// The backend cannot do this (e.g. SQL on a backend without it).
     #[error("storage error: not supported by this backend: {0}")]
     Unsupported(&'static str),

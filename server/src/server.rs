@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +26,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::Agent;
 use crate::config::{Config, MAX_NAME_LEN};
-use crate::connection::{Connection, QueueLimits};
+use crate::connection::Connection;
 use crate::cors::Cors;
 use crate::log::Trunc;
 use crate::metrics::{Limit, SocketMetrics};
 use crate::request::RequestInfo;
-use crate::runtime::registry::{Kind, KindOf, Registry};
+use crate::runtime::cluster::Cluster;
+use crate::runtime::registry::{Kind, KindOf, Link, Registry};
 use crate::runtime::socket::{self, ReadBudget, SocketEnv};
 use crate::runtime::InstanceKey;
 use crate::storage::Storage;
@@ -83,6 +84,7 @@ pub struct AgentServer {
     before_request: Option<BeforeRequest>,
     storage: Option<Storage>,
     cors: Option<Cors>,
+    cluster: Option<Cluster>,
 }
 
 impl std::fmt::Debug for AgentServer {
@@ -110,6 +112,7 @@ impl AgentServer {
             before_request: None,
             storage: None,
             cors: None,
+            cluster: None,
         }
     }
 
@@ -342,6 +345,16 @@ impl AgentServer {
         self
     }
 
+    /// Cluster mode: this server is one node of many on NATS JetStream
+    /// ([`Cluster::connect`]). Every instance runs on exactly one node; a
+    /// socket or request landing on another is forwarded to it; state and
+    /// key-value data live in JetStream (the [`storage`](Self::storage)
+    /// setting is not used, nor is SQL). See `docs/cluster.md`.
+    pub fn cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     /// Where state and key-value data live. Defaults to
     /// [`Storage::in_memory`], which forgets everything when the server stops;
     /// use [`Storage::open_dir`] to keep it across restarts.
@@ -356,13 +369,14 @@ impl AgentServer {
         let config = Arc::new(self.config);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let registry = Arc::new(Registry::new(
+        let registry = Registry::new(
             config.clone(),
             self.kinds,
             storage,
             shutdown.clone(),
             tracker.clone(),
-        ));
+            self.cluster.map(|c| c.node),
+        );
         let sockets = SocketEnv {
             max_message: config.max_message_size,
             ping_interval: config.ping_interval,
@@ -379,7 +393,6 @@ impl AgentServer {
                 before_request: self.before_request,
                 cors: self.cors,
                 sockets,
-                next_key: AtomicU64::new(1),
                 open_sockets: AtomicUsize::new(0),
                 ready: AtomicBool::new(false),
                 shutdown,
@@ -410,7 +423,6 @@ struct Server {
     before_request: Option<BeforeRequest>,
     cors: Option<Cors>,
     sockets: SocketEnv,
-    next_key: AtomicU64,
     open_sockets: AtomicUsize,
     /// Serving and not draining.
     ready: AtomicBool,
@@ -534,6 +546,7 @@ impl Agents {
         self.server.tracker.close();
         self.server.tracker.wait().await;
         self.server.registry.storage().flush().await;
+        self.server.registry.leave_cluster().await;
     }
 
     /// The number of instances in memory.
@@ -552,6 +565,7 @@ impl Agents {
         self.server.ready.load(Ordering::Acquire)
             && !self.server.shutdown.is_cancelled()
             && self.server.registry.storage().backend().is_ready()
+            && self.server.registry.cluster_ready()
     }
 
     /// The operators' endpoints, for an admin listener kept apart from
@@ -717,16 +731,7 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-    let limits = QueueLimits {
-        frames: server.config.outbound_queue.max(1),
-        bytes: server.config.outbound_queue_bytes.max(1),
-    };
-    let conn = Connection::new(
-        server.next_key.fetch_add(1, Ordering::Relaxed),
-        id,
-        target,
-        limits,
-    );
+    let conn = server.registry.new_connection(id, target);
     let (server, tracker) = (server.clone(), server.tracker.clone());
     tracker.spawn(async move {
         let result = match on_upgrade.await {
@@ -761,10 +766,8 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
                 None
             }
         };
-        if let Some((handle, key, close)) = result {
-            let _ = handle
-                .send(crate::runtime::actor::Command::Closed { key, info: close })
-                .await;
+        if let Some((link, key, close)) = result {
+            link.closed(key, close).await;
         }
         server.open_sockets.fetch_sub(1, Ordering::AcqRel);
     });
@@ -780,20 +783,16 @@ async fn run_socket<T>(
     kind: &Arc<dyn Kind>,
     key: &InstanceKey,
     info: RequestInfo,
-) -> Option<(
-    crate::runtime::actor::InstanceHandle,
-    u64,
-    crate::runtime::actor::CloseInfo,
-)>
+) -> Option<(Link, u64, crate::runtime::actor::CloseInfo)>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let conn_key = conn.key();
     let metrics = SocketMetrics::open(&key.agent);
     let register = server.registry.connect(kind, key, conn.clone(), info);
-    let (handle, close) =
+    let (link, close) =
         socket::run(io, read_ahead, conn, metrics, &server.sockets, register).await?;
-    Some((handle, conn_key, close))
+    Some((link, conn_key, close))
 }
 
 /// A 21-character URL-safe random id, like the reference's `nanoid()`.

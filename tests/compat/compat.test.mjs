@@ -1,5 +1,10 @@
 // Wire compatibility: the real `agents` npm AgentClient (0.32.0, Node 20,
 // `ws` as its WebSocket) against our agents-server binary.
+//
+// With AGENTS_COMPAT_HOST=host:port the suite runs against a server already
+// running there (the cluster test: a node that does not own the
+// instances); AGENTS_COMPAT_OWNER=host:port first opens each instance on
+// that other node, so that it becomes their owner.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
@@ -8,15 +13,36 @@ import { AgentsServer } from "../agents-server.mjs";
 
 const WAIT_MS = 5000;
 
-const server = new AgentsServer();
+const external = process.env.AGENTS_COMPAT_HOST;
+const server = external ? null : new AgentsServer();
 let host;
 
+/** Every instance the suite uses, opened once on `owner`. */
+async function claim(owner) {
+  const instances = ["echo-agent/compat-echo", "counter-agent/compat-counter", "counter-agent/compat-rpc", "echo-agent/compat-huge"];
+  for (const path of instances) {
+    await new Promise((resolve, reject) => {
+      const ws = new WebSocket(`ws://${owner}/agents/${path}`);
+      ws.on("message", () => {
+        ws.close();
+        resolve();
+      });
+      ws.on("error", reject);
+    });
+  }
+}
+
 before(async () => {
-  await server.start();
-  host = server.host;
+  if (server) {
+    await server.start();
+    host = server.host;
+  } else {
+    host = external;
+    if (process.env.AGENTS_COMPAT_OWNER) await claim(process.env.AGENTS_COMPAT_OWNER);
+  }
 });
 
-after(() => server.stop());
+after(() => server?.stop());
 
 /** `promise`, or a rejection naming `what` after WAIT_MS. */
 function within(promise, what) {

@@ -228,6 +228,22 @@ pub(crate) struct ActorEnv {
     pub(crate) generation: u64,
     /// Metrics of the agent type.
     pub(crate) metrics: Arc<AgentMetrics>,
+    /// Cluster mode: this node's hold on the instance.
+    pub(crate) fence: Option<Fence>,
+}
+
+/// In cluster mode, what ends an instance here: this node's lease, lost or
+/// expiring (checked before every batch of events).
+#[derive(Debug)]
+pub(crate) struct Fence {
+    pub(crate) token: CancellationToken,
+    pub(crate) node: Arc<super::cluster::Node>,
+}
+
+impl Fence {
+    fn holds(&self) -> bool {
+        !self.token.is_cancelled() && self.node.valid()
+    }
 }
 
 /// Creates the actor for one instance; the caller spawns the returned task.
@@ -280,6 +296,7 @@ pub(crate) fn start<A: Agent>(
         replies,
         lost_upto: 0,
         broken: None,
+        moved: None,
         stopping: false,
         _metrics: instance_metrics,
     };
@@ -301,6 +318,8 @@ struct Actor<A: Agent> {
     lost_upto: u64,
     /// Why the instance cannot run (its stored state cannot be read).
     broken: Option<String>,
+    /// Another node owns the instance now: stop.
+    moved: Option<()>,
     /// Server shutdown began: refuse new connections, exit once empty.
     stopping: bool,
     /// Counts the instance live while it exists.
@@ -358,12 +377,22 @@ impl<A: Agent> Actor<A> {
         self.start().await;
         let shutdown = self.env.shutdown.clone();
         let evict = self.control.evict.clone();
+        let fenced = self
+            .env
+            .fence
+            .as_ref()
+            .map_or_else(CancellationToken::new, |f| f.token.clone());
         let idle_timeout = self.env.config.idle_timeout;
         loop {
             let idle = self.cx.connection_count() == 0;
             let behind = self.flow.is_behind();
+            if self.moved.is_some() || self.env.fence.as_ref().is_some_and(|f| !f.holds()) {
+                self.leave();
+                break;
+            }
             let cmd = tokio::select! {
                 biased;
+                _ = fenced.cancelled() => continue,
                 _ = evict.cancelled() => {
                     // Chosen while idle; a socket that raced in reconnects
                     // to the instance's next incarnation.
@@ -431,6 +460,10 @@ impl<A: Agent> Actor<A> {
         let key = &self.env.key;
         let stored = match self.cx.storage().load_state().await {
             Ok(stored) => stored,
+            Err(StorageError::Fenced) => {
+                self.moved = Some(());
+                return Err("The instance moved to another node".into());
+            }
             Err(err) => {
                 tracing::error!(agent = %Trunc(&key.agent), name = %Trunc(&key.name), %err, "cannot load state");
                 return Err(format!("Cannot load state: {err}"));
@@ -463,7 +496,9 @@ impl<A: Agent> Actor<A> {
             Ok(true) => {}
             Ok(false) => self.seed_initial_state().await,
             Err(reason) => {
-                self.broken = Some(reason);
+                if self.moved.is_none() {
+                    self.broken = Some(reason);
+                }
                 return;
             }
         }
@@ -493,6 +528,11 @@ impl<A: Agent> Actor<A> {
         if seq <= self.lost_upto {
             return;
         }
+        if matches!(error, StorageError::Fenced) {
+            // Another node took the instance over: it serves from now on.
+            self.moved = Some(());
+            return;
+        }
         // Batches opened so far fail with it (the backend refuses them
         // until the reset, which queues behind them).
         self.lost_upto = self.cx.storage().progress().opened.load(Ordering::Acquire);
@@ -511,6 +551,15 @@ impl<A: Agent> Actor<A> {
         self.report(None, HookError::Storage(error)).await;
     }
 
+    /// This node no longer owns the instance (cluster mode): its clients
+    /// reconnect, and reach the new owner.
+    fn leave(&mut self) {
+        tracing::info!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "instance no longer owned here; closing its sockets");
+        for conn in self.cx.connections() {
+            conn.close(1012, "Service restart");
+        }
+    }
+
     /// Stops taking events; what is still queued is handled or bounced (a
     /// connect gets no ack, so its socket retries on a fresh instance).
     async fn stop(&mut self) {
@@ -521,6 +570,7 @@ impl<A: Agent> Actor<A> {
                 cmd @ (Command::Closed { .. } | Command::Request { .. }) => self.handle(cmd).await,
             }
         }
+        self.cx.storage().release();
     }
 
     async fn handle(&mut self, cmd: Command) {

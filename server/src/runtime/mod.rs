@@ -7,6 +7,7 @@
 //! connections' queues, which their socket tasks write out.
 
 pub(crate) mod actor;
+pub(crate) mod cluster;
 pub(crate) mod frame;
 pub(crate) mod hooks;
 pub(crate) mod registry;

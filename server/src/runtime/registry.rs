@@ -15,11 +15,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actor::{self, ActorEnv, Command, Control, InstanceHandle};
+use super::actor::{self, ActorEnv, Admit, CloseInfo, Command, Control, Fence, InstanceHandle};
+use super::cluster::{Node, Owner, RemoteLink, Runtime};
 use super::InstanceKey;
 use crate::agent::{not_implemented, Agent, DefaultOnRequest};
 use crate::config::Config;
-use crate::connection::Connection;
+use crate::connection::{Connection, QueueLimits};
 use crate::metrics::{AgentMetrics, Limit};
 use crate::request::RequestInfo;
 use crate::storage::Storage;
@@ -102,6 +103,9 @@ pub(crate) struct Registry {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     next_generation: AtomicU64,
+    next_key: AtomicU64,
+    /// This node in a cluster, if in cluster mode.
+    cluster: Option<Arc<Node>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -120,8 +124,12 @@ impl Registry {
         storage: Storage,
         shutdown: CancellationToken,
         tracker: TaskTracker,
-    ) -> Self {
-        Registry {
+        cluster: Option<Arc<Node>>,
+    ) -> Arc<Self> {
+        let storage = cluster
+            .as_ref()
+            .map_or(storage, |node| node.storage.clone());
+        let registry = Arc::new(Registry {
             config,
             kinds,
             instances: Mutex::new(Instances::default()),
@@ -129,7 +137,40 @@ impl Registry {
             shutdown,
             tracker,
             next_generation: AtomicU64::new(1),
+            next_key: AtomicU64::new(1),
+            cluster,
+        });
+        if let Some(node) = &registry.cluster {
+            let runtime: Arc<dyn Runtime> = registry.clone();
+            node.attach(Arc::downgrade(&runtime));
         }
+        registry
+    }
+
+    /// A key for a new connection, unique on this server.
+    pub(crate) fn next_connection_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A connection for a socket with client id `id`, opened at `uri`.
+    pub(crate) fn new_connection(&self, id: String, uri: String) -> Connection {
+        let limits = QueueLimits {
+            frames: self.config.outbound_queue.max(1),
+            bytes: self.config.outbound_queue_bytes.max(1),
+        };
+        Connection::new(self.next_connection_key(), id, uri, limits)
+    }
+
+    /// Leaves the cluster, if in one (after every instance stopped).
+    pub(crate) async fn leave_cluster(&self) {
+        if let Some(node) = &self.cluster {
+            node.leave().await;
+        }
+    }
+
+    /// Whether the node takes traffic (in a cluster: holds a valid lease).
+    pub(crate) fn cluster_ready(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|node| node.is_ready())
     }
 
     /// The storage every instance writes to.
@@ -150,7 +191,7 @@ impl Registry {
     /// longest-idle instance when [`max_instances`](crate::AgentServer::max_instances)
     /// are running. While an earlier incarnation of `key` is still stopping
     /// the answer is to wait for it: one instance per key runs at a time.
-    fn instance(self: &Arc<Self>, kind: &Arc<dyn Kind>, key: &InstanceKey) -> Found {
+    fn instance(self: &Arc<Self>, kind: &Arc<dyn Kind>, key: &InstanceKey, token: u64) -> Found {
         let mut map = self.instances();
         if let Some(handle) = map.running.get(key) {
             return if handle.control.evict.is_cancelled() {
@@ -188,12 +229,19 @@ impl Registry {
         let env = ActorEnv {
             key: key.clone(),
             config: self.config.clone(),
-            storage: self
-                .storage
-                .instance(&key.agent, &key.name, self.config.max_state_bytes),
+            storage: self.storage.instance(
+                &key.agent,
+                &key.name,
+                token,
+                self.config.max_state_bytes,
+            ),
             shutdown: self.shutdown.clone(),
             generation,
             metrics: kind.metrics().clone(),
+            fence: self.cluster.as_ref().map(|node| Fence {
+                token: node.fence().child_token(),
+                node: node.clone(),
+            }),
         };
         let (handle, run) = kind.start(env);
         map.running.insert(key.clone(), handle.clone());
@@ -238,18 +286,50 @@ impl Registry {
         self.instances().running.len()
     }
 
-    /// Registers a socket with its instance. Returns the handle when the
-    /// instance accepted it; `None` when it refused (it has then queued a
-    /// close) or the server is shutting down.
+    /// Registers a socket with its instance — here, or (cluster mode) on
+    /// the node that owns it. Returns the link when the instance accepted
+    /// it; `None` when it refused (it has then queued a close) or the
+    /// server is shutting down.
     pub(crate) async fn connect(
         self: &Arc<Self>,
         kind: &Arc<dyn Kind>,
         key: &InstanceKey,
         conn: Connection,
         request: RequestInfo,
+    ) -> Option<Link> {
+        let token = match &self.cluster {
+            None => 0,
+            Some(node) => match node.owner(key).await {
+                Ok(Owner::Me(token)) => token,
+                Ok(Owner::Node(owner)) => {
+                    return node
+                        .open_remote(owner, key, &conn, &request)
+                        .await
+                        .map(Link::Remote);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot route a socket in the cluster");
+                    conn.close(1013, "Try again later");
+                    return None;
+                }
+            },
+        };
+        self.connect_here(kind, key, token, conn, request)
+            .await
+            .map(Link::Local)
+    }
+
+    /// Registers a socket with the instance `key` on this node.
+    async fn connect_here(
+        self: &Arc<Self>,
+        kind: &Arc<dyn Kind>,
+        key: &InstanceKey,
+        token: u64,
+        conn: Connection,
+        request: RequestInfo,
     ) -> Option<InstanceHandle> {
         for _ in 0..CONNECT_ATTEMPTS {
-            let handle = match self.instance(kind, key) {
+            let handle = match self.instance(kind, key, token) {
                 Found::Running(handle) => handle,
                 Found::Wait(control) => {
                     self.wait_for(&control).await;
@@ -282,7 +362,8 @@ impl Registry {
         None
     }
 
-    /// Hands a plain HTTP request to its instance.
+    /// Hands a plain HTTP request to its instance — here, or on the node
+    /// that owns it.
     pub(crate) async fn request(
         self: &Arc<Self>,
         kind: &Arc<dyn Kind>,
@@ -292,9 +373,35 @@ impl Registry {
         if !kind.serves_http().load(Ordering::Relaxed) {
             return not_implemented();
         }
+        let token = match &self.cluster {
+            None => 0,
+            Some(node) => match node.owner(key).await {
+                Ok(Owner::Me(token)) => token,
+                Ok(Owner::Node(owner)) => {
+                    return node
+                        .http_remote(&owner, key, request, self.config.max_message_size)
+                        .await;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot route a request in the cluster");
+                    return (StatusCode::SERVICE_UNAVAILABLE, "Try again later").into_response();
+                }
+            },
+        };
+        self.request_here(kind, key, token, request).await
+    }
+
+    /// Serves a plain HTTP request with the instance `key` on this node.
+    async fn request_here(
+        self: &Arc<Self>,
+        kind: &Arc<dyn Kind>,
+        key: &InstanceKey,
+        token: u64,
+        request: http::Request<Body>,
+    ) -> Response {
         let mut request = Some(request);
         for _ in 0..CONNECT_ATTEMPTS {
-            let handle = match self.instance(kind, key) {
+            let handle = match self.instance(kind, key, token) {
                 Found::Running(handle) => handle,
                 Found::Wait(control) => {
                     self.wait_for(&control).await;
@@ -333,6 +440,76 @@ impl Registry {
             }
         }
         (StatusCode::SERVICE_UNAVAILABLE, "Try again later").into_response()
+    }
+}
+
+/// Where a socket's messages go: an instance here, or its owner elsewhere.
+#[derive(Debug)]
+pub(crate) enum Link {
+    Local(InstanceHandle),
+    Remote(RemoteLink),
+}
+
+impl Link {
+    /// Offers a client message (see [`InstanceHandle::try_admit`]).
+    pub(crate) fn admit(&mut self, key: u64, message: crate::message::Message) -> Admit {
+        match self {
+            Link::Local(handle) => handle.try_admit(key, message),
+            Link::Remote(remote) => remote.admit(message),
+        }
+    }
+
+    /// The socket `key` ended: tells its instance how.
+    pub(crate) async fn closed(self, key: u64, info: CloseInfo) {
+        match self {
+            Link::Local(handle) => {
+                let _ = handle.send(Command::Closed { key, info }).await;
+            }
+            Link::Remote(remote) => remote.closed(info).await,
+        }
+    }
+}
+
+impl Runtime for Registry {
+    fn connect_local(
+        self: Arc<Self>,
+        key: InstanceKey,
+        token: u64,
+        conn: Connection,
+        request: RequestInfo,
+    ) -> BoxFuture<Option<InstanceHandle>> {
+        Box::pin(async move {
+            let Some(kind) = self.kind(&key.agent).cloned() else {
+                conn.close(1011, "Unknown agent");
+                return None;
+            };
+            self.connect_here(&kind, &key, token, conn, request).await
+        })
+    }
+
+    fn request_local(
+        self: Arc<Self>,
+        key: InstanceKey,
+        token: u64,
+        request: http::Request<Body>,
+    ) -> BoxFuture<Response> {
+        Box::pin(async move {
+            let Some(kind) = self.kind(&key.agent).cloned() else {
+                return (StatusCode::BAD_REQUEST, "Invalid request").into_response();
+            };
+            if !kind.serves_http().load(Ordering::Relaxed) {
+                return not_implemented();
+            }
+            self.request_here(&kind, &key, token, request).await
+        })
+    }
+
+    fn new_connection(&self, id: String, uri: String) -> Connection {
+        Registry::new_connection(self, id, uri)
+    }
+
+    fn max_message(&self) -> usize {
+        self.config.max_message_size
     }
 }
 

@@ -23,8 +23,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use super::actor::{Admit, CloseInfo, InstanceHandle};
+use super::actor::{Admit, CloseInfo};
 use super::frame::{self, Decoded, Decoder, Frame, FrameError, Opcode};
+use super::registry::Link;
 use crate::config::CLOSE_TIMEOUT;
 use crate::connection::{Connection, Outbound};
 use crate::log::Trunc;
@@ -97,8 +98,8 @@ pub(crate) async fn run<T>(
     conn: Connection,
     metrics: SocketMetrics,
     env: &SocketEnv,
-    register: impl Future<Output = Option<InstanceHandle>>,
-) -> Option<(InstanceHandle, CloseInfo)>
+    register: impl Future<Output = Option<Link>>,
+) -> Option<(Link, CloseInfo)>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -142,7 +143,7 @@ where
     })
     .await;
     match registered {
-        Some(handle) => socket.instance = Some(handle),
+        Some(link) => socket.instance = Some(link),
         // Refused: the registry queued a close; read only to find the reply.
         None => {
             socket.conn.close(1013, "Try again later");
@@ -190,7 +191,7 @@ struct Socket<'a, T> {
     /// Scratch queue the outbox is drained into.
     taken: VecDeque<Outbound>,
     write_stalled_since: Option<Instant>,
-    instance: Option<InstanceHandle>,
+    instance: Option<Link>,
     /// A message waiting for room in its instance's inbox, and its size.
     admitting: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
     admitting_len: usize,
@@ -626,13 +627,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
             // Closing: messages no longer reach the agent.
             return;
         }
-        let Some(instance) = &self.instance else {
+        let Some(instance) = &mut self.instance else {
             return;
         };
         let len = message.len();
         self.metrics.received.increment(1);
         self.metrics.received_bytes.increment(len as u64);
-        match instance.try_admit(self.conn.key(), message) {
+        match instance.admit(self.conn.key(), message) {
             Admit::Done => {}
             Admit::Closed => self.done = true,
             Admit::Wait(waiting) => {

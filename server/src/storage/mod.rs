@@ -20,7 +20,10 @@
 //! fails its instance's pending output, and the instance returns to what is
 //! on disk.
 
+mod nats;
 mod sqlite;
+
+pub(crate) use nats::{bucket_key, NatsStorage};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -74,6 +77,10 @@ pub struct InstanceId {
     pub agent: Arc<str>,
     /// The instance name.
     pub name: Arc<str>,
+    /// The fencing token of this incarnation (cluster mode: the revision of
+    /// its ownership claim; 0 on a single node). A backend refuses writes
+    /// of an incarnation older than the newest it has seen.
+    pub token: u64,
 }
 
 /// One write of a batch.
@@ -124,6 +131,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Completes once everything submitted so far is durable.
     fn flush(&self) -> BoxFuture<()>;
 
+    /// The instance stopped here: whatever is kept for it may go.
+    fn release(&self, id: &InstanceId) {
+        let _ = id;
+    }
+
     /// Whether the backend can serve now (a networked one may be cut off);
     /// the server reports not ready while it is not.
     fn is_ready(&self) -> bool {
@@ -171,14 +183,22 @@ impl Storage {
         &self.backend
     }
 
-    /// One instance's view, with values up to `max_value` bytes of JSON.
-    pub(crate) fn instance(&self, agent: &str, name: &str, max_value: usize) -> InstanceStorage {
+    /// One instance's view (incarnation `token`), with values up to
+    /// `max_value` bytes of JSON.
+    pub(crate) fn instance(
+        &self,
+        agent: &str,
+        name: &str,
+        token: u64,
+        max_value: usize,
+    ) -> InstanceStorage {
         InstanceStorage {
             inner: Arc::new(Inner {
                 backend: self.backend.clone(),
                 id: InstanceId {
                     agent: agent.into(),
                     name: name.into(),
+                    token,
                 },
                 max_value,
                 pending: Mutex::new(Pending::default()),
@@ -406,6 +426,11 @@ impl InstanceStorage {
             Some(settle) => settle(seq, result),
             None => self.inner.progress.settled.store(seq, Ordering::Release),
         }
+    }
+
+    /// The instance stopped: the backend may drop what it keeps for it.
+    pub(crate) fn release(&self) {
+        self.inner.backend.release(&self.inner.id);
     }
 
     /// After a failed batch: forget what is pending and let the backend

@@ -394,6 +394,7 @@ mod tests {
         InstanceId {
             agent: "a".into(),
             name: name.into(),
+            token: 0,
         }
     }
 

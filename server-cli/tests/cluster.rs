@@ -1,0 +1,701 @@
+//! Cluster mode against a real NATS server (`NATS_SERVER`, installed by
+//! `scripts/test.sh`) and three `agents-server --nats` nodes on 127.0.0.1:
+//! forwarding that clients cannot tell from a direct connection, owner
+//! crashes, a paused owner, and NATS itself restarting. Wide time margins
+//! (two shared cores); outcomes are asserted, not timings.
+
+#![allow(missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+#[allow(unused_imports)]
+#[path = "../../server/tests/util.rs"]
+mod util;
+
+use util::*;
+
+/// Lease TTL of the test nodes, in seconds.
+const TTL: u64 = 2;
+
+/// How long a failover may take in these tests (TTL + the client's retries,
+/// with room for a loaded machine).
+const FAILOVER: Duration = Duration::from_secs(20);
+
+/// A nats-server with JetStream in a temporary directory.
+struct Nats {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Nats {
+    async fn start(what: &str) -> Nats {
+        let dir =
+            std::env::temp_dir().join(format!("agents-rs-nats-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (child, port) = Self::spawn(&dir, None).await;
+        Nats { child, dir, port }
+    }
+
+    /// Spawns the server (on `port`, or a free one) and waits until JetStream is up.
+    async fn spawn(dir: &std::path::Path, port: Option<u16>) -> (Child, u16) {
+        let bin = std::env::var("NATS_SERVER")
+            .expect("NATS_SERVER is not set: ./scripts/test.sh installs nats-server and sets it");
+        for f in std::fs::read_dir(dir).unwrap().flatten() {
+            if f.file_name().to_string_lossy().ends_with(".ports") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+        // States up to max_state_bytes (2 MiB) need more than NATS's 1 MB default.
+        let config = dir.join("nats.conf");
+        std::fs::write(&config, "max_payload: 8MB\n").unwrap();
+        let child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-m", "-1"])
+            .arg("-c")
+            .arg(&config)
+            .arg("-sd")
+            .arg(dir.join("store"))
+            .arg("--ports_file_dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let ports = dir.join(format!("nats-server_{pid}.ports"));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    let url = v["nats"][0].as_str().unwrap();
+                    let http = v["monitoring"][0].as_str().unwrap();
+                    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+                    let monitor: SocketAddr = http.trim_start_matches("http://").parse().unwrap();
+                    if http_get(monitor, "/healthz?js-enabled-only=true", &[])
+                        .await
+                        .0
+                        == 200
+                    {
+                        return (child, port);
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    async fn restart(&mut self) {
+        let (child, _) = Self::spawn(&self.dir, Some(self.port)).await;
+        self.child = child;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One `agents-server --nats` node with an admin listener.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Node {
+    async fn start(nats: &str) -> Node {
+        Self::start_with_ttl(nats, TTL).await
+    }
+
+    async fn start_with_ttl(nats: &str, ttl: u64) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agents-server"))
+            .args([
+                "--port",
+                "0",
+                "--log",
+                "warn",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--nats", nats, "--lease-ttl", &ttl.to_string()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let line = tokio::time::timeout(WAIT, lines.next_line())
+                .await
+                .expect("the node did not start")
+                .unwrap()
+                .expect("the node exited");
+            addrs.push(
+                line.rsplit("http://")
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse::<SocketAddr>()
+                    .unwrap(),
+            );
+        }
+        Node {
+            child,
+            addr: addrs[0],
+            admin: addrs[1],
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Whether this node runs the instance of `agent` right now (its metrics say so).
+    async fn runs(&self, agent: &str) -> bool {
+        let (status, text) = http_get(self.admin, "/metrics", &[]).await;
+        let prefix = format!("agents_instances{{agent=\"{agent}\"}} ");
+        status == 200
+            && text.lines().any(|l| {
+                l.strip_prefix(&prefix)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v > 0.0)
+            })
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+async fn cluster(what: &str, n: usize) -> (Nats, Vec<Node>) {
+    let nats = Nats::start(what).await;
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Node::start(&nats.url()).await);
+    }
+    (nats, nodes)
+}
+
+fn rpc(id: &str, method: &str, args: Value) -> String {
+    json!({"type":"rpc","id":id,"method":method,"args":args}).to_string()
+}
+
+/// Reads frames until the RPC reply with `id`.
+async fn reply(c: &mut Client, id: &str) -> Value {
+    loop {
+        let frame = c.json().await;
+        if frame["type"] == "rpc" && frame["id"] == id && frame["done"] != false {
+            return frame;
+        }
+    }
+}
+
+/// Calls `increment(by)` on a fresh socket to `url`: the new count, or
+/// `None` when the socket could not be had or was closed first (a node or
+/// an owner on its way out).
+async fn try_increment(url: &str, by: u64) -> Option<u64> {
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    futures_util::SinkExt::send(&mut ws, Ws::text(rpc("try", "increment", json!([by]))))
+        .await
+        .ok()?;
+    tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match futures_util::StreamExt::next(&mut ws).await {
+                Some(Ok(Ws::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).ok()?;
+                    if v["type"] == "rpc" && v["id"] == "try" {
+                        return v["result"].as_u64();
+                    }
+                }
+                Some(Ok(Ws::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .ok()?
+}
+
+/// Sockets on three nodes reach one owner: connect frames, echo, state
+/// sync, RPC (streaming too), broadcast across nodes, close codes and
+/// reasons both ways, plain HTTP, and `on_close` on the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_on_any_node_reach_the_one_owner() {
+    let (_nats, nodes) = cluster("forward", 3).await;
+    let path = "/agents/counter-agent/shared";
+    let mut a = Client::connect(&nodes[0].url(&format!("{path}?_pk=a"))).await;
+    assert_eq!(a.handshake().await.1, Some(json!({"count": 0})));
+    let mut b = Client::connect(&nodes[1].url(&format!("{path}?_pk=b"))).await;
+    let mut c = Client::connect(&nodes[2].url(&format!("{path}?_pk=c"))).await;
+    let (identity, state) = b.handshake().await;
+    assert_eq!(identity["name"], "shared");
+    assert_eq!(identity["agent"], "counter-agent");
+    assert_eq!(state, Some(json!({"count": 0})));
+    c.handshake().await;
+    assert!(nodes[0].runs("counter-agent").await);
+    assert!(!nodes[1].runs("counter-agent").await && !nodes[2].runs("counter-agent").await);
+
+    // RPC from a forwarded socket: the state reaches all three, then the reply.
+    b.send(&rpc("1", "increment", json!([5]))).await;
+    for client in [&mut a, &mut c] {
+        assert_eq!(
+            client.json().await,
+            json!({"type":"cf_agent_state","state":{"count":5}})
+        );
+    }
+    assert_eq!(b.json().await["state"]["count"], 5);
+    assert_eq!(reply(&mut b, "1").await["result"], 5);
+    // Streaming.
+    c.send(&rpc("s", "count_to", json!([3]))).await;
+    for i in 1..3 {
+        assert_eq!(c.json().await["result"], i);
+    }
+    assert_eq!(reply(&mut c, "s").await["result"], 3);
+    // Broadcast from one node reaches the others, in order.
+    for i in 0..20 {
+        c.send(&format!("broadcast:m{i}")).await;
+    }
+    for client in [&mut a, &mut b, &mut c] {
+        for i in 0..20 {
+            assert_eq!(client.text().await, format!("m{i}"));
+        }
+    }
+    // A client state from a forwarded socket reaches the others.
+    c.send(r#"{"type":"cf_agent_state","state":{"count":42}}"#)
+        .await;
+    assert_eq!(a.json().await["state"]["count"], 42);
+    assert_eq!(b.json().await["state"]["count"], 42);
+    c.sentinel().await;
+    // Plain HTTP through a node that does not own the instance.
+    assert_eq!(
+        http_get(nodes[2].addr, "/agents/counter-agent/shared", &[]).await,
+        (200, r#"{"count":42}"#.into())
+    );
+
+    // Echo with binary frames, through a non-owner.
+    let mut e = Client::connect(&nodes[1].url("/agents/echo-agent/e")).await;
+    e.handshake().await;
+    e.send_binary(&[0, 1, 2, 255]).await;
+    assert_eq!(e.binary().await, vec![0, 1, 2, 255]);
+    let big = "x".repeat(1 << 20);
+    e.send(&big).await;
+    assert_eq!(e.text().await, big);
+
+    // The agent's close code and reason reach a forwarded client.
+    let mut p = Client::connect(&nodes[2].url("/agents/private-agent/p")).await;
+    p.handshake().await;
+    assert_eq!(p.closed().await, (4001, "Unauthorized".into()));
+
+    // A forwarded client's close ends its connection on the owner.
+    let mut chat_a = Client::connect(&nodes[0].url("/agents/chat-agent/room?_pk=ann")).await;
+    chat_a.handshake().await;
+    let mut chat_b = Client::connect(&nodes[1].url("/agents/chat-agent/room?_pk=bob")).await;
+    chat_b.handshake().await;
+    chat_a.send(&rpc("w1", "who", json!([]))).await;
+    assert_eq!(
+        reply(&mut chat_a, "w1").await["result"],
+        json!(["ann", "bob"])
+    );
+    chat_b.close(4002, "leaving").await;
+    assert_eq!(chat_b.closed().await, (4002, "leaving".into()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        chat_a.send(&rpc("w2", "who", json!([]))).await;
+        if reply(&mut chat_a, "w2").await["result"] == json!(["ann"]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the owner never saw bob leave"
+        );
+    }
+}
+
+/// The official `agents` client against a node that owns none of its
+/// instances: the whole compatibility suite passes unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_client_cannot_tell_which_node_it_talks_to() {
+    let (_nats, nodes) = cluster("compat", 2).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("npm")
+            .args(["--prefix", "tests/compat", "test"])
+            .current_dir(&root)
+            .env("AGENTS_COMPAT_HOST", nodes[1].addr.to_string())
+            .env("AGENTS_COMPAT_OWNER", nodes[0].addr.to_string())
+            .output(),
+    )
+    .await
+    .expect("the compatibility suite hung")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "compat suite failed:\n{text}");
+    assert!(text.contains("ℹ fail 0"), "{text}");
+    assert!(
+        nodes[0].runs("counter-agent").await,
+        "the owner was not node 0"
+    );
+    assert!(!nodes[1].runs("counter-agent").await);
+}
+
+/// A client that keeps calling `increment` on one node, reconnecting
+/// whenever its socket ends: counts what was sent and what acknowledged.
+struct Caller {
+    node_urls: Vec<String>,
+    sent: u64,
+    acked: u64,
+    /// 1012 closes seen (the owner went away).
+    restarts: u64,
+}
+
+impl Caller {
+    /// Calls until `stop` is set; ends after the call in flight.
+    async fn run(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Caller {
+        let mut node = 0;
+        'outer: while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let url = &self.node_urls[node % self.node_urls.len()];
+            let Ok(Ok((ws, _))) = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio_tungstenite::connect_async(url),
+            )
+            .await
+            else {
+                node += 1; // that node is down: try another
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let mut c = Client { ws };
+            loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break 'outer;
+                }
+                self.sent += 1;
+                let id = self.sent.to_string();
+                if futures_util::SinkExt::send(
+                    &mut c.ws,
+                    Ws::text(rpc(&id, "increment", json!([1]))),
+                )
+                .await
+                .is_err()
+                {
+                    break;
+                }
+                // Until our reply, or the socket's end.
+                let acked = loop {
+                    match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        futures_util::StreamExt::next(&mut c.ws),
+                    )
+                    .await
+                    {
+                        Ok(Some(Ok(Ws::Text(t)))) => {
+                            let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                            if v["type"] == "rpc" && v["id"] == id.as_str() {
+                                break v["result"].as_u64();
+                            }
+                        }
+                        Ok(Some(Ok(Ws::Close(f)))) => {
+                            if f.is_some_and(|f| u16::from(f.code) == 1012) {
+                                self.restarts += 1;
+                            }
+                            break None;
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => break None,
+                    }
+                };
+                match acked {
+                    Some(count) => self.acked = self.acked.max(count),
+                    None => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self
+    }
+}
+
+/// The counter's value, read over plain HTTP from any live node.
+async fn count(nodes: &[&Node]) -> u64 {
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    loop {
+        for node in nodes {
+            let (status, body) = http_get(node.addr, "/agents/counter-agent/crash", &[]).await;
+            if status == 200 {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                return v["count"].as_u64().unwrap();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no node served the counter"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `kill -9` of the owner while clients on every node call `increment`,
+/// ten times: clients on live nodes are closed with 1012 and reconnect, the
+/// instance is served again, and every acknowledged increment survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_loses_nothing_acknowledged() {
+    let (nats, mut nodes) = cluster("crash", 3).await;
+    let path = "/agents/counter-agent/crash";
+    for round in 0..10 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut callers = Vec::new();
+        for i in 0..3 {
+            let urls = (0..3).map(|j| nodes[(i + j) % 3].url(path)).collect();
+            let caller = Caller {
+                node_urls: urls,
+                sent: 0,
+                acked: 0,
+                restarts: 0,
+            };
+            callers.push(tokio::spawn(caller.run(stop.clone())));
+        }
+        // Find the owner once it serves, let the calls run, then kill it.
+        let deadline = tokio::time::Instant::now() + FAILOVER;
+        let owner = loop {
+            let mut found = None;
+            for (i, node) in nodes.iter().enumerate() {
+                if node.runs("counter-agent").await {
+                    found = Some(i);
+                }
+            }
+            if let Some(i) = found {
+                break i;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: no owner"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let before = count(&[&nodes[owner]]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nodes[owner].child.kill().await.unwrap();
+        let survivors: Vec<&Node> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != owner)
+            .map(|(_, n)| n)
+            .collect();
+        // Served again: a fresh client's call succeeds through a survivor.
+        let deadline = tokio::time::Instant::now() + FAILOVER;
+        while try_increment(&survivors[0].url(path), 0).await.is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: not served again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut sent = 0;
+        let mut acked = 0;
+        let mut restarts = 0;
+        for caller in callers {
+            let c = tokio::time::timeout(FAILOVER, caller)
+                .await
+                .expect("a caller hung")
+                .unwrap();
+            sent += c.sent;
+            acked = acked.max(c.acked);
+            restarts += c.restarts;
+        }
+        let after = count(&survivors).await;
+        assert!(
+            after >= acked,
+            "round {round}: lost acknowledged increments ({after} < {acked})"
+        );
+        assert!(
+            after <= before + sent,
+            "round {round}: more increments than calls"
+        );
+        assert!(
+            restarts >= 1,
+            "round {round}: no client on a live node saw 1012"
+        );
+        // A new node takes the dead one's place.
+        nodes[owner] = Node::start(&nats.url()).await;
+    }
+}
+
+/// An owner paused for 3 × TTL is replaced; when it resumes it finds
+/// itself fenced: it closes its clients, and nothing it does lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_replaced_and_fenced() {
+    let (_nats, nodes) = cluster("pause", 2).await;
+    let path = "/agents/counter-agent/crash";
+    let mut direct = Client::connect(&nodes[0].url(path)).await;
+    direct.handshake().await;
+    direct.send(&rpc("1", "increment", json!([1]))).await;
+    assert_eq!(reply(&mut direct, "1").await["result"], 1);
+    assert!(nodes[0].runs("counter-agent").await);
+
+    nodes[0].signal("STOP");
+    // Sent while the owner is paused: it reads it only after resuming.
+    direct.send(&rpc("stale", "increment", json!([100]))).await;
+    // The other node takes over once the paused one's lease is gone.
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    let acked = loop {
+        if let Some(count) = try_increment(&nodes[1].url(path), 1).await {
+            break count;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the paused owner was not replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(acked, 2);
+    tokio::time::sleep(Duration::from_secs(3 * TTL)).await;
+    nodes[0].signal("CONT");
+    // The stale owner closes its client (1012), never answering the call.
+    let closed = tokio::time::timeout(FAILOVER, async {
+        loop {
+            match futures_util::StreamExt::next(&mut direct.ws).await {
+                Some(Ok(Ws::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                    assert_ne!(v["id"], "stale", "the fenced owner answered: {v}");
+                }
+                Some(Ok(Ws::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                other => panic!("the fenced owner's socket ended without a close: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the fenced owner kept its client");
+    assert_eq!(closed, Some(1012));
+    assert_eq!(
+        count(&[&nodes[1]]).await,
+        2,
+        "a write of the fenced owner landed"
+    );
+    // And the resumed node serves again under a new lease, forwarding to the new owner.
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    loop {
+        match try_increment(&nodes[0].url(path), 1).await {
+            Some(count) => {
+                assert_eq!(count, 3);
+                break;
+            }
+            None => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the resumed node never served again"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// NATS killed and restarted: nodes fence themselves (clients closed with
+/// 1012, readiness 503), then serve again, with nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarting_fences_the_nodes_then_they_serve_again() {
+    let (mut nats, nodes) = cluster("restart", 2).await;
+    let path = "/agents/counter-agent/crash";
+    let mut c = Client::connect(&nodes[1].url(path)).await;
+    c.handshake().await;
+    c.send(&rpc("1", "increment", json!([7]))).await;
+    assert_eq!(reply(&mut c, "1").await["result"], 7);
+    assert_eq!(http_get(nodes[0].admin, "/readyz", &[]).await.0, 200);
+    nats.kill().await;
+    // Within the lease TTL the nodes stop serving.
+    let closed = tokio::time::timeout(FAILOVER, c.closed())
+        .await
+        .expect("not fenced");
+    assert_eq!(closed.0, 1012);
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    while http_get(nodes[0].admin, "/readyz", &[]).await.0 != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nats.restart().await;
+    let deadline = tokio::time::Instant::now() + FAILOVER;
+    for node in &nodes {
+        while http_get(node.admin, "/readyz", &[]).await.0 != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not ready after NATS came back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut c = Client::connect(&nodes[0].url(path)).await;
+    assert_eq!(c.handshake().await.1, Some(json!({"count": 7})));
+    c.send(&rpc("2", "increment", json!([1]))).await;
+    assert_eq!(reply(&mut c, "2").await["result"], 8);
+}
+
+/// A graceful stop (SIGTERM) of the owner hands its instances over at once:
+/// its clients get 1001 and, reconnecting through another node, are served
+/// long before its 60 s lease would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_owner_hands_over_at_once() {
+    let nats = Nats::start("leave").await;
+    let nodes = [
+        Node::start_with_ttl(&nats.url(), 60).await,
+        Node::start_with_ttl(&nats.url(), 60).await,
+    ];
+    let path = "/agents/counter-agent/crash";
+    let mut c = Client::connect(&nodes[0].url(path)).await;
+    c.handshake().await;
+    c.send(&rpc("1", "increment", json!([4]))).await;
+    assert_eq!(reply(&mut c, "1").await["result"], 4);
+    nodes[0].signal("TERM");
+    assert_eq!(c.closed().await, (1001, "Server shutting down".into()));
+    // The lease is given up: no wait for it to expire.
+    let started = tokio::time::Instant::now();
+    let count = loop {
+        if let Some(count) = try_increment(&nodes[1].url(path), 1).await {
+            break count;
+        }
+        assert!(started.elapsed() < FAILOVER, "not taken over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(count, 5);
+}
