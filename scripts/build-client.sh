@@ -13,7 +13,9 @@ cargo build --profile wasm-release --target wasm32-unknown-unknown -p agents-cli
 RAW="$ROOT/target/wasm32-unknown-unknown/wasm-release/agents_client.wasm"
 rm -rf "$OUT" && mkdir -p "$OUT"
 step "wasm-bindgen, wasm-opt -Oz, minify"
-wasm-bindgen --target web --remove-name-section --remove-producers-section \
+# The bundler target's glue (`agents_client_bg.js`: the imports as exported
+# functions); src/index.js loads the module itself.
+wasm-bindgen --target bundler --remove-name-section --remove-producers-section \
   --out-dir "$OUT" --out-name agents_client "$RAW"
 # Also shortens every import and export name (hashed wasm-bindgen names of
 # 20-45 characters, in both the wasm and the glue) to one or two letters.
@@ -21,12 +23,16 @@ wasm-bindgen --target web --remove-name-section --remove-producers-section \
   --enable-reference-types --enable-bulk-memory --enable-nontrapping-float-to-int \
   --enable-sign-ext --enable-mutable-globals --enable-multivalue \
   "$OUT/agents_client_bg.wasm" -o "$OUT/agents_client_bg.wasm" >"$OUT/names.json"
-node "$ROOT/scripts/minify-wasm-names.mjs" "$OUT/names.json" "$OUT/agents_client.js" \
+node "$ROOT/scripts/minify-wasm-names.mjs" "$OUT/names.json" "$OUT/agents_client_bg.js" \
   "$OUT/agents_client_bg.wasm"
 rm "$OUT/names.json"
-# One minified ES module: the package entry (src/index.js) and the glue.
+# One minified ES module: the package entry (src/index.js), the class
+# (client-wasm/js/agent-client.js) and the glue. The names the class and
+# the glue share (the core's methods, the class's `…_` methods the core
+# calls) end in `_` and are shortened too (names of three letters or more:
+# wasm-opt's one- and two-letter names, `_` among them, stay as they are).
 "$ESBUILD" "$ROOT/packages/client/src/index.js" --bundle --minify --format=esm \
-  --target=es2022 --log-level=warning --outfile="$OUT/index.js"
-# pkg/agents_client.d.ts stays: index.d.ts takes the option types from it.
-rm -f "$OUT/agents_client.js" "$OUT/agents_client_bg.wasm.d.ts"
+  --target=es2022 --mangle-props='^[a-z][a-zA-Z]+_$' --log-level=warning --outfile="$OUT/index.js"
+# The types are packages/client/index.d.ts; the glue is in pkg/index.js.
+rm -f "$OUT"/agents_client.js "$OUT"/agents_client_bg.js "$OUT"/*.d.ts
 echo "built $OUT"

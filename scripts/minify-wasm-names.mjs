@@ -1,10 +1,13 @@
-// Applies wasm-opt's `--minify-imports-and-exports-and-modules` renaming (the JSON map
-// it prints) to wasm-bindgen's JavaScript glue, so the long hashed import
-// and export names (`__wbg_send_cd51063ca1be4d0f`, `agentclient_new`, …)
-// become one or two letters in both files.
+// Applies wasm-opt's `--minify-imports-and-exports-and-modules` renaming (the
+// JSON map it prints) to wasm-bindgen's `--target bundler` glue
+// (`<name>_bg.js`), so the long hashed import and export names
+// (`__wbg_send_cd51063ca1be4d0f`, `core_on_`, …) become one or two letters
+// in both files. Also exports, from the glue, what the loader needs:
+// `IMPORT_MODULE` (the import object's key) and `start()` (the module's
+// `__wbindgen_start` under its new name).
 //
-// usage: node minify-wasm-names.mjs <map.json> <glue.js> <module.wasm>
-// (rewrites glue.js, then checks it against the imports the wasm declares)
+// usage: node minify-wasm-names.mjs <map.json> <glue_bg.js> <module.wasm>
+// (rewrites the glue, then checks it against the imports the wasm declares)
 import { readFileSync, writeFileSync } from "node:fs";
 
 const [mapFile, glueFile, wasmFile] = process.argv.slice(2);
@@ -16,20 +19,19 @@ let glue = readFileSync(glueFile, "utf8");
 function rename(pairs, pattern, write) {
   const names = new Map(pairs);
   let count = 0;
-  glue = glue.replace(pattern, (whole, name, rest) => {
+  glue = glue.replace(pattern, (whole, name) => {
     if (!names.has(name)) return whole;
     count++;
-    return write(names.get(name), rest);
+    return write(names.get(name));
   });
   return count;
 }
 
-// Imports are the keys of the object handed to WebAssembly.instantiate:
-// `__wbg_send_…: function(`; exports are read as `wasm.name`.
+// Imports are the glue's exported functions; exports are read as `wasm.name`.
 const imports = rename(
   map.imports.map(([, from, to]) => [from, to]),
-  /\b([A-Za-z_$][\w$]*)(\s*:\s*function\b)/g,
-  (to, rest) => to + rest,
+  /\bexport function ([A-Za-z_$][\w$]*)\(/g,
+  (to) => `export function ${to}(`,
 );
 if (imports !== map.imports.length) {
   throw new Error(`renamed ${imports} of ${map.imports.length} imports in ${glueFile}`);
@@ -39,18 +41,16 @@ const left = map.exports.filter(([from]) => new RegExp(`\\bwasm\\.${from}\\b`).t
 if (left.length) {
   throw new Error(`exports left unrenamed in ${glueFile}: ${left.map(([f]) => f).join(", ")}`);
 }
-// `-and-modules` also renames the import module ("./agents_client_bg.js").
+const start = map.exports.find(([from]) => from === "__wbindgen_start");
+if (!start) throw new Error("the module exports no __wbindgen_start");
 const declared = WebAssembly.Module.imports(new WebAssembly.Module(readFileSync(wasmFile)));
 const modules = new Set(declared.map((i) => i.module));
-const [from] = new Set(map.imports.map(([module]) => module));
-if (modules.size !== 1 || !glue.includes(JSON.stringify(from))) {
-  throw new Error(`expected one import module, "${from}" in the glue; wasm has ${[...modules]}`);
-}
-const [to] = modules;
-glue = glue.replaceAll(JSON.stringify(from), JSON.stringify(to));
+if (modules.size !== 1) throw new Error(`expected one import module, the wasm has ${[...modules]}`);
 for (const { name } of declared) {
-  if (!new RegExp(`[{,\\s]${name.replace(/\$/g, "\\$")}\\s*:\\s*function\\b`).test(glue)) {
+  if (!new RegExp(`\\bexport function ${name.replace(/\$/g, "\\$")}\\(`).test(glue)) {
     throw new Error(`the glue provides no import "${name}"`);
   }
 }
+glue += `\nexport const IMPORT_MODULE = ${JSON.stringify([...modules][0])};\n`;
+glue += `export function start() {\n    wasm.${start[1]}();\n}\n`;
 writeFileSync(glueFile, glue);

@@ -23,22 +23,32 @@ cargo build --workspace --all-targets --locked
 LOG="$ROOT/target/test-logs"
 mkdir -p "$LOG"
 step "rust tests (protocol golden frames, server integration)"
-# agents-client's native suites: its unit tests (tests/browser.rs runs in Chromium below).
+# agents-client runs on its own: unit tests, the core (tests/machine.rs) and its agreement
+# with the protocol crate (tests/frames.rs); tests/browser*.rs run in Chromium below.
 cargo test --workspace --exclude agents-client --locked 2>&1 | tee "$LOG/cargo.log"
-cargo test -p agents-client --lib --locked 2>&1 | tee "$LOG/cargo-client.log"
+cargo test -p agents-client --lib --test machine --test frames --locked 2>&1 | tee "$LOG/cargo-client.log"
 
 step "browser tests: the wasm AgentClient in headless Chromium against agents-server"
 start_supervisor "$LOG/supervisor.out"
 export WASM_BINDGEN_TEST_TIMEOUT=180
-cargo test -p agents-client --target wasm32-unknown-unknown --test browser --locked --features small-alloc 2>&1 | tee "$LOG/browser.log"
+cargo test -p agents-client --target wasm32-unknown-unknown --test browser --test browser_no_server --locked --features small-alloc 2>&1 | tee "$LOG/browser.log"
 kill "$SUPERVISOR_PID"; wait "$SUPERVISOR_PID" 2>/dev/null || true
 
-step "negative check: the browser tests must fail without a server"
+step "negative check: every browser test that needs the server fails without one"
+# client-wasm/tests/browser.rs holds only tests that need the server (those
+# that do not are in browser_no_server.rs): each must fail, none may be
+# skipped, and a compile error or a runner that never starts is no pass.
+expected=$(grep -c '^#\[wasm_bindgen_test\]' client-wasm/tests/browser.rs)
 if cargo test -p agents-client --target wasm32-unknown-unknown --test browser --locked --features small-alloc >"$LOG/negative.out" 2>&1; then
   echo "ERROR: the browser tests passed without a server" >&2
   exit 1
 fi
-echo "ok: $(grep -c '^test .* FAIL' "$LOG/negative.out") browser tests failed without the server, as they must"
+if ! grep -qE "^test result: FAILED\. 0 passed; $expected failed; 0 ignored" "$LOG/negative.out"; then
+  tail -n 30 "$LOG/negative.out" >&2
+  echo "ERROR: expected exactly $expected browser tests to fail without a server (see $LOG/negative.out)" >&2
+  exit 1
+fi
+echo "ok: all $expected browser tests that need the server failed without it, as they must"
 
 step "build @agents-rs/client, @agents-rs/react and the example app"
 "$ROOT/scripts/build-client.sh" >"$LOG/build-client.out" 2>&1 || { cat "$LOG/build-client.out"; exit 1; }

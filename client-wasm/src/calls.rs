@@ -11,7 +11,7 @@ pub struct Pending<T> {
     pub method: String,
     /// The socket generation the request was written to; `None` while it
     /// waits in the send queue.
-    pub socket: Option<u64>,
+    pub socket: Option<u32>,
     /// Streaming calls get chunks until `done`.
     pub streaming: bool,
     /// The settlers.
@@ -64,15 +64,21 @@ impl<T> Calls<T> {
         Some(self.pending.swap_remove(at).1)
     }
 
+    /// Removes and returns the first call whose handle matches.
+    pub fn take_where(&mut self, matches: impl Fn(&T) -> bool) -> Option<Pending<T>> {
+        let at = self.pending.iter().position(|(_, p)| matches(&p.handle))?;
+        Some(self.pending.swap_remove(at).1)
+    }
+
     /// Marks the call `id` as written to socket `generation`.
-    pub fn mark_one_sent(&mut self, id: &str, generation: u64) {
+    pub fn mark_one_sent(&mut self, id: &str, generation: u32) {
         if let Some((_, p)) = self.pending.iter_mut().find(|(i, _)| i == id) {
             p.socket = Some(generation);
         }
     }
 
     /// Marks every queued call as written to socket `generation`.
-    pub fn mark_sent(&mut self, generation: u64) {
+    pub fn mark_sent(&mut self, generation: u32) {
         for (_, p) in &mut self.pending {
             p.socket.get_or_insert(generation);
         }
@@ -80,17 +86,26 @@ impl<T> Calls<T> {
 
     /// Removes the calls written to socket `generation` (it closed, so
     /// their answers can never come); queued calls stay for the next socket.
-    pub fn take_sent_on(&mut self, generation: u64) -> Vec<Pending<T>> {
-        let (gone, kept): (Vec<_>, Vec<_>) = core::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|(_, p)| p.socket == Some(generation));
-        self.pending = kept;
-        gone.into_iter().map(|(_, p)| p).collect()
+    pub fn take_sent_on(&mut self, generation: u32) -> Vec<Pending<T>> {
+        self.take_all_where(|p| p.socket == Some(generation))
     }
 
     /// Removes every call.
     pub fn take_all(&mut self) -> Vec<Pending<T>> {
-        self.pending.drain(..).map(|(_, p)| p).collect()
+        self.take_all_where(|_| true)
+    }
+
+    fn take_all_where(&mut self, matches: impl Fn(&Pending<T>) -> bool) -> Vec<Pending<T>> {
+        let mut taken = Vec::new();
+        let mut at = 0;
+        while let Some((_, p)) = self.pending.get(at) {
+            if matches(p) {
+                taken.push(self.pending.swap_remove(at).1);
+            } else {
+                at += 1;
+            }
+        }
+        taken
     }
 
     /// Pending calls.
@@ -108,7 +123,7 @@ impl<T> Calls<T> {
 mod tests {
     use super::*;
 
-    fn p(method: &str, socket: Option<u64>) -> Pending<()> {
+    fn p(method: &str, socket: Option<u32>) -> Pending<()> {
         Pending {
             method: method.into(),
             socket,

@@ -27,6 +27,9 @@ pub enum ClientError {
     Rpc(String),
     /// The send queue is full (`maxEnqueuedMessages`).
     QueueFull,
+    /// (Rust API) A value did not convert to or from JSON.
+    #[cfg(feature = "rust-api")]
+    Serde(String),
 }
 
 impl ClientError {
@@ -34,6 +37,8 @@ impl ClientError {
     pub fn message(&self) -> String {
         match self {
             ClientError::Options(m) | ClientError::Rpc(m) => m.clone(),
+            #[cfg(feature = "rust-api")]
+            ClientError::Serde(m) => "cannot convert: ".to_owned() + m,
             ClientError::ConnectionClosed => "Connection closed".into(),
             ClientError::Timeout { method, ms } => {
                 let mut m = "RPC call to ".to_owned() + method + " timed out after ";

@@ -74,6 +74,18 @@ impl Address {
         };
         Ok(scheme.to_owned() + "://" + host + "/" + &target + &suffix)
     }
+
+    /// The instance's URL over HTTP(S) for `agentFetch`: the socket URL's
+    /// scheme swapped, no `_pk`, and always a `?` (as the reference's).
+    pub fn http_url<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<String, ClientError> {
+        let base = self.base_url()?;
+        let mut url = String::from("http") + base.strip_prefix("ws").unwrap_or(&base) + "?";
+        push_pairs(&mut url, pairs, "");
+        Ok(url)
+    }
 }
 
 /// The reference's kebab-case rule. In the browser the Unicode case mapping
@@ -134,13 +146,24 @@ pub fn with_query<'a>(
     url.push_str(base);
     url.push_str("?_pk=");
     form_encode(&mut url, id);
-    for (k, v) in pairs {
-        url.push('&');
-        form_encode(&mut url, k);
-        url.push('=');
-        form_encode(&mut url, v);
-    }
+    push_pairs(&mut url, pairs, "&");
     url
+}
+
+/// Appends `k=v` pairs joined by `&`, the first preceded by `first`.
+fn push_pairs<'a>(
+    url: &mut String,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    first: &str,
+) {
+    let mut sep = first;
+    for (k, v) in pairs {
+        url.push_str(sep);
+        sep = "&";
+        form_encode(url, k);
+        url.push('=');
+        form_encode(url, v);
+    }
 }
 
 /// application/x-www-form-urlencoded, as `URLSearchParams.toString()`.
@@ -223,6 +246,20 @@ mod tests {
         let mut p = addr("A", "n", "h");
         p.protocol = Some("http".into());
         assert!(p.base_url().is_err());
+    }
+
+    #[test]
+    fn http_url_for_agent_fetch() {
+        let a = addr("CounterAgent", "c 1", "127.0.0.1:8787");
+        assert_eq!(
+            a.http_url([]).unwrap(),
+            "http://127.0.0.1:8787/agents/counter-agent/c 1?"
+        );
+        let b = addr("A", "n", "example.com");
+        assert_eq!(
+            b.http_url([("t", "x y"), ("k", "v")]).unwrap(),
+            "https://example.com/agents/a/n?t=x+y&k=v"
+        );
     }
 
     #[test]

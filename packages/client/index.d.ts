@@ -1,19 +1,109 @@
-// Types of @agents-rs/client. The class is implemented in Rust
-// (client-wasm/src/js.rs); these declarations mirror `agents/client`'s
-// `AgentClient` so code written for it type-checks unchanged.
-import type {
-  AgentClientOptions,
-  AgentConnectionError,
-  CallOptions,
-  StreamCallbacks,
-} from "./pkg/agents_client.js";
+// Types of @agents-rs/client. The class is client-wasm/js/agent-client.js
+// (an EventTarget that owns the socket); every decision it carries out is
+// made by the Rust core in client-wasm/src. These declarations mirror
+// `agents/client`'s `AgentClient` so code written for it type-checks
+// unchanged.
 
-export type { AgentClientOptions, AgentConnectionError, CallOptions, StreamCallbacks };
+/** Options of `new AgentClient(options)`; names and defaults as `agents/client`. */
+export interface AgentClientOptions {
+  /** Agent class or binding name; kebab-cased into the URL (`ChatAgent` → `chat-agent`). Required unless `basePath` is set. */
+  agent: string;
+  /** Instance name. @default "default" */
+  name?: string;
+  /** `host[:port]` of the server. @default location.host */
+  host?: string;
+  /** A full path that replaces `<prefix>/<agent>/<name>`; the server picks the instance. */
+  basePath?: string;
+  /** URL prefix before the agent. @default "agents" */
+  prefix?: string;
+  /** Extra path after the name; must not start with `/`. */
+  path?: string;
+  /** `"ws"` or `"wss"`. @default "ws" for localhost, 127.0.0.1, 10.x, 192.168.x, 172.16–31.x; else "wss" */
+  protocol?: "ws" | "wss";
+  /** Query parameters, or a (sync or async) function re-run before every connection attempt (for auth tokens). `null`/`undefined` values are skipped. */
+  query?: Record<string, string | number | boolean | null | undefined> | (() => Record<string, string | number | boolean | null | undefined> | Promise<Record<string, string | number | boolean | null | undefined>>);
+  /** WebSocket subprotocols. */
+  protocols?: string | string[];
+  /** Connection id sent as `_pk`. @default a random UUID, kept across reconnects */
+  id?: string;
+  /** Retries after the first attempt. @default Infinity */
+  maxRetries?: number;
+  /** First backoff delay in ms (full jitter is applied). @default 3000 */
+  minReconnectionDelay?: number;
+  /** Largest backoff delay in ms. @default 10000 */
+  maxReconnectionDelay?: number;
+  /** Backoff growth per retry. @default 1.3 */
+  reconnectionDelayGrowFactor?: number;
+  /** ms a connection must stay open before the retry count resets. @default 5000 */
+  minUptime?: number;
+  /** ms an attempt may take to open. @default 4000 */
+  connectionTimeout?: number;
+  /** Most messages queued while disconnected; `send` throws beyond it. @default Infinity */
+  maxEnqueuedMessages?: number;
+  /** Do not connect until `reconnect()`. @default false */
+  startClosed?: boolean;
+  /** Timeout of non-streaming `call`s in ms; `0` disables. @default 30000 */
+  defaultCallTimeout?: number;
+  /** The agent's state changed (`"server"`) or `setState` was called (`"client"`). */
+  onStateUpdate?: (state: any, source: "server" | "client") => void;
+  /** The server refused a `setState` (e.g. `"Connection is readonly"`). */
+  onStateUpdateError?: (error: string) => void;
+  /** The server's identity arrived. */
+  onIdentity?: (name: string, agent: string) => void;
+  /** A reconnect reached a different instance than before. */
+  onIdentityChange?: (oldName: string, newName: string, oldAgent: string, newAgent: string) => void;
+  /** A terminal close (1008, 4000–4999) or exhausted retries; reconnecting stopped. */
+  onConnectionError?: (error: AgentConnectionError) => void;
+  /** The `cf_agent_mcp_servers` frame. */
+  onMcpUpdate?: (mcp: unknown) => void;
+}
+
+/** Options of `call`. */
+export interface CallOptions {
+  /** ms before the call rejects; `0` disables. @default defaultCallTimeout (none for streaming calls) */
+  timeout?: number;
+  /** Streaming callbacks: chunks (`done:false`), the final result, or the error. */
+  stream?: StreamCallbacks;
+  /** @deprecated use `stream.onChunk` */
+  onChunk?: (chunk: any) => void;
+  /** @deprecated use `stream.onDone` */
+  onDone?: (result: any) => void;
+  /** @deprecated use `stream.onError` */
+  onError?: (error: string) => void;
+}
+
+/** Callbacks of a streaming call. */
+export interface StreamCallbacks {
+  onChunk?: (chunk: any) => void;
+  onDone?: (result: any) => void;
+  onError?: (error: string) => void;
+}
+
+/** Why the client stopped reconnecting: a terminal close (1008, 4000–4999) or retries used up. */
+export declare class AgentConnectionError extends Error {
+  readonly name: "AgentConnectionError";
+  /** The close code. */
+  readonly code: number;
+  /** The close reason. */
+  readonly reason: string;
+  /** Whether the close was clean. */
+  readonly wasClean: boolean;
+}
+
+/**
+ * A `message` event of an {@link AgentClient}. Protocol frames (identity,
+ * state, state errors, MCP servers, RPC answers) reach listeners too, marked
+ * `isProtocol: true` by the client's frame sorting, so a filter needs no
+ * `JSON.parse` of its own.
+ */
+export interface AgentMessageEvent<T = any> extends MessageEvent<T> {
+  readonly isProtocol: boolean;
+}
 
 /** Events an {@link AgentClient} dispatches. */
 export interface AgentClientEventMap {
   open: Event;
-  message: MessageEvent;
+  message: AgentMessageEvent;
   close: CloseEvent;
   error: Event;
 }
@@ -30,7 +120,7 @@ export interface AgentClientEventMap {
  * connection.addEventListener("message", (event) => console.log("Received:", event.data));
  * connection.send(JSON.stringify({ type: "inquiry", content: "What patterns do you see?" }));
  */
-export declare class AgentClient<State = any> {
+export declare class AgentClient<State = any> extends EventTarget {
   /** Creates the client and starts connecting (unless `startClosed`). Throws on bad options. */
   constructor(options: AgentClientOptions);
 
@@ -46,12 +136,11 @@ export declare class AgentClient<State = any> {
     options?: boolean | EventListenerOptions,
   ): void;
   removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | EventListenerOptions): void;
-  dispatchEvent(event: Event): boolean;
 
   /** Called on `open` (before listeners). */
   onopen: ((event: Event) => void) | null;
   /** Called on every message, protocol frames included (before listeners). */
-  onmessage: ((event: MessageEvent) => void) | null;
+  onmessage: ((event: AgentMessageEvent) => void) | null;
   /** Called on `close` with the real `code`, `reason` and `wasClean`. */
   onclose: ((event: CloseEvent) => void) | null;
   /** Called on `error`. */
@@ -94,6 +183,8 @@ export declare class AgentClient<State = any> {
   readonly url: string;
   /** The live socket's subprotocol, or `""`. */
   readonly protocol: string;
+  /** The live socket's extensions, or `""`. */
+  readonly extensions: string;
   /** 0 connecting, 1 open, 2 closing, 3 closed (also between attempts). */
   readonly readyState: 0 | 1 | 2 | 3;
   /** Bytes queued while disconnected (UTF-16 units for strings) plus the socket's buffer. */
@@ -107,6 +198,10 @@ export declare class AgentClient<State = any> {
   /** `"blob"` (default) or `"arraybuffer"`; kept across reconnects. */
   binaryType: BinaryType;
 
+  static readonly CONNECTING: 0;
+  static readonly OPEN: 1;
+  static readonly CLOSING: 2;
+  static readonly CLOSED: 3;
   readonly CONNECTING: 0;
   readonly OPEN: 1;
   readonly CLOSING: 2;
@@ -116,3 +211,21 @@ export declare class AgentClient<State = any> {
   free(): void;
   [Symbol.dispose](): void;
 }
+
+
+/** Options of {@link agentFetch}: the address options of {@link AgentClientOptions}. */
+export interface AgentFetchOptions
+  extends Pick<AgentClientOptions, "agent" | "name" | "host" | "basePath" | "prefix" | "path" | "protocol" | "query"> {
+  /** The `fetch` to use. @default globalThis.fetch */
+  fetch?: typeof fetch;
+}
+
+/**
+ * A plain HTTP request to the agent instance (its `on_request`), at the URL
+ * a socket would use with `http(s)` for `ws(s)` and no `_pk`, as
+ * `agents/client`'s `agentFetch`. A `query` function is awaited first.
+ *
+ * @example
+ * const state = await (await agentFetch({ agent: "counter-agent", name: "room-1" })).json();
+ */
+export declare function agentFetch(options: AgentFetchOptions, init?: RequestInit): Promise<Response>;

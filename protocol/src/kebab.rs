@@ -1,6 +1,5 @@
 //! The reference's `camelCaseToKebabCase`: how an agent class name becomes a URL segment.
 
-use alloc::borrow::ToOwned;
 use alloc::string::String;
 
 /// Converts an agent class (or binding) name into its URL segment, exactly as
@@ -32,22 +31,26 @@ pub fn camel_case_to_kebab_case_with(
 ) -> String {
     let lower = to_lower(name);
     if name == to_upper(name) && name != lower {
-        return lower.replace('_', "-");
+        return lower
+            .chars()
+            .map(|c| if c == '_' { '-' } else { c })
+            .collect();
     }
+    // One pass: `X` → `-x` and `_` → `-`.
     let mut out = String::with_capacity(name.len() + 4);
     for c in name.chars() {
         if c.is_ascii_uppercase() {
             out.push('-');
             out.push(c.to_ascii_lowercase());
         } else {
-            out.push(c);
+            out.push(if c == '_' { '-' } else { c });
         }
     }
-    let mut out = match out.strip_prefix('-') {
-        Some(rest) => rest.to_owned(),
-        None => out,
-    };
-    out = out.replace('_', "-");
+    // The reference drops one leading `-` before it turns `_` into `-`: one
+    // from a capital or the name itself goes, one from `_` stays.
+    if name.starts_with(|c: char| c == '-' || c.is_ascii_uppercase()) {
+        out.remove(0);
+    }
     if out.ends_with('-') {
         out.pop();
     }
@@ -81,6 +84,10 @@ mod tests {
             ("ChatAgent", "chat-agent"),
             ("EchoAgent", "echo-agent"),
             ("", ""),
+            ("_foo", "-foo"),
+            ("-foo", "foo"),
+            ("Foo_", "foo"),
+            ("A_", "a-"),
         ];
         for (input, want) in cases {
             assert_eq!(kebab(input), want, "kebab({input:?})");

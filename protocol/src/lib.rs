@@ -31,14 +31,17 @@
 //! - [`rpc`]: RPC requests and responses.
 //! - [`mcp`]: the MCP servers frame payload.
 //! - [`kebab`]: the reference's class name → URL segment rule.
+//! - [`frame`]: the rule that sorts server frames into protocol and user
+//!   frames, shared with the browser client (which reads JavaScript objects).
 //!
-//! Everything but [`kebab`], [`frame_type`] and the constants sits behind the
-//! default `json` feature.
+//! Everything but [`kebab`], [`frame`], [`frame_type`] and the constants sits
+//! behind the default `json` feature.
 
 #![cfg_attr(not(feature = "json"), no_std)]
 
 extern crate alloc;
 
+pub mod frame;
 pub mod kebab;
 #[cfg(feature = "json")]
 pub mod mcp;

@@ -21,6 +21,32 @@ pub struct McpState {
     pub tools: Vec<Value>,
 }
 
+impl McpState {
+    /// Reads the `mcp` object of a frame leniently, as a client that only
+    /// hands it on must: a field of the wrong type reads as empty, so every
+    /// JSON object is a valid payload (the rule of [`crate::frame`]).
+    pub fn from_object(raw: &serde_json::value::RawValue) -> McpState {
+        let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(raw.get()) else {
+            return McpState::default();
+        };
+        let mut list = |key: &str| match map.remove(key) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        let (prompts, resources, tools) = (list("prompts"), list("resources"), list("tools"));
+        let servers = match map.remove("servers") {
+            Some(Value::Object(servers)) => servers,
+            _ => Map::new(),
+        };
+        McpState {
+            prompts,
+            resources,
+            servers,
+            tools,
+        }
+    }
+}
+
 /// One entry of [`McpState::servers`], as the reference builds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct McpServer {

@@ -1,7 +1,12 @@
 //! The protocol frames, and the one place they are encoded and decoded.
 
+use std::borrow::Cow;
+
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+
+use crate::frame::{classify, FrameFields, FrameType, ServerFrame, UNKNOWN_RPC_ERROR};
 
 use crate::mcp::McpState;
 use crate::rpc::{RpcRequest, RpcResponse};
@@ -77,47 +82,70 @@ impl SetupError {
 }
 
 /// Every field any frame may carry, each kept raw and `Some` exactly when the
-/// key is present (so `"state":null` differs from no `state`).
-#[derive(Deserialize, Default)]
-#[serde(default)]
+/// key is present (so `"state":null` differs from no `state`). As with
+/// `JSON.parse`, a repeated key keeps its last value.
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(rename = "type", borrow, deserialize_with = "present")]
     ty: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     state: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     method: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     args: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     name: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     agent: Option<&'a RawValue>,
-    #[serde(rename = "stateFollows", borrow, deserialize_with = "present")]
     state_follows: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     error: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     mcp: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     success: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     done: Option<&'a RawValue>,
-    #[serde(borrow, deserialize_with = "present")]
     result: Option<&'a RawValue>,
 }
 
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<'a>(core::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Fields<'a> {
+            type Value = Envelope<'a>;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Envelope<'a>, M::Error> {
+                let mut env = Envelope::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    let slot = match key.as_ref() {
+                        "type" => &mut env.ty,
+                        "state" => &mut env.state,
+                        "id" => &mut env.id,
+                        "method" => &mut env.method,
+                        "args" => &mut env.args,
+                        "name" => &mut env.name,
+                        "agent" => &mut env.agent,
+                        "stateFollows" => &mut env.state_follows,
+                        "error" => &mut env.error,
+                        "mcp" => &mut env.mcp,
+                        "success" => &mut env.success,
+                        "done" => &mut env.done,
+                        "result" => &mut env.result,
+                        _ => continue,
+                    };
+                    *slot = Some(value);
+                }
+                Ok(env)
+            }
+        }
+        d.deserialize_map(Fields(core::marker::PhantomData))
+    }
 }
 
 impl<'a> Envelope<'a> {
     /// Parses `text` if it is a JSON object; anything else is not protocol.
     fn parse(text: &'a str) -> Option<Self> {
         // Cheap pre-check: protocol frames are JSON objects.
-        if !text.trim_start().starts_with('{') {
+        if !text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+        {
             return None;
         }
         serde_json::from_str(text).ok()
@@ -125,6 +153,59 @@ impl<'a> Envelope<'a> {
 
     fn type_is(&self, want: &str) -> bool {
         self.ty.and_then(as_string).is_some_and(|t| t == want)
+    }
+
+    fn field(&self, key: &str) -> Option<&'a RawValue> {
+        match key {
+            "state" => self.state,
+            "id" => self.id,
+            "name" => self.name,
+            "agent" => self.agent,
+            "stateFollows" => self.state_follows,
+            "error" => self.error,
+            "mcp" => self.mcp,
+            "success" => self.success,
+            "done" => self.done,
+            "result" => self.result,
+            _ => None,
+        }
+    }
+}
+
+/// The envelope as the shared rule reads it ([`crate::frame`]).
+impl<'a> FrameFields for Envelope<'a> {
+    type Value = &'a RawValue;
+    type Str = String;
+
+    fn frame_type(&self) -> Option<FrameType> {
+        FrameType::from_name(&as_string(self.ty?)?)
+    }
+
+    fn value(&self, key: &'static str) -> Option<&'a RawValue> {
+        self.field(key)
+    }
+
+    fn string(&self, key: &'static str) -> Option<String> {
+        as_string(self.field(key)?)
+    }
+
+    fn truthy(&self, raw: &&'a RawValue) -> bool {
+        match raw.get() {
+            "false" | "null" | "\"\"" => false,
+            // Numbers as JavaScript reads them: `1e-400` is 0, `1e400` Infinity.
+            n if n.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+                n.parse::<f64>() != Ok(0.0)
+            }
+            _ => true,
+        }
+    }
+
+    fn is_true(&self, key: &'static str) -> bool {
+        self.field(key).is_some_and(|v| v.get() == "true")
+    }
+
+    fn is_object(&self, key: &'static str) -> bool {
+        self.field(key).is_some_and(|v| v.get().starts_with('{'))
     }
 }
 
@@ -201,46 +282,41 @@ impl ClientMessage {
 }
 
 impl ServerMessage {
-    /// Decodes a text frame from a server (what a client does). Frames of
+    /// Decodes a text frame from a server (what a client does), by the rule
+    /// of [`crate::frame`] that the browser client applies too. Frames of
     /// other types, and malformed ones, are [`Incoming::Raw`].
     pub fn decode(text: &str) -> Incoming<'_, ServerMessage> {
-        match Envelope::parse(text).and_then(|env| Self::from_envelope(&env)) {
-            Some(msg) => Incoming::Protocol(msg),
-            None => Incoming::Raw(text),
-        }
-    }
-
-    fn from_envelope(env: &Envelope<'_>) -> Option<ServerMessage> {
-        let ty = as_string(env.ty?)?;
-        Some(match ty.as_str() {
-            "cf_agent_identity" => ServerMessage::Identity(Identity {
-                name: as_string(env.name?)?,
-                agent: as_string(env.agent?)?,
-                state_follows: matches!(env.state_follows.map(RawValue::get), Some("true")),
+        let frame = match Envelope::parse(text) {
+            Some(env) => classify(&env),
+            None => ServerFrame::User,
+        };
+        let msg = match frame {
+            ServerFrame::User => return Incoming::Raw(text),
+            ServerFrame::Identity {
+                name,
+                agent,
+                state_follows,
+            } => ServerMessage::Identity(Identity {
+                name,
+                agent,
+                state_follows,
             }),
-            "cf_agent_state" => ServerMessage::State(to_owned_raw(env.state?)),
-            "cf_agent_state_error" => ServerMessage::StateError(as_string(env.error?)?),
-            "cf_agent_mcp_servers" => {
-                ServerMessage::McpServers(serde_json::from_str(env.mcp?.get()).ok()?)
+            ServerFrame::State(state) => ServerMessage::State(to_owned_raw(state)),
+            ServerFrame::StateError(error) => ServerMessage::StateError(error),
+            ServerFrame::McpServers(mcp) => ServerMessage::McpServers(McpState::from_object(mcp)),
+            ServerFrame::RpcResult { id, done, result } => {
+                ServerMessage::Rpc(RpcResponse::Success {
+                    id,
+                    result: result.map(to_owned_raw),
+                    done,
+                })
             }
-            "rpc" => {
-                let id = as_string(env.id?)?;
-                match env.success.map(RawValue::get) {
-                    Some("true") => ServerMessage::Rpc(RpcResponse::Success {
-                        id,
-                        result: env.result.map(to_owned_raw),
-                        // A missing `done` means a final reply.
-                        done: !matches!(env.done.map(RawValue::get), Some("false")),
-                    }),
-                    Some("false") => ServerMessage::Rpc(RpcResponse::Error {
-                        id,
-                        error: env.error.and_then(as_string).unwrap_or_default(),
-                    }),
-                    _ => return None,
-                }
-            }
-            _ => return None,
-        })
+            ServerFrame::RpcError { id, error } => ServerMessage::Rpc(RpcResponse::Error {
+                id,
+                error: error.unwrap_or_else(|| UNKNOWN_RPC_ERROR.into()),
+            }),
+        };
+        Incoming::Protocol(msg)
     }
 
     /// Encodes `{"type":"cf_agent_state","state":…}` from a borrowed state,
@@ -366,7 +442,6 @@ mod tests {
             r#"{"type":"rpc","id":7,"method":"increment","args":[1]}"#,
             r#"{"type":"rpc","id":"x","method":"increment","args":{"0":1}}"#,
             r#"{"type":"rpc","id":"x","method":null,"args":[]}"#,
-            r#"{"type":"rpc","type":"rpc","id":"x","method":"m","args":[]}"#,
             "{bad json",
             "",
             "[1,2]",
@@ -379,6 +454,63 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value_as_json_parse() {
+        let text = r#"{"type":"x","type":"rpc","id":"a","id":"b","method":"m","args":[]}"#;
+        let Incoming::Protocol(ClientMessage::Rpc(r)) = ClientMessage::decode(text) else {
+            panic!("the last type is rpc")
+        };
+        assert_eq!(r.id, "b");
+        let text = r#"{"type":"rpc","type":"cf_agent_nope","id":"x","method":"m","args":[]}"#;
+        assert!(matches!(ClientMessage::decode(text), Incoming::Raw(_)));
+    }
+
+    #[test]
+    fn server_rpc_frames_follow_the_reference_client() {
+        let decode = |text: &str| match ServerMessage::decode(text) {
+            Incoming::Protocol(ServerMessage::Rpc(r)) => Some(r),
+            _ => None,
+        };
+        // No `success`: the reference rejects the call (`!response.success`).
+        let Some(RpcResponse::Error { id, error }) = decode(r#"{"type":"rpc","id":"1"}"#) else {
+            panic!()
+        };
+        assert_eq!(
+            (id.as_str(), error.as_str()),
+            ("1", crate::frame::UNKNOWN_RPC_ERROR)
+        );
+        // Truthy `success`; a present but falsy `done` is a chunk.
+        for (text, want_done) in [
+            (r#"{"type":"rpc","id":"1","success":1,"done":null}"#, false),
+            (r#"{"type":"rpc","id":"1","success":"y","done":0}"#, false),
+            (
+                r#"{"type":"rpc","id":"1","success":true,"done":"yes"}"#,
+                true,
+            ),
+            (r#"{"type":"rpc","id":"1","success":[]}"#, true),
+        ] {
+            let Some(RpcResponse::Success { done, .. }) = decode(text) else {
+                panic!("{text}")
+            };
+            assert_eq!(done, want_done, "{text}");
+        }
+        for text in [
+            r#"{"type":"rpc","id":"1","success":0}"#,
+            r#"{"type":"rpc","id":"1","success":-0.0e5}"#,
+            r#"{"type":"rpc","id":"1","success":1e-400,"error":"e"}"#,
+            r#"{"type":"rpc","id":"1","success":""}"#,
+            r#"{"type":"rpc","id":"1","success":null}"#,
+        ] {
+            assert!(
+                matches!(decode(text), Some(RpcResponse::Error { .. })),
+                "{text}"
+            );
+        }
+        // Without a string id it is a user frame.
+        assert!(decode(r#"{"type":"rpc","id":7,"success":true}"#).is_none());
+        assert!(decode(r#"{"type":"rpc","success":true}"#).is_none());
     }
 
     #[test]

@@ -5,45 +5,9 @@
 use agents_protocol::{ClientMessage, Incoming, ServerMessage};
 use serde_json::Value;
 
-/// A text frame seen in a log, with its direction.
-struct Frame {
-    to_client: bool,
-    text: String,
-}
-
-/// Pulls the text frames out of both capture formats:
-/// `#1 S->C TEXT fin=1 … "<json string literal>"` and `[A] S->C TEXT <raw text>`.
-fn frames() -> Vec<Frame> {
-    let mut out = Vec::new();
-    for (file, body) in [
-        (
-            "reference-wire.log",
-            include_str!("fixtures/reference-wire.log"),
-        ),
-        (
-            "reference-edge-cases.log",
-            include_str!("fixtures/reference-edge-cases.log"),
-        ),
-    ] {
-        for line in body.lines() {
-            let to_client = line.contains("S->C TEXT");
-            if !to_client && !line.contains("C->S TEXT") {
-                continue;
-            }
-            let text = if line.trim_start().starts_with('#') {
-                let start = line
-                    .find(" \"")
-                    .unwrap_or_else(|| panic!("{file}: no text in {line}"));
-                serde_json::from_str::<String>(&line[start + 1..])
-                    .unwrap_or_else(|e| panic!("{file}: bad literal in {line}: {e}"))
-            } else {
-                line.split_once("TEXT ").unwrap().1.to_owned()
-            };
-            out.push(Frame { to_client, text });
-        }
-    }
-    out
-}
+#[path = "fixtures/frames.rs"]
+mod fixtures;
+use fixtures::frames;
 
 /// The spec's rule for a client frame being protocol (§2.4, §2.5), written
 /// independently of the crate with `serde_json::Value`.

@@ -51,10 +51,11 @@ export function watchErrors(page) {
 
 /**
  * agents-server, a static site of `mounts` and Chromium, for a test file:
- * `{ server, site, browser, stop() }`. What started is stopped again if a
- * later step fails.
+ * `{ server, site, browser, stop() }`. With `cors`, the server lets the
+ * site's origin (another port: another origin) make plain HTTP requests
+ * (`AGENTS_CORS`). What started is stopped again if a later step fails.
  */
-export async function startStack(mounts) {
+export async function startStack(mounts, { cors = false } = {}) {
   const stack = { server: new AgentsServer() };
   stack.stop = async () => {
     await stack.browser?.close();
@@ -62,8 +63,15 @@ export async function startStack(mounts) {
     await stack.server.stop();
   };
   try {
-    await stack.server.start();
     stack.site = await serveStatic(mounts);
+    const env = process.env.AGENTS_CORS;
+    if (cors) process.env.AGENTS_CORS = stack.site.url;
+    try {
+      await stack.server.start();
+    } finally {
+      if (env === undefined) delete process.env.AGENTS_CORS;
+      else process.env.AGENTS_CORS = env;
+    }
     stack.browser = await launchBrowser();
   } catch (err) {
     await stack.stop();

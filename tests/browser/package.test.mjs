@@ -1,7 +1,7 @@
 // The published @agents-rs/client module (packages/client/pkg/index.js) in
-// headless Chromium, on a page whose CSP forbids eval: the parts of the
-// surface defined in its JavaScript entry (stub, readyState constants) and
-// construction errors.
+// headless Chromium, on a page whose CSP forbids eval: the class surface
+// (a real EventTarget, stub, readyState constants, protocol marks on
+// message events), construction errors, and agentFetch to another origin.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
@@ -10,10 +10,10 @@ import { startStack, watchErrors, ROOT } from "./harness.mjs";
 let stack, server, page, errors;
 
 before(async () => {
-  stack = await startStack({
-    "/": path.join(ROOT, "tests/browser"),
-    "/client/": path.join(ROOT, "packages/client"),
-  });
+  stack = await startStack(
+    { "/": path.join(ROOT, "tests/browser"), "/client/": path.join(ROOT, "packages/client") },
+    { cors: true },
+  );
   server = stack.server;
   page = await stack.browser.newPage();
   errors = watchErrors(page);
@@ -104,7 +104,7 @@ test("bad options throw clear errors at construction", async () => {
       { agent: "echo-agent", host, query: 5 },
       { agent: "echo-agent", host, path: "/x" },
     ];
-    return attempts.map((options) => {
+    const outcomes = attempts.map((options) => {
       try {
         new AgentClient(options).close();
         return "no error";
@@ -112,6 +112,18 @@ test("bad options throw clear errors at construction", async () => {
         return `${e.constructor.name}: ${e.message}`;
       }
     });
+    // close() takes what WebSocket.close takes, and says so.
+    const client = new AgentClient({ agent: "echo-agent", host, startClosed: true });
+    for (const code of [1006, 2999, 5000, 4000.5]) {
+      try {
+        client.close(code);
+        outcomes.push(`${code}: no error`);
+      } catch (e) {
+        outcomes.push(`${code}: ${e.message}`);
+      }
+    }
+    client.close(4999, "fine");
+    return outcomes;
   }, server.host);
   assert.deepEqual(messages, [
     "Error: AgentClient needs an options object",
@@ -119,5 +131,89 @@ test("bad options throw clear errors at construction", async () => {
     "Error: maxRetries must be a number >= 0",
     "Error: query must be an object or a function",
     "Error: path must not start with a slash",
+    "1006: close code must be 1000 or 3000-4999",
+    "2999: close code must be 1000 or 3000-4999",
+    "5000: close code must be 1000 or 3000-4999",
+    "4000.5: close code must be 1000 or 3000-4999",
   ]);
+});
+
+test("the client is a real EventTarget and marks protocol frames on its message events", async () => {
+  const result = await page.evaluate(async (host) => {
+    const { AgentClient } = await import("/client/pkg/index.js");
+    const client = new AgentClient({ agent: "echo-agent", name: "target-" + Math.random(), host });
+    const seen = [];
+    client.addEventListener("message", (e) => seen.push([e.data, e.isProtocol, e instanceof MessageEvent]));
+    let viaProperty = 0;
+    client.onopen = () => viaProperty++;
+    await new Promise((resolve) => client.addEventListener("open", resolve, { once: true }));
+    client.send("hello");
+    await new Promise((resolve) => {
+      const done = (e) => e.data === "hello" && (client.removeEventListener("message", done), resolve());
+      client.addEventListener("message", done);
+    });
+    // Anything can dispatch on it, as on any EventTarget.
+    let custom = null;
+    client.addEventListener("custom", (e) => (custom = [e.type, e.target === client]));
+    const dispatched = client.dispatchEvent(new CustomEvent("custom"));
+    client.close();
+    return {
+      isTarget: client instanceof EventTarget,
+      prototype: Object.getPrototypeOf(AgentClient.prototype) === EventTarget.prototype,
+      viaProperty,
+      dispatched,
+      custom,
+      seen,
+    };
+  }, server.host);
+  assert.equal(result.isTarget, true);
+  assert.equal(result.prototype, true);
+  assert.equal(result.viaProperty, 1);
+  assert.equal(result.dispatched, true);
+  assert.deepEqual(result.custom, ["custom", true]);
+  const types = result.seen.map(([data, isProtocol, isEvent]) => [
+    data.startsWith("{") ? JSON.parse(data).type : data,
+    isProtocol,
+    isEvent,
+  ]);
+  assert.deepEqual(types, [
+    ["cf_agent_identity", true, true],
+    ["cf_agent_mcp_servers", true, true],
+    ["hello", false, true],
+  ]);
+});
+
+test("agentFetch reaches the instance's on_request from another origin", async () => {
+  const result = await page.evaluate(async (host) => {
+    const { AgentClient, agentFetch } = await import("/client/pkg/index.js");
+    const name = "fetch-" + Math.random().toString(36).slice(2);
+    const client = new AgentClient({ agent: "CounterAgent", name, host });
+    await client.ready;
+    await client.call("increment", [5]);
+    client.close();
+    let asked = 0;
+    const response = await agentFetch({ agent: "CounterAgent", name, host, query: async () => ({ asked: ++asked }) });
+    let refused = null;
+    try {
+      agentFetch({ host, name });
+    } catch (e) {
+      refused = e.message;
+    }
+    return {
+      origin: location.origin,
+      status: response.status,
+      type: response.headers.get("content-type"),
+      body: await response.json(),
+      url: response.url,
+      asked,
+      refused: refused ?? (await agentFetch({ host, name }).then(() => "no error", (e) => e.message)),
+    };
+  }, server.host);
+  assert.notEqual(result.origin, `http://${server.host}`, "another origin");
+  assert.equal(result.status, 200);
+  assert.equal(result.type, "application/json");
+  assert.deepEqual(result.body, { count: 5 });
+  assert.match(result.url, new RegExp(`^http://${server.host}/agents/counter-agent/fetch-[a-z0-9]+\\?asked=1$`));
+  assert.equal(result.asked, 1);
+  assert.equal(result.refused, "agent is required");
 });

@@ -2,50 +2,44 @@
 // `new AgentClient({...})` works synchronously right after the import, as
 // with `agents/client`.
 //
-// scripts/build-client.sh bundles and minifies this file with the
-// wasm-bindgen glue into pkg/index.js, next to the .wasm: the URLs below are
-// relative to that output file.
-import init, { AgentClient } from "../pkg/agents_client.js";
+// scripts/build-client.sh bundles and minifies this file, the class
+// (client-wasm/js/agent-client.js) and the wasm-bindgen glue into
+// pkg/index.js, next to the .wasm: the URLs below are relative to that
+// output file. The glue's imports are its own exports (`--target bundler`);
+// scripts/minify-wasm-names.mjs adds `IMPORT_MODULE` and `start()`.
+import * as glue from "../pkg/agents_client_bg.js";
+import { AgentClient, AgentConnectionError, useCore } from "../../../client-wasm/js/agent-client.js";
 
 const here = import.meta.url;
 const node = globalThis.process?.getBuiltinModule;
-// Node (tests, SSR): fetch() cannot read file: URLs, so hand init the bytes.
+// Node (tests, SSR): fetch() cannot read file: URLs, so read the bytes.
 // Bundlers (Vite) see the `new URL(…, import.meta.url)` pattern and ship the
-// .wasm as an asset.
-await init({
-  module_or_path:
-    node && here.startsWith("file:")
-      ? node("node:fs").readFileSync(new URL("./agents_client_bg.wasm", here))
-      : new URL("./agents_client_bg.wasm", import.meta.url),
-});
+// .wasm as an asset. (Compiled from bytes, not streamed: no dependence on
+// the server's MIME type for .wasm.)
+// (`here`, not `import.meta.url`, on the Node path: Vite's test runner
+// rewrites the pattern to an http URL.)
+const bytes =
+  node && here.startsWith("file:")
+    ? node("node:fs").readFileSync(new URL("./agents_client_bg.wasm", here))
+    : await (await fetch(new URL("./agents_client_bg.wasm", import.meta.url))).arrayBuffer();
+const { instance } = await WebAssembly.instantiate(bytes, { [glue.IMPORT_MODULE]: glue });
+glue.__wbg_set_wasm(instance.exports);
+glue.start();
+const { Core } = glue;
+useCore((options, host) => new Core(options, host));
+const HTTP_URL = 5; // client-wasm/src/bindings.rs, `user`
 
-// The two pieces of the reference's surface that are plain JavaScript
-// objects rather than client logic live here, not in the WebAssembly.
+/**
+ * A plain HTTP request to the agent instance (its `on_request`), at the URL
+ * the options give the socket (`http(s)` instead of `ws(s)`, no `_pk`), as
+ * `agents/client`'s `agentFetch`. A `query` function is awaited first.
+ */
+export async function agentFetch(options, init) {
+  const core = new Core(options, globalThis.location?.host);
+  const query = options.query;
+  const url = core.do_(null, HTTP_URL, typeof query == "function" ? await query() : undefined);
+  core.free();
+  return (options.fetch ?? fetch)(url, init);
+}
 
-// `client.stub.increment(2)` is `client.call("increment", [2])`. Keys that
-// `await`, loggers and test matchers probe answer `undefined`, as the
-// reference's, so they never fire RPCs.
-const NOT_METHODS = new Set([
-  "toJSON", "then", "catch", "finally", "valueOf", "toString", "constructor",
-  "prototype", "$$typeof", "@@toStringTag", "asymmetricMatch", "nodeType",
-]);
-Object.defineProperty(AgentClient.prototype, "stub", {
-  get() {
-    const stub = new Proxy({}, {
-      get: (_, method) =>
-        typeof method === "string" && !NOT_METHODS.has(method)
-          ? (...args) => this.call(method, args)
-          : undefined,
-    });
-    Object.defineProperty(this, "stub", { value: stub });
-    return stub;
-  },
-});
-
-// `WebSocket`'s readyState constants, on the class and its instances.
-["CONNECTING", "OPEN", "CLOSING", "CLOSED"].forEach((name, value) => {
-  Object.defineProperty(AgentClient, name, { value });
-  Object.defineProperty(AgentClient.prototype, name, { value });
-});
-
-export { AgentClient };
+export { AgentClient, AgentConnectionError };

@@ -1,10 +1,12 @@
 export { useAgent } from "./use-agent.js";
 export {
   connectionKey,
-  isProtocolMessage,
-  PROTOCOL_TYPES,
+  isProtocolEvent,
+  queryKey,
   type ReadyState,
   type UseAgentOptions,
   type UseAgentResult,
 } from "./types.js";
-export type { AgentClient, AgentClientOptions, AgentConnectionError, CallOptions } from "@agents-rs/client";
+export { DEFAULT_CACHE_TTL, type Query, type QueryParams } from "./use-query.js";
+export { agentFetch, AgentConnectionError } from "@agents-rs/client";
+export type { AgentClient, AgentClientOptions, CallOptions } from "@agents-rs/client";

@@ -1,16 +1,37 @@
 import type { AgentClient, AgentClientOptions } from "@agents-rs/client";
+import type { Query } from "./use-query.js";
 
 /** `readyState` values, as `WebSocket`'s. */
 export type ReadyState = 0 | 1 | 2 | 3;
 
-/** Options of {@link useAgent}: every `AgentClient` option plus the callbacks and `enabled`. */
+/**
+ * Options of {@link useAgent}: every `AgentClient` option (its callbacks
+ * `onStateUpdateError`, `onIdentityChange`, `onConnectionError` and
+ * `onMcpUpdate` included: read from the latest render) plus the hook's own.
+ */
 export interface UseAgentOptions<State = unknown>
-  extends Omit<AgentClientOptions, "host" | "onStateUpdate" | "onIdentity"> {
+  extends Omit<AgentClientOptions, "host" | "query" | "onStateUpdate" | "onIdentity"> {
   /** `host[:port]` of the server. @default window.location.host ("dummy-domain.com" without a window, e.g. SSR) */
   host?: string;
+  /**
+   * Query parameters, or a function (sync or async) giving them. An async
+   * function suspends the component until it resolves (wrap it in
+   * `<Suspense>`), and its result is cached per `[agent, name, host,
+   * basePath, path, ...queryDeps]` for `cacheTtl`; it runs again before
+   * every reconnect, so a reconnect carries fresh parameters (e.g. a new
+   * token). A different result on a new mount or new `queryDeps` means a
+   * new connection.
+   * @example
+   * useAgent({ agent: "chat", query: async () => ({ token: await getToken() }), queryDeps: [userId] })
+   */
+  query?: Query;
+  /** What the cached `query` result depends on besides the address. @default [] */
+  queryDeps?: unknown[];
+  /** How long (ms) a `query` result is reused by new renders. @default 300000 (5 minutes) */
+  cacheTtl?: number;
   /** `false` closes the connection, `true` reopens the same client. @default true */
   enabled?: boolean;
-  /** A message that is not a protocol frame (protocol frames are filtered out, as in `agents/react`). */
+  /** A message that is not a protocol frame (the client marks those `isProtocol`, as `agents/react` filters them). */
   onMessage?: (event: MessageEvent) => void;
   /** The socket opened (after queued messages were flushed). */
   onOpen?: (event: Event) => void;
@@ -31,32 +52,24 @@ export interface UseAgentOptions<State = unknown>
  */
 export type UseAgentResult<State = unknown> = AgentClient<State>;
 
-/** The `type`s `agents/react` treats as protocol frames and keeps out of `onMessage`. */
-export const PROTOCOL_TYPES: ReadonlySet<string> = new Set([
-  "cf_agent_identity",
-  "cf_agent_state",
-  "cf_agent_state_error",
-  "cf_agent_mcp_servers",
-  "rpc",
-]);
+/** Whether a message event carries a protocol frame (the client marks them). */
+export function isProtocolEvent(event: MessageEvent): boolean {
+  return (event as MessageEvent & { isProtocol?: boolean }).isProtocol === true;
+}
 
-/** Whether a message event's data is a protocol frame. */
-export function isProtocolMessage(data: unknown): boolean {
-  if (typeof data !== "string" || !data.startsWith("{")) return false;
-  try {
-    const type = (JSON.parse(data) as { type?: unknown }).type;
-    return typeof type === "string" && PROTOCOL_TYPES.has(type);
-  } catch {
-    return false;
-  }
+/** The key of an async `query`'s cached result. */
+export function queryKey(options: UseAgentOptions<any>, host: string): string {
+  return JSON.stringify([
+    options.agent, options.name ?? "default", host, options.basePath, options.path, ...(options.queryDeps ?? []),
+  ]);
 }
 
 /**
- * The options whose change means a new connection (a new client); all
- * others (callbacks, `enabled`) are read from the latest render.
+ * The options whose change means a new connection (a new client): the
+ * address, the resolved query, the connection tuning. All others
+ * (callbacks, `enabled`, `cacheTtl`) are read from the latest render.
  */
-export function connectionKey(options: UseAgentOptions<any>, host: string): string {
-  const query = typeof options.query === "function" ? "fn" : options.query;
+export function connectionKey(options: UseAgentOptions<any>, host: string, query: unknown): string {
   return JSON.stringify([
     options.agent, options.name, host, options.path, query, options.id, options.basePath,
     options.prefix, options.protocol, options.protocols, options.startClosed, options.minUptime,

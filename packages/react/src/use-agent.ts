@@ -3,11 +3,13 @@ import { AgentClient } from "@agents-rs/client";
 
 import {
   connectionKey,
-  isProtocolMessage,
+  isProtocolEvent,
+  queryKey,
   type ReadyState,
   type UseAgentOptions,
   type UseAgentResult,
 } from "./types.js";
+import { attemptQuery, DEFAULT_CACHE_TTL, useQueryParams } from "./use-query.js";
 
 function defaultHost(): string {
   return typeof window === "undefined" ? "dummy-domain.com" : window.location.host;
@@ -24,9 +26,14 @@ interface Slot {
  * - Connects on mount and closes on unmount; React StrictMode's double
  *   mount leaves exactly one open connection.
  * - A new connection only when a connection option changes (agent, name,
- *   host, path, query, id, basePath, prefix, protocols, reconnect tuning);
- *   changing callbacks never reconnects.
+ *   host, path, the resolved query, id, basePath, prefix, protocols,
+ *   reconnect tuning); changing callbacks never reconnects.
+ * - An async `query` suspends the component until it resolves (as
+ *   `agents/react`), is cached per `queryDeps` for `cacheTtl`, and runs
+ *   again before every reconnect.
  * - `state` and `readyState` are React state: components re-render on change.
+ * - `onMessage` gets user messages only: the client marks protocol frames
+ *   (`event.isProtocol`), so nothing is parsed twice.
  *
  * @example
  * const agent = useAgent<{ count: number }>({ agent: "counter-agent", name: "room-1" });
@@ -35,7 +42,12 @@ interface Slot {
  */
 export function useAgent<State = unknown>(options: UseAgentOptions<State>): UseAgentResult<State> {
   const host = options.host ?? defaultHost();
-  const key = connectionKey(options, host);
+  const ttl = options.cacheTtl ?? DEFAULT_CACHE_TTL;
+  const cacheKey = queryKey(options, host);
+  // Suspends while an async query resolves (before any other hook state is
+  // kept, as a suspended render keeps nothing).
+  const query = useQueryParams(options.query, cacheKey, ttl);
+  const key = connectionKey(options, host, query);
 
   // Callbacks are read through a ref, so new functions never reconnect.
   const handlers = useRef(options);
@@ -48,21 +60,31 @@ export function useAgent<State = unknown>(options: UseAgentOptions<State>): UseA
   // connection key, and connected by the effect below.
   const slot = useRef<Slot | null>(null);
   if (slot.current === null || slot.current.key !== key) {
-    const { enabled: _enabled, onMessage: _m, onOpen: _o, onClose: _c, onError: _e, ...rest } = options;
+    const {
+      enabled: _enabled, onMessage: _m, onOpen: _o, onClose: _c, onError: _e,
+      queryDeps: _d, cacheTtl: _t, query: _q, ...rest
+    } = options;
+    const on = handlers.current;
     const client = new AgentClient({
       ...rest,
       host,
       startClosed: true,
+      query: typeof options.query === "function"
+        ? attemptQuery(query, () => handlers.current.query, cacheKey, ttl)
+        : query,
       onStateUpdate: (next: State, source: "server" | "client") => {
         setStateValue(next);
         handlers.current.onStateUpdate?.(next, source);
       },
       onIdentity: (name: string, agent: string) => handlers.current.onIdentity?.(name, agent),
       onStateUpdateError: (error: string) => handlers.current.onStateUpdateError?.(error),
-      onIdentityChange: (...args: [string, string, string, string]) =>
-        handlers.current.onIdentityChange?.(...args),
       onConnectionError: (error) => handlers.current.onConnectionError?.(error),
       onMcpUpdate: (mcp: unknown) => handlers.current.onMcpUpdate?.(mcp),
+      // Given only when the caller handles it: without one the client warns.
+      ...(on.onIdentityChange && {
+        onIdentityChange: (...args: [string, string, string, string]) =>
+          handlers.current.onIdentityChange?.(...args),
+      }),
     });
     client.addEventListener("open", (e) => {
       setReadyState(client.readyState as ReadyState);
@@ -74,8 +96,7 @@ export function useAgent<State = unknown>(options: UseAgentOptions<State>): UseA
     });
     client.addEventListener("error", (e) => handlers.current.onError?.(e));
     client.addEventListener("message", (e) => {
-      const event = e as MessageEvent;
-      if (!isProtocolMessage(event.data)) handlers.current.onMessage?.(event);
+      if (!isProtocolEvent(e as MessageEvent)) handlers.current.onMessage?.(e as MessageEvent);
     });
     slot.current = { key, client };
   }
@@ -103,9 +124,9 @@ export function useAgent<State = unknown>(options: UseAgentOptions<State>): UseA
 
   // The client's own `state` and `readyState` getters are always current;
   // the React state above only makes components re-render when they change.
-  // (Replaced clients are closed, and their wasm memory is reclaimed by the
-  // FinalizationRegistry that wasm-bindgen installs; freeing eagerly would
-  // break StrictMode's effect replay.)
+  // (A replaced client is closed; its wasm memory is reclaimed with it by
+  // the garbage collector. Freeing eagerly would break StrictMode's effect
+  // replay.)
   void state;
   void readyState;
   return client as unknown as UseAgentResult<State>;
