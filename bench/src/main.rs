@@ -101,6 +101,10 @@ pub(crate) struct Args {
     /// Neighbour: size of each state the two neighbours write, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub(crate) neighbour_state_bytes: usize,
+    /// Neighbour: states per second each neighbour sends (0: back to back,
+    /// two in flight); to compare servers at the same load.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) neighbour_rate: f64,
 }
 
 impl Args {

@@ -559,12 +559,16 @@ pub(crate) async fn neighbour(args: &Arc<Args>) -> Result<()> {
     }
     let (phase, phase_rx) = watch::channel(Phase::Wait);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (url, bytes) = (args.url.clone(), args.neighbour_state_bytes);
+    let (url, bytes, rate) = (
+        args.url.clone(),
+        args.neighbour_state_bytes,
+        args.neighbour_rate,
+    );
     let thread = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(neighbours(url, run, bytes, phase_rx, ready_tx))
+            .block_on(neighbours(url, run, bytes, rate, phase_rx, ready_tx))
     });
     ready_rx.await.context("neighbours failed to start")?;
     let secs = Duration::from_secs_f64(args.neighbour_secs);
@@ -612,9 +616,14 @@ pub(crate) async fn neighbour(args: &Arc<Args>) -> Result<()> {
         "neighbour",
         &figures,
         &format!(
-            "({} echo sockets; 2 neighbours × {} KiB states)",
+            "({} echo sockets; 2 neighbours × {} KiB states, {})",
             args.neighbour_echo,
-            bytes / 1024
+            bytes / 1024,
+            if rate > 0.0 {
+                format!("{rate}/s each")
+            } else {
+                "back to back".to_owned()
+            }
         ),
     );
     Ok(())
@@ -663,13 +672,15 @@ async fn echo_phase(
     ))
 }
 
-/// The two neighbour instances: a writer sending `bytes`-sized states and a
-/// listener receiving their broadcast, each. Returns the states received
-/// while running and for how long.
+/// The two neighbour instances: a writer sending `bytes`-sized states (at
+/// `rate` per second, or back to back when 0) and a listener receiving
+/// their broadcast, each. Returns the states received while running and for
+/// how long.
 async fn neighbours(
     url: String,
     run: u128,
     bytes: usize,
+    rate: f64,
     mut phase: watch::Receiver<Phase>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(u64, f64)> {
@@ -710,6 +721,13 @@ async fn neighbours(
                     break t0.elapsed().as_secs_f64();
                 }
                 if in_flight < 2 {
+                    if rate > 0.0 {
+                        let at = t0 + Duration::from_secs_f64(seq as f64 / rate);
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at.into()) => {}
+                            _ = phase.changed() => continue,
+                        }
+                    }
                     seq += 1;
                     frame[seq_at..seq_at + 10].copy_from_slice(format!("{seq:010}").as_bytes());
                     writer.send_raw(&frame).await?;
