@@ -12,9 +12,13 @@ use core::cell::RefCell;
 
 use wasm_bindgen::prelude::*;
 
+use alloc::string::String;
+
+use agents_protocol::frame::ServerFrame;
+
 use crate::action::{Action, Event, Out, Outcome, Source};
 use crate::error::ClientError;
-use crate::js_value::{self, Keys};
+use crate::js_value::{self, CallOptions, Keys};
 use crate::machine::Core;
 use crate::options::Protocols;
 
@@ -82,21 +86,52 @@ pub struct WasmCore {
     keys: Keys,
 }
 
-impl WasmCore {
-    fn run(&self, host: &Host, f: &mut dyn FnMut(&mut Core<JsValue, Handle>)) {
-        run(&self.core, host, f);
-    }
+/// What the core is told or asked, for [`run`].
+pub(crate) enum Input {
+    Start(bool),
+    Opened(u32),
+    Frame(u32, ServerFrame<String, JsValue>),
+    Closed(u32, u16, String, bool),
+    Errored(u32),
+    Timer(u32),
+    Network(bool),
+    Visible(bool),
+    Queried(u32, Result<Vec<(String, String)>, ()>),
+    Send(JsValue, f64),
+    Call(String, CallOptions, Handle),
+    SetState(String, JsValue),
+    Close(u16, String),
+    Reconnect(u16, String),
 }
 
-/// Runs `f` on the core, then carries out what it asked for (after the core
-/// is released). One non-generic body for every entry point keeps the
-/// WebAssembly small.
+/// Feeds `input` to the core, then carries out what it asked for (after
+/// the core is released). One non-generic body for every entry point keeps
+/// the WebAssembly small. Answers whether a message is for the listeners,
+/// or `send`'s and `setState`'s outcome.
 #[inline(never)]
-pub(crate) fn run(core: &CoreCell, host: &Host, f: &mut dyn FnMut(&mut Core<JsValue, Handle>)) {
+pub(crate) fn run(core: &CoreCell, host: &Host, input: Input) -> Result<bool, ClientError> {
+    let mut out = Ok(false);
     let mut actions = {
-        let mut core = core.borrow_mut();
-        f(&mut core);
-        core.take_actions()
+        let mut c = core.borrow_mut();
+        match input {
+            Input::Start(online) => c.start(online),
+            Input::Opened(gen) => c.opened(gen),
+            Input::Frame(gen, frame) => out = Ok(c.frame(gen, frame)),
+            Input::Closed(gen, code, reason, clean) => c.closed(gen, code, &reason, clean),
+            Input::Errored(gen) => c.errored(gen),
+            Input::Timer(id) => c.timer(id),
+            Input::Network(on) => c.network(on),
+            Input::Visible(on) => c.visible(on),
+            Input::Queried(gen, pairs) => c.queried(gen, pairs),
+            Input::Send(data, size) => out = c.send(data, size),
+            Input::Call(method, call, handle) => {
+                c.call(&method, &call.args, call.timeout, call.streaming, handle)
+            }
+            Input::SetState(json, state) => out = c.set_state(&json, state).map(|()| true),
+            Input::Close(code, reason) => c.close(code, &reason),
+            Input::Reconnect(code, reason) => c.reconnect(code, &reason),
+        }
+        c.take_actions()
     };
     while let Some(gen) = perform(host, &mut actions) {
         // `new WebSocket()` threw (a URL the browser refuses): the core
@@ -107,6 +142,7 @@ pub(crate) fn run(core: &CoreCell, host: &Host, f: &mut dyn FnMut(&mut Core<JsVa
         actions = core.take_actions();
     }
     core.borrow_mut().recycle(actions);
+    out
 }
 
 fn error(e: ClientError) -> JsValue {
@@ -157,40 +193,30 @@ impl WasmCore {
     /// answers 0 to drop it, 1 for a user message, 2 for a protocol frame.
     #[wasm_bindgen(js_name = on_)]
     pub fn on(&self, host: &Host, kind: u8, n: u32, a: JsValue) -> u8 {
-        let mut frame = None;
-        let mut pairs = None;
-        match kind {
-            on::MESSAGE => frame = Some(js_value::frame(&a, &self.keys)),
-            on::QUERIED if a.is_object() => pairs = Some(Ok(js_value::pairs(&a))),
+        let on = a.as_bool() == Some(true);
+        let input = match kind {
+            on::START => Input::Start(on),
+            on::OPENED => Input::Opened(n),
+            on::MESSAGE => Input::Frame(n, js_value::frame(&a, &self.keys)),
+            on::CLOSED => Input::Closed(
+                n,
+                js_value::get(&a, "code").as_f64().unwrap_or(1006.0) as u16,
+                js_value::get(&a, "reason").as_string().unwrap_or_default(),
+                js_value::get(&a, "wasClean").as_bool() == Some(true),
+            ),
+            on::ERRORED => Input::Errored(n),
+            on::TIMER => Input::Timer(n),
+            on::NETWORK => Input::Network(on),
+            on::VISIBLE => Input::Visible(on),
+            on::QUERIED if a.is_object() => Input::Queried(n, Ok(js_value::pairs(&a))),
             on::QUERIED | on::QUERY_FAILED => {
                 host.warn("agents-rs: the query function failed", &a);
-                pairs = Some(Err(()));
+                Input::Queried(n, Err(()))
             }
-            _ => {}
-        }
-        let protocol = frame.as_ref().is_some_and(|f| f.is_protocol());
-        let on = a.as_bool() == Some(true);
-        let mut dispatch = false;
-        self.run(host, &mut |c| match kind {
-            on::START => c.start(on),
-            on::OPENED => c.opened(n),
-            on::MESSAGE => dispatch = frame.take().is_some_and(|f| c.frame(n, f)),
-            on::CLOSED => {
-                let code = js_value::get(&a, "code").as_f64().unwrap_or(1006.0) as u16;
-                let reason = js_value::get(&a, "reason").as_string().unwrap_or_default();
-                let clean = js_value::get(&a, "wasClean").as_bool() == Some(true);
-                c.closed(n, code, &reason, clean);
-            }
-            on::ERRORED => c.errored(n),
-            on::TIMER => c.timer(n),
-            on::NETWORK => c.network(on),
-            on::VISIBLE => c.visible(on),
-            _ => {
-                if let Some(p) = pairs.take() {
-                    c.queried(n, p);
-                }
-            }
-        });
+            _ => return 0,
+        };
+        let protocol = matches!(&input, Input::Frame(_, f) if f.is_protocol());
+        let dispatch = run(&self.core, host, input) == Ok(true);
         u8::from(dispatch) << u8::from(protocol)
     }
 
@@ -208,44 +234,38 @@ impl WasmCore {
         c: JsValue,
         d: JsValue,
     ) -> Result<JsValue, JsValue> {
-        let mut out = Ok(false);
-        match kind {
+        let input = match kind {
             user::HTTP_URL => {
                 let url = self.core.borrow().http_url(js_value::pairs(&a));
                 return url.map(JsValue::from).map_err(error);
             }
-            user::SEND => {
-                let size = js_value::size(&a).map_err(error)?;
-                self.run(host, &mut |core| out = core.send(a.clone(), size));
-            }
+            user::SEND => Input::Send(a.clone(), js_value::size(&a).map_err(error)?),
             user::CALL => {
-                let method = a.as_string().unwrap_or_default();
                 let call = js_value::call_options(&b, &c).map_err(error)?;
-                let mut handle = Some(Handle::Js(d, call.stream));
-                self.run(host, &mut |core| {
-                    if let Some(h) = handle.take() {
-                        core.call(&method, &call.args, call.timeout, call.streaming, h);
-                    }
-                });
+                let stream = call.stream.clone();
+                Input::Call(
+                    a.as_string().unwrap_or_default(),
+                    call,
+                    Handle::Js(d, stream),
+                )
             }
             user::SET_STATE => {
                 let json = js_value::json(&a, "state must be JSON-serializable").map_err(error)?;
-                self.run(host, &mut |core| {
-                    out = core.set_state(&json, a.clone()).map(|()| true)
-                });
+                Input::SetState(json, a)
             }
             user::CLOSE | user::RECONNECT => {
                 let code = js_value::close_code(&a).map_err(error)?;
                 let reason = b.as_string().unwrap_or_default();
-                let close = kind == user::CLOSE;
-                self.run(host, &mut |core| match close {
-                    true => core.close(code, &reason),
-                    false => core.reconnect(code, &reason),
-                });
+                match kind {
+                    user::CLOSE => Input::Close(code, reason),
+                    _ => Input::Reconnect(code, reason),
+                }
             }
-            _ => {}
-        }
-        out.map(JsValue::from).map_err(error)
+            _ => return Ok(JsValue::FALSE),
+        };
+        run(&self.core, host, input)
+            .map(JsValue::from)
+            .map_err(error)
     }
 
     /// A getter: 0 `readyState` (given the socket's, -1 without one), 1

@@ -34,8 +34,9 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::bindings::{run, CoreCell, Handle, Host, WasmCore};
+use crate::bindings::{run, CoreCell, Handle, Host, Input, WasmCore};
 use crate::error::ClientError;
+use crate::js_value::CallOptions;
 use crate::machine::Timeout;
 
 mod futures;
@@ -275,12 +276,15 @@ impl Client {
         }
         let json = crate::js_value::json(&args, "call arguments must be JSON-serializable")?;
         let slot = Rc::new(CallSlot::default());
-        let mut handle = Some(Handle::Rust(slot.clone()));
-        run(&self.core, self.js.unchecked_ref::<Host>(), &mut |core| {
-            if let Some(h) = handle.take() {
-                core.call(method, &json, Timeout::Default, false, h);
-            }
-        });
+        let call = CallOptions {
+            args: json,
+            timeout: Timeout::Default,
+            streaming: false,
+            stream: JsValue::UNDEFINED,
+        };
+        let input = Input::Call(method.into(), call, Handle::Rust(slot.clone()));
+        // A call only fails through its slot.
+        let _ = run(&self.core, self.js.unchecked_ref::<Host>(), input);
         let value = CallFuture { slot }.await?;
         serde_wasm_bindgen::from_value(value).map_err(serde_error)
     }

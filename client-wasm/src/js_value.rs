@@ -78,7 +78,7 @@ pub(crate) fn options(o: &JsValue, host: JsValue) -> Result<ClientOptions<JsValu
         Raw::Missing if key == "host" => raw(host.take().unwrap_or(JsValue::UNDEFINED)),
         value => value,
     };
-    options::parse(&mut read, &pairs)
+    options::parse(&mut read, pairs)
 }
 
 /// Query pairs from an object, as `URLSearchParams` takes them: `null` and

@@ -135,8 +135,8 @@ fn invalid(key: &str, what: &str) -> ClientError {
 /// # Errors
 /// [`ClientError::Options`] naming the first bad option.
 pub fn parse<V>(
-    read: &mut dyn FnMut(&'static str) -> Raw<V>,
-    pairs: &dyn Fn(&V) -> Vec<(String, String)>,
+    mut read: impl FnMut(&'static str) -> Raw<V>,
+    pairs: impl Fn(&V) -> Vec<(String, String)>,
 ) -> Result<ClientOptions<V>, ClientError> {
     let mut strings: [Option<String>; STRINGS.len()] = Default::default();
     for (slot, key) in strings.iter_mut().zip(STRINGS) {
@@ -230,7 +230,7 @@ mod tests {
             let found = values.iter().find(|(k, _)| *k == key);
             found.map_or(Raw::Missing, |(_, v)| v.clone())
         };
-        parse(&mut read, &|_| vec![("k".into(), "v".into())])
+        parse(&mut read, |_| vec![("k".into(), "v".into())])
     }
 
     fn message(values: &[(&str, Raw<u8>)]) -> String {
