@@ -18,6 +18,14 @@ before(async () => {
   page = await stack.browser.newPage();
   errors = watchErrors(page);
   await page.goto(`${stack.site.url}/strict-csp.html`);
+  // Every wait inside the page is bounded: a timeout fails with what it waited for.
+  await page.evaluate(() => {
+    window.within = (promise, what, ms = 10_000) =>
+      Promise.race([
+        promise,
+        new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)),
+      ]);
+  });
 });
 
 after(() => stack?.stop());
@@ -28,12 +36,12 @@ test("stub calls methods, ignores probe keys, and works under a CSP without unsa
   const result = await page.evaluate(async (host) => {
     const { AgentClient } = await import("/client/pkg/index.js");
     const client = new AgentClient({ agent: "CounterAgent", name: "stub-" + Math.random(), host });
-    await new Promise((resolve) => client.addEventListener("open", resolve, { once: true }));
-    const viaStub = await client.stub.increment(2);
-    const viaCall = await client.call("increment", [3]);
+    await within(new Promise((resolve) => client.addEventListener("open", resolve, { once: true })), "open");
+    const viaStub = await within(client.stub.increment(2), "stub.increment");
+    const viaCall = await within(client.call("increment", [3]), "call");
     let error = null;
     try {
-      await client.stub.no_such_method();
+      await within(client.stub.no_such_method(), "the error reply");
     } catch (e) {
       error = String(e.message ?? e);
     }
@@ -74,11 +82,11 @@ test("readyState constants on the class and instances follow the socket", async 
     const { AgentClient } = await import("/client/pkg/index.js");
     const client = new AgentClient({ agent: "echo-agent", name: "states", host });
     const seen = [client.readyState];
-    await new Promise((resolve) => client.addEventListener("open", resolve, { once: true }));
+    await within(new Promise((resolve) => client.addEventListener("open", resolve, { once: true })), "open");
     seen.push(client.readyState);
     const closed = new Promise((resolve) => client.addEventListener("close", resolve, { once: true }));
     client.close();
-    await closed;
+    await within(closed, "close");
     seen.push(client.readyState);
     const names = ["CONNECTING", "OPEN", "CLOSING", "CLOSED"];
     return {
@@ -146,12 +154,15 @@ test("the client is a real EventTarget and marks protocol frames on its message 
     client.addEventListener("message", (e) => seen.push([e.data, e.isProtocol, e instanceof MessageEvent]));
     let viaProperty = 0;
     client.onopen = () => viaProperty++;
-    await new Promise((resolve) => client.addEventListener("open", resolve, { once: true }));
+    await within(new Promise((resolve) => client.addEventListener("open", resolve, { once: true })), "open");
     client.send("hello");
-    await new Promise((resolve) => {
-      const done = (e) => e.data === "hello" && (client.removeEventListener("message", done), resolve());
-      client.addEventListener("message", done);
-    });
+    await within(
+      new Promise((resolve) => {
+        const done = (e) => e.data === "hello" && (client.removeEventListener("message", done), resolve());
+        client.addEventListener("message", done);
+      }),
+      "the echo",
+    );
     // Anything can dispatch on it, as on any EventTarget.
     let custom = null;
     client.addEventListener("custom", (e) => (custom = [e.type, e.target === client]));
@@ -188,11 +199,14 @@ test("agentFetch reaches the instance's on_request from another origin", async (
     const { AgentClient, agentFetch } = await import("/client/pkg/index.js");
     const name = "fetch-" + Math.random().toString(36).slice(2);
     const client = new AgentClient({ agent: "CounterAgent", name, host });
-    await client.ready;
-    await client.call("increment", [5]);
+    await within(client.ready, "ready");
+    await within(client.call("increment", [5]), "increment");
     client.close();
     let asked = 0;
-    const response = await agentFetch({ agent: "CounterAgent", name, host, query: async () => ({ asked: ++asked }) });
+    const response = await within(
+      agentFetch({ agent: "CounterAgent", name, host, query: async () => ({ asked: ++asked }) }),
+      "agentFetch",
+    );
     let refused = null;
     try {
       agentFetch({ host, name });
@@ -206,7 +220,7 @@ test("agentFetch reaches the instance's on_request from another origin", async (
       body: await response.json(),
       url: response.url,
       asked,
-      refused: refused ?? (await agentFetch({ host, name }).then(() => "no error", (e) => e.message)),
+      refused: refused ?? (await within(agentFetch({ host, name }), "agentFetch").then(() => "no error", (e) => e.message)),
     };
   }, server.host);
   assert.notEqual(result.origin, `http://${server.host}`, "another origin");
