@@ -47,6 +47,18 @@ async fn spawn(mut cmd: Command) -> (tokio::process::Child, std::net::SocketAddr
     (child, addr)
 }
 
+/// Reads the child's stderr as it comes (a full pipe would stall it); the
+/// task ends with all of it once the child exits.
+fn collect_stderr(child: &mut tokio::process::Child) -> tokio::task::JoinHandle<String> {
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text).await;
+        text
+    })
+}
+
 /// Sends `signal` to the child process.
 fn signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().unwrap().to_string();
@@ -423,14 +435,7 @@ async fn logs_cut_user_controlled_strings() {
     cmd.args(["--port", "0", "--in-memory", "--log", "debug"])
         .stderr(Stdio::piped());
     let (mut child, addr) = spawn(cmd).await;
-    // Read the log as it comes (a full pipe would stall the server).
-    let mut pipe = child.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text).await;
-        text
-    });
+    let log = collect_stderr(&mut child);
     let long = "a".repeat(60_000);
     assert_eq!(
         http_get(addr, &format!("/agents/{long}/x"), &[]).await.0,
@@ -683,13 +688,7 @@ async fn json_logs_parse_and_carry_fields() {
     ])
     .stderr(Stdio::piped());
     let (mut child, addr) = spawn(cmd).await;
-    let mut pipe = child.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text).await;
-        text
-    });
+    let log = collect_stderr(&mut child);
     let id = "i".repeat(300);
     let mut raw = Raw::connect(addr, &format!("/agents/echo-agent/room?_pk={id}"), &[]).await;
     assert_eq!(raw.close_frame().await.0, 1011);

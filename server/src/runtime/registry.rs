@@ -258,6 +258,26 @@ impl Registry {
         Found::Running(handle)
     }
 
+    /// Where `key` is served: here (with the incarnation's fencing token,
+    /// 0 outside a cluster or when it already runs here), or on its owner.
+    async fn route(&self, key: &InstanceKey) -> Result<Route, ()> {
+        let Some(node) = &self.cluster else {
+            return Ok(Route::Here(0));
+        };
+        // Running here means owned here (a lost lease stops them all).
+        if self.runs(key) {
+            return Ok(Route::Here(0));
+        }
+        match node.owner(key).await {
+            Ok(Owner::Me(token)) => Ok(Route::Here(token)),
+            Ok(Owner::Node(owner)) => Ok(Route::Node(node.clone(), owner)),
+            Err(err) => {
+                tracing::warn!(%err, "cannot route in the cluster");
+                Err(())
+            }
+        }
+    }
+
     /// Whether `key` runs here and is not on its way out (its token is
     /// then not needed: it is only used to start an instance).
     fn runs(&self, key: &InstanceKey) -> bool {
@@ -311,24 +331,18 @@ impl Registry {
         conn: Connection,
         request: RequestInfo,
     ) -> Option<Link> {
-        let token = match &self.cluster {
-            None => 0,
-            // Running here means owned here (a lost lease stops them all).
-            Some(_) if self.runs(key) => 0,
-            Some(node) => match node.owner(key).await {
-                Ok(Owner::Me(token)) => token,
-                Ok(Owner::Node(owner)) => {
-                    return node
-                        .open_remote(owner, key, &conn, &request)
-                        .await
-                        .map(Link::Remote);
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "cannot route a socket in the cluster");
-                    conn.close(1013, "Try again later");
-                    return None;
-                }
-            },
+        let token = match self.route(key).await {
+            Ok(Route::Here(token)) => token,
+            Ok(Route::Node(node, owner)) => {
+                return node
+                    .open_remote(owner, key, &conn, &request)
+                    .await
+                    .map(Link::Remote);
+            }
+            Err(()) => {
+                conn.close(1013, "Try again later");
+                return None;
+            }
         };
         self.connect_here(kind, key, token, conn, request)
             .await
@@ -389,21 +403,14 @@ impl Registry {
         if !kind.serves_http().load(Ordering::Relaxed) {
             return not_implemented();
         }
-        let token = match &self.cluster {
-            None => 0,
-            Some(_) if self.runs(key) => 0,
-            Some(node) => match node.owner(key).await {
-                Ok(Owner::Me(token)) => token,
-                Ok(Owner::Node(owner)) => {
-                    return node
-                        .http_remote(&owner, key, request, self.config.max_message_size)
-                        .await;
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "cannot route a request in the cluster");
-                    return (StatusCode::SERVICE_UNAVAILABLE, "Try again later").into_response();
-                }
-            },
+        let token = match self.route(key).await {
+            Ok(Route::Here(token)) => token,
+            Ok(Route::Node(node, owner)) => {
+                return node
+                    .http_remote(&owner, key, request, self.config.max_message_size)
+                    .await;
+            }
+            Err(()) => return (StatusCode::SERVICE_UNAVAILABLE, "Try again later").into_response(),
         };
         self.request_here(kind, key, token, request).await
     }
@@ -528,6 +535,14 @@ impl Runtime for Registry {
     fn max_message(&self) -> usize {
         self.config.max_message_size
     }
+}
+
+/// Where an instance is served.
+enum Route {
+    /// Here, with this fencing token.
+    Here(u64),
+    /// On another node.
+    Node(Arc<Node>, Arc<str>),
 }
 
 /// What looking up an instance found.
