@@ -98,35 +98,75 @@ impl<V> ClientOptions<V> {
     }
 }
 
-/// The callbacks the options may carry; each must be a function.
-pub const CALLBACKS: [&str; 6] = [
-    "onStateUpdate",
-    "onStateUpdateError",
-    "onIdentity",
-    "onIdentityChange",
-    "onConnectionError",
-    "onMcpUpdate",
+/// What an option's value must be (when it is not `undefined`/`null`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    Str,
+    /// A number at least 0.
+    Num0,
+    /// A number at least 1.
+    Num1,
+    Bool,
+    Func,
+    /// An object or a function.
+    Query,
+    /// A string or an array.
+    Protocols,
+}
+
+/// Every option the client reads, in the order [`parse`] checks them, with
+/// its rule. The indices below name the ones [`parse`] takes out.
+const OPTIONS: [(&str, Rule); 25] = [
+    ("agent", Rule::Str),
+    ("name", Rule::Str),
+    ("host", Rule::Str),
+    ("basePath", Rule::Str),
+    ("prefix", Rule::Str),
+    ("path", Rule::Str),
+    ("protocol", Rule::Str),
+    ("id", Rule::Str),
+    ("query", Rule::Query),
+    ("protocols", Rule::Protocols),
+    ("minReconnectionDelay", Rule::Num0),
+    ("maxReconnectionDelay", Rule::Num0),
+    ("reconnectionDelayGrowFactor", Rule::Num1),
+    ("minUptime", Rule::Num0),
+    ("connectionTimeout", Rule::Num0),
+    ("maxRetries", Rule::Num0),
+    ("maxEnqueuedMessages", Rule::Num0),
+    ("defaultCallTimeout", Rule::Num0),
+    ("startClosed", Rule::Bool),
+    ("onStateUpdate", Rule::Func),
+    ("onStateUpdateError", Rule::Func),
+    ("onIdentity", Rule::Func),
+    ("onIdentityChange", Rule::Func),
+    ("onConnectionError", Rule::Func),
+    ("onMcpUpdate", Rule::Func),
 ];
 
-/// The string options, in the order [`parse`] reads them.
-const STRINGS: [&str; 8] = [
-    "agent", "name", "host", "basePath", "prefix", "path", "protocol", "id",
+/// What each [`Rule`] asks for, in an error message.
+const EXPECTED: [&str; 7] = [
+    "a string",
+    "a number >= 0",
+    "a number >= 1",
+    "a boolean",
+    "a function",
+    "an object or a function",
+    "a string or an array of strings",
 ];
 
-/// The numeric options, each with its minimum.
-const NUMBERS: [(&str, u8); 8] = [
-    ("minReconnectionDelay", 0),
-    ("maxReconnectionDelay", 0),
-    ("reconnectionDelayGrowFactor", 1),
-    ("minUptime", 0),
-    ("connectionTimeout", 0),
-    ("maxRetries", 0),
-    ("maxEnqueuedMessages", 0),
-    ("defaultCallTimeout", 0),
-];
+fn string<V>(raw: &mut Raw<V>) -> Option<String> {
+    match core::mem::replace(raw, Raw::Missing) {
+        Raw::Str(s) => Some(s),
+        _ => None,
+    }
+}
 
-fn invalid(key: &str, what: &str) -> ClientError {
-    ClientError::Options(key.to_owned() + " must be " + what)
+fn number<V>(raw: &Raw<V>, default: f64) -> f64 {
+    match raw {
+        Raw::Num(n) => *n,
+        _ => default,
+    }
 }
 
 /// Validates the options. `read(key)` gives each raw value; `pairs(query)`
@@ -138,83 +178,66 @@ pub fn parse<V>(
     mut read: impl FnMut(&'static str) -> Raw<V>,
     pairs: impl Fn(&V) -> Vec<(String, String)>,
 ) -> Result<ClientOptions<V>, ClientError> {
-    let mut strings: [Option<String>; STRINGS.len()] = Default::default();
-    for (slot, key) in strings.iter_mut().zip(STRINGS) {
-        *slot = match read(key) {
-            Raw::Missing => None,
-            Raw::Str(s) => Some(s),
-            _ => return Err(invalid(key, "a string")),
+    let mut v: [Raw<V>; OPTIONS.len()] = core::array::from_fn(|_| Raw::Missing);
+    for (slot, (key, rule)) in v.iter_mut().zip(OPTIONS) {
+        let raw = read(key);
+        let ok = match (&raw, rule) {
+            (Raw::Missing, _)
+            | (Raw::Str(_), Rule::Str | Rule::Protocols)
+            | (Raw::Bool(_), Rule::Bool)
+            | (Raw::Func(_), Rule::Func | Rule::Query)
+            | (Raw::Object(_), Rule::Query)
+            | (Raw::Array(_), Rule::Protocols) => true,
+            (Raw::Num(n), Rule::Num0) => *n >= 0.0,
+            (Raw::Num(n), Rule::Num1) => *n >= 1.0,
+            _ => false,
         };
-    }
-    let [agent, name, host, base_path, prefix, path, protocol, id] = strings;
-    let mut o = ClientOptions::new("", "default", "");
-    o.address = Address {
-        agent: agent.unwrap_or_default(),
-        name: name.unwrap_or(o.address.name),
-        host: host.unwrap_or_default(),
-        base_path,
-        prefix,
-        path,
-        protocol,
-    };
-    o.id = id;
-    o.query = match read("query") {
-        Raw::Missing => Query::Static(Vec::new()),
-        Raw::Func(_) => Query::Dynamic,
-        Raw::Object(q) => Query::Static(pairs(&q)),
-        _ => return Err(invalid("query", "an object or a function")),
-    };
-    o.protocols = match read("protocols") {
-        Raw::Missing => None,
-        Raw::Array(list) => Some(Protocols::List(list)),
-        Raw::Str(one) => Some(Protocols::One(one)),
-        _ => return Err(invalid("protocols", "a string or an array of strings")),
-    };
-    let mut numbers = [0.0; NUMBERS.len()];
-    for (slot, (key, min)) in numbers.iter_mut().zip(NUMBERS) {
-        *slot = match read(key) {
-            Raw::Missing => f64::NAN,
-            Raw::Num(n) if n >= f64::from(min) => n,
-            _ => {
-                return Err(invalid(
-                    key,
-                    if min == 0 {
-                        "a number >= 0"
-                    } else {
-                        "a number >= 1"
-                    },
-                ))
-            }
-        };
-    }
-    let [min_delay, max_delay, grow, uptime, timeout, retries, queue, call_timeout] = numbers;
-    let r = &mut o.reconnect;
-    let or = |n: f64, d: f64| if n.is_nan() { d } else { n };
-    r.min_reconnection_delay = or(min_delay, r.min_reconnection_delay);
-    r.max_reconnection_delay = or(max_delay, r.max_reconnection_delay);
-    r.reconnection_delay_grow_factor = or(grow, r.reconnection_delay_grow_factor);
-    r.min_uptime = or(uptime, r.min_uptime);
-    r.connection_timeout = or(timeout, r.connection_timeout);
-    r.max_retries = or(retries, r.max_retries);
-    let queue = or(queue, f64::INFINITY);
-    o.max_enqueued_messages = if queue.is_finite() {
-        queue as usize
-    } else {
-        usize::MAX
-    };
-    o.default_call_timeout = or(call_timeout, DEFAULT_CALL_TIMEOUT);
-    o.start_closed = match read("startClosed") {
-        Raw::Missing => false,
-        Raw::Bool(b) => b,
-        _ => return Err(invalid("startClosed", "a boolean")),
-    };
-    for key in CALLBACKS {
-        match read(key) {
-            Raw::Missing => {}
-            Raw::Func(_) => o.on_identity_change |= key == "onIdentityChange",
-            _ => return Err(invalid(key, "a function")),
+        if !ok {
+            let what = EXPECTED[rule as usize];
+            return Err(ClientError::Options(key.to_owned() + " must be " + what));
         }
+        *slot = raw;
     }
+    let r = ReconnectOptions::default();
+    let queue = number(&v[16], f64::INFINITY);
+    let o = ClientOptions {
+        address: Address {
+            agent: string(&mut v[0]).unwrap_or_default(),
+            name: string(&mut v[1]).unwrap_or_else(|| "default".into()),
+            host: string(&mut v[2]).unwrap_or_default(),
+            base_path: string(&mut v[3]),
+            prefix: string(&mut v[4]),
+            path: string(&mut v[5]),
+            protocol: string(&mut v[6]),
+        },
+        id: string(&mut v[7]),
+        query: match core::mem::replace(&mut v[8], Raw::Missing) {
+            Raw::Object(q) => Query::Static(pairs(&q)),
+            Raw::Func(_) => Query::Dynamic,
+            _ => Query::Static(Vec::new()),
+        },
+        protocols: match core::mem::replace(&mut v[9], Raw::Missing) {
+            Raw::Array(list) => Some(Protocols::List(list)),
+            Raw::Str(one) => Some(Protocols::One(one)),
+            _ => None,
+        },
+        reconnect: ReconnectOptions {
+            min_reconnection_delay: number(&v[10], r.min_reconnection_delay),
+            max_reconnection_delay: number(&v[11], r.max_reconnection_delay),
+            reconnection_delay_grow_factor: number(&v[12], r.reconnection_delay_grow_factor),
+            min_uptime: number(&v[13], r.min_uptime),
+            connection_timeout: number(&v[14], r.connection_timeout),
+            max_retries: number(&v[15], r.max_retries),
+        },
+        max_enqueued_messages: if queue.is_finite() {
+            queue as usize
+        } else {
+            usize::MAX
+        },
+        default_call_timeout: number(&v[17], DEFAULT_CALL_TIMEOUT),
+        start_closed: matches!(v[18], Raw::Bool(true)),
+        on_identity_change: matches!(v[22], Raw::Func(_)),
+    };
     // The URL rules reject what cannot be connected to.
     o.address.base_url()?;
     Ok(o)
