@@ -3,8 +3,8 @@
 // (`<name>_bg.js`), so the long hashed import and export names
 // (`__wbg_send_cd51063ca1be4d0f`, `core_on_`, …) become one or two letters
 // in both files. Also exports, from the glue, what the loader needs:
-// `IMPORT_MODULE` (the import object's key) and `start()` (the module's
-// `__wbindgen_start` under its new name).
+// `imports` (the import object, its functions under their new names) and
+// `start()` (the module's `__wbindgen_start` under its new name).
 //
 // usage: node minify-wasm-names.mjs <map.json> <glue_bg.js> <module.wasm>
 // (rewrites the glue, then checks it against the imports the wasm declares)
@@ -27,30 +27,45 @@ function rename(pairs, pattern, write) {
   return count;
 }
 
-// Imports are the glue's exported functions; exports are read as `wasm.name`.
-const imports = rename(
-  map.imports.map(([, from, to]) => [from, to]),
-  /\bexport function ([A-Za-z_$][\w$]*)\(/g,
-  (to) => `export function ${to}(`,
-);
-if (imports !== map.imports.length) {
-  throw new Error(`renamed ${imports} of ${map.imports.length} imports in ${glueFile}`);
-}
+// Exports are read as `wasm.name`.
 rename(map.exports, /\bwasm\.([A-Za-z_$][\w$]*)\b/g, (to) => `wasm.${to}`);
 const left = map.exports.filter(([from]) => new RegExp(`\\bwasm\\.${from}\\b`).test(glue));
 if (left.length) {
   throw new Error(`exports left unrenamed in ${glueFile}: ${left.map(([f]) => f).join(", ")}`);
 }
+
+// Imports are the glue's exported functions: each becomes a method, under
+// its new name, of one `imports` object (which the loader hands to
+// `WebAssembly.instantiate`): a bundler would otherwise build a namespace
+// object with a getter per function. Each function runs from its
+// `export function` line to the first line that starts with `}`.
+const renamed = new Map(map.imports.map(([, from, to]) => [from, to]));
+const methods = [];
+const rest = [];
+const lines = glue.split("\n");
+for (let i = 0; i < lines.length; i++) {
+  const head = /^export function ([A-Za-z_$][\w$]*)\((.*)$/.exec(lines[i]);
+  if (!head || !renamed.has(head[1])) {
+    rest.push(lines[i]);
+    continue;
+  }
+  const body = [`${JSON.stringify(renamed.get(head[1]))}(${head[2]}`];
+  while (!lines[i].startsWith("}")) body.push(lines[++i]);
+  methods.push(body.join("\n"));
+}
+if (methods.length !== map.imports.length) {
+  throw new Error(`found ${methods.length} of ${map.imports.length} imports in ${glueFile}`);
+}
+glue = rest.join("\n");
 const start = map.exports.find(([from]) => from === "__wbindgen_start");
 if (!start) throw new Error("the module exports no __wbindgen_start");
 const declared = WebAssembly.Module.imports(new WebAssembly.Module(readFileSync(wasmFile)));
 const modules = new Set(declared.map((i) => i.module));
 if (modules.size !== 1) throw new Error(`expected one import module, the wasm has ${[...modules]}`);
+const provided = new Set(map.imports.map(([, , to]) => to));
 for (const { name } of declared) {
-  if (!new RegExp(`\\bexport function ${name.replace(/\$/g, "\\$")}\\(`).test(glue)) {
-    throw new Error(`the glue provides no import "${name}"`);
-  }
+  if (!provided.has(name)) throw new Error(`the glue provides no import "${name}"`);
 }
-glue += `\nexport const IMPORT_MODULE = ${JSON.stringify([...modules][0])};\n`;
+glue += `\nexport const imports = { ${JSON.stringify([...modules][0])}: {\n${methods.join(",\n")}\n} };\n`;
 glue += `export function start() {\n    wasm.${start[1]}();\n}\n`;
 writeFileSync(glueFile, glue);

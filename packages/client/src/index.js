@@ -5,9 +5,10 @@
 // scripts/build-client.sh bundles and minifies this file, the class
 // (client-wasm/js/agent-client.js) and the wasm-bindgen glue into
 // pkg/index.js, next to the .wasm: the URLs below are relative to that
-// output file. The glue's imports are its own exports (`--target bundler`);
-// scripts/minify-wasm-names.mjs adds `IMPORT_MODULE` and `start()`.
-import * as glue from "../pkg/agents_client_bg.js";
+// output file. scripts/minify-wasm-names.mjs gathers the glue's imports
+// (its exported functions, `--target bundler`) into `imports` and adds
+// `start()`.
+import { Core, __wbg_set_wasm, imports, start } from "../pkg/agents_client_bg.js";
 import { AgentClient, AgentConnectionError, useCore } from "../../../client-wasm/js/agent-client.js";
 
 const here = import.meta.url;
@@ -22,10 +23,9 @@ const bytes =
   node && here.startsWith("file:")
     ? node("node:fs").readFileSync(new URL("./agents_client_bg.wasm", here))
     : await (await fetch(new URL("./agents_client_bg.wasm", import.meta.url))).arrayBuffer();
-const { instance } = await WebAssembly.instantiate(bytes, { [glue.IMPORT_MODULE]: glue });
-glue.__wbg_set_wasm(instance.exports);
-glue.start();
-const { Core } = glue;
+const { instance } = await WebAssembly.instantiate(bytes, imports);
+__wbg_set_wasm(instance.exports);
+start();
 useCore((options, host) => new Core(options, host));
 const HTTP_URL = 5; // client-wasm/src/bindings.rs, `user`
 
