@@ -239,7 +239,7 @@ impl WasmCore {
                 let url = self.core.borrow().http_url(js_value::pairs(&a));
                 return url.map(JsValue::from).map_err(error);
             }
-            user::SEND => Input::Send(a.clone(), js_value::size(&a).map_err(error)?),
+            user::SEND => Input::Send(a.clone(), js_value::size(&a, &self.keys).map_err(error)?),
             user::CALL => {
                 let call = js_value::call_options(&b, &c).map_err(error)?;
                 let stream = call.stream.clone();

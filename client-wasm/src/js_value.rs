@@ -88,8 +88,13 @@ pub(crate) fn pairs(obj: &JsValue) -> Vec<(String, String)> {
     if !obj.is_object() {
         return pairs;
     }
-    for pair in Object::entries(obj.unchecked_ref()) {
-        let pair: Array = pair.unchecked_into();
+    let entries = Object::entries(obj.unchecked_ref());
+    // Every entry is a `[key, value]` array: the first `undefined` is the end.
+    for at in 0.. {
+        let pair: Array = entries.get(at).unchecked_into();
+        if pair.is_undefined() {
+            break;
+        }
         let value = pair.get(1);
         if !(value.is_null() || value.is_undefined()) {
             pairs.push((to_string(&pair.get(0)), to_string(&value)));
@@ -111,15 +116,18 @@ pub(crate) fn json(value: &JsValue, error: &str) -> Result<String, ClientError> 
 ///
 /// # Errors
 /// For anything `WebSocket.send` does not take.
-pub(crate) fn size(data: &JsValue) -> Result<f64, ClientError> {
-    if data.is_string() {
-        return Ok(f64::from(data.unchecked_ref::<JsString>().length()));
-    }
-    if data.is_instance_of::<js_sys::ArrayBuffer>() || js_sys::ArrayBuffer::is_view(data) {
-        return Ok(get(data, "byteLength").as_f64().unwrap_or(0.0));
-    }
-    if data.is_instance_of::<web_sys::Blob>() {
-        return Ok(get(data, "size").as_f64().unwrap_or(0.0));
+pub(crate) fn size(data: &JsValue, keys: &Keys) -> Result<f64, ClientError> {
+    let key = if data.is_string() {
+        "length"
+    } else if data.is_instance_of::<js_sys::ArrayBuffer>() || js_sys::ArrayBuffer::is_view(data) {
+        "byteLength"
+    } else if data.is_instance_of::<web_sys::Blob>() {
+        "size"
+    } else {
+        ""
+    };
+    if !key.is_empty() {
+        return Ok(field(data, keys.key(key)).as_f64().unwrap_or(0.0));
     }
     let error = "send() takes a string, ArrayBuffer, ArrayBufferView or Blob";
     Err(ClientError::Options(error.into()))
@@ -190,11 +198,12 @@ pub(crate) fn call_options(args: &JsValue, options: &JsValue) -> Result<CallOpti
 pub(crate) struct Keys {
     ty: JsValue,
     rpc: JsValue,
-    types: js_sys::Map,
-    names: [JsValue; 10],
+    /// `{ "cf_agent_identity": 0, … }`: each type's index in [`FrameType::ALL`].
+    types: JsValue,
+    names: [JsValue; 13],
 }
 
-const NAMES: [&str; 10] = [
+const NAMES: [&str; 13] = [
     "state",
     "id",
     "name",
@@ -205,18 +214,27 @@ const NAMES: [&str; 10] = [
     "success",
     "done",
     "result",
+    "length",
+    "byteLength",
+    "size",
 ];
 
 impl Keys {
     pub(crate) fn new() -> Keys {
-        let types = js_sys::Map::new();
+        let mut types = String::from("{");
         for (i, t) in FrameType::ALL.iter().enumerate() {
-            types.set(&t.name().into(), &(i as u32).into());
+            if i > 0 {
+                types.push(',');
+            }
+            crate::machine::push_json_string(&mut types, t.name());
+            types.push(':');
+            crate::text::push_decimal(&mut types, i as u64);
         }
+        types.push('}');
         Keys {
             ty: "type".into(),
             rpc: FrameType::Rpc.name().into(),
-            types,
+            types: json_parse(&types.into()).unwrap_or(JsValue::UNDEFINED),
             names: NAMES.map(JsValue::from),
         }
     }
@@ -253,7 +271,12 @@ impl FrameFields for JsFrame<'_> {
         if ty == self.keys.rpc {
             return Some(FrameType::Rpc);
         }
-        let at = self.keys.types.get(&ty).as_f64()?;
+        // Only a string names a type (a property read would convert others,
+        // `["rpc"]` to `"rpc"`); inherited properties are no numbers.
+        if !ty.is_string() {
+            return None;
+        }
+        let at = field(&self.keys.types, &ty).as_f64()?;
         FrameType::ALL.get(at as usize).copied()
     }
     #[inline(never)]
