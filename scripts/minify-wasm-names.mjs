@@ -27,6 +27,32 @@ function rename(pairs, pattern, write) {
   return count;
 }
 
+// Replaces the block of lines from the one starting with `head` to the
+// next line that is exactly `}` (a top-level function or statement).
+function replaceBlock(head, by) {
+  const at = glue.indexOf(`\n${head}`);
+  const end = glue.indexOf("\n}\n", at);
+  if (at < 0 || end < 0) throw new Error(`no "${head}" block in ${glueFile}`);
+  glue = glue.slice(0, at + 1) + by + glue.slice(end + 3);
+}
+// Strings go to the module as `TextEncoder.encode` gives them (the glue's
+// own path when there is no `realloc`): its ASCII loop and `encodeInto`
+// path (with a fallback for browsers that lack `encodeInto`) are 400 bytes
+// of glue for a speed-up on long strings, which the client never passes.
+replaceBlock(
+  "function passStringToWasm0(",
+  `function passStringToWasm0(arg, malloc) {
+    const buf = cachedTextEncoder.encode(arg);
+    const ptr = malloc(buf.length, 1) >>> 0;
+    getUint8ArrayMemory0().set(buf, ptr);
+    WASM_VECTOR_LEN = buf.length;
+    return ptr;
+}
+`,
+);
+replaceBlock("if (!('encodeInto' in cachedTextEncoder))", "");
+glue = glue.replaceAll(", wasm.__wbindgen_malloc, wasm.__wbindgen_realloc)", ", wasm.__wbindgen_malloc)");
+
 // Exports are read as `wasm.name`.
 rename(map.exports, /\bwasm\.([A-Za-z_$][\w$]*)\b/g, (to) => `wasm.${to}`);
 const left = map.exports.filter(([from]) => new RegExp(`\\bwasm\\.${from}\\b`).test(glue));

@@ -7,18 +7,19 @@
 // methods below (client-wasm/src/bindings.rs). The npm build bundles this
 // file with the wasm-bindgen glue and shortens every `…_` name.
 
+// What the core is told (`on_`) and asked (`do_`), and its getters (`get_`):
+// the numbers of client-wasm/src/bindings.rs
+// (first in the file, so that esbuild inlines them).
+const START = 0, OPENED = 1, MESSAGE = 2, CLOSED = 3, ERRORED = 4, TIMER = 5;
+const NETWORK = 6, VISIBLE = 7, QUERIED = 8, QUERY_FAILED = 9;
+const SEND = 0, CALL = 1, SET_STATE = 2, CLOSE = 3, RECONNECT = 4;
+const READY_STATE = 0, QUEUED = 1, RETRY_COUNT = 2, SHOULD_RECONNECT = 3;
+
 let makeCore;
 /** Sets how a client makes its core (`(options, host) => new Core(options, host)`). */
 export function useCore(factory) {
   makeCore = factory;
 }
-
-// What the core is told (`on_`) and asked (`do_`), and its getters (`get_`):
-// the numbers of client-wasm/src/bindings.rs.
-const START = 0, OPENED = 1, MESSAGE = 2, CLOSED = 3, ERRORED = 4, TIMER = 5;
-const NETWORK = 6, VISIBLE = 7, QUERIED = 8, QUERY_FAILED = 9;
-const SEND = 0, CALL = 1, SET_STATE = 2, CLOSE = 3, RECONNECT = 4;
-const READY_STATE = 0, QUEUED = 1, RETRY_COUNT = 2, SHOULD_RECONNECT = 3;
 
 /** `onConnectionError`'s argument and `connectionError`: why reconnecting stopped. */
 export class AgentConnectionError extends Error {
