@@ -2,7 +2,8 @@
 # Benchmarks agents-server, in one run, against the machine's limit (the
 # bare Rust WebSocket server in `agents-bench --serve-limit`) and a Node `ws`
 # baseline (tests/bench/), on 127.0.0.1: each server on core 0, the load
-# tool on core 1. Every round runs each server once, in a rotating order:
+# tool on core 1. Every round runs each scenario against each server, back
+# to back, in a rotating order:
 #   ours       agents-server --in-memory          (every scenario)
 #   ours-disk  agents-server --data-dir (synchronous=FULL, output gate)
 #                                                 (rpc, neighbour)
@@ -61,30 +62,60 @@ fsync_probe() { # round
   rm -f "$OUT/fsync.probe"
 }
 
-run_one() { # label round
-  local label="$1" scenarios="$ALL" sizes=""
-  case "$label" in
-    ours-disk) scenarios="rpc,neighbour" ;;
-    # Node is 15-40x slower on bursts and pipelines: fewer of them, same rates.
-    baseline) scenarios="idle,echo,pipelined,broadcast,burst,connect"
-      sizes="--bursts 40 --pipeline-messages 4000 --connects 4000" ;;
+# Which scenarios each server runs, and with what sizes.
+scenarios_of() { # label
+  case "$1" in
+    ours | limit) echo "$ALL" ;;
+    ours-disk) echo "rpc,neighbour" ;;
+    baseline) echo "idle,echo,pipelined,broadcast,burst,connect" ;;
   esac
-  [ "$label" = ours-disk ] && fsync_probe "$2" | tee -a "$OUT/results.log"
-  start_server "$label" "$OUT/$label.server.log"
-  (pin 1 ./target/release/agents-bench --url "ws://127.0.0.1:$PORT" --label "$label" --round "$2" \
-    --server-pid "$PID" --scenario "$scenarios" $sizes ${BENCH_ARGS:-}) | tee -a "$OUT/results.log" | grep -v '^JSON'
-  stop_server
+}
+sizes_of() { # label
+  # Node is 15-40x slower on bursts and pipelines: fewer of them, same rates.
+  [ "$1" = baseline ] && echo "--bursts 40 --pipeline-messages 4000 --connects 4000"
+  true
+}
+
+declare -A PIDS PORTS
+stop_all() {
+  for label in "${!PIDS[@]}"; do
+    kill "${PIDS[$label]}" 2>/dev/null || true
+    wait "${PIDS[$label]}" 2>/dev/null || true
+    unset "PIDS[$label]"
+  done
   rm -rf "$OUT/data"
 }
-trap 'stop_server; cleanup_bg' EXIT
+trap 'stop_server; stop_all; cleanup_bg' EXIT
 
+# Each round starts the four servers (all on core 0, idle but for the one
+# under load) and runs every scenario against each of them back to back, in
+# an order that rotates with the round and the scenario: the two figures of
+# a ratio are measured seconds apart, so a neighbour's load on this shared
+# machine hits both alike more often than not.
 SERVERS=(ours limit ours-disk baseline)
 for round in $(seq "$ROUNDS"); do
-  for i in "${!SERVERS[@]}"; do
-    label="${SERVERS[$(((i + round - 1) % ${#SERVERS[@]}))]}"
-    step "round $round/$ROUNDS: $label"
-    run_one "$label" "$round"
+  step "round $round/$ROUNDS"
+  for label in "${SERVERS[@]}"; do
+    start_server "$label" "$OUT/$label.server.log"
+    PIDS[$label]=$PID PORTS[$label]=$PORT
   done
+  PID=
+  s=0
+  for scenario in ${ALL//,/ }; do
+    for i in "${!SERVERS[@]}"; do
+      label="${SERVERS[$(((i + round + s) % ${#SERVERS[@]}))]}"
+      [[ ",$(scenarios_of "$label")," == *",$scenario,"* ]] || continue
+      if [ "$label" = ours-disk ] && [ "$scenario" = rpc ]; then
+        fsync_probe "$round" | tee -a "$OUT/results.log" | sed 's/^JSON /          fsync probe: /'
+      fi
+      # shellcheck disable=SC2046
+      (pin 1 ./target/release/agents-bench --url "ws://127.0.0.1:${PORTS[$label]}" --label "$label" \
+        --round "$round" --server-pid "${PIDS[$label]}" --scenario "$scenario" $(sizes_of "$label") \
+        ${BENCH_ARGS:-}) | tee -a "$OUT/results.log" | grep -v '^JSON'
+    done
+    s=$((s + 1))
+  done
+  stop_all
 done
 
 step "client size"

@@ -25,7 +25,10 @@ const SCENARIO_LIMIT: Duration = Duration::from_secs(120);
 const ALL_SCENARIOS: &str = "idle,echo,pipelined,broadcast,burst,connect,rpc,neighbour";
 
 #[derive(Debug, Parser)]
-#[command(about = "Load tool for agents servers (127.0.0.1 only)")]
+#[command(
+    about = "Load tool for agents servers (127.0.0.1 only)",
+    args_override_self = true
+)]
 pub(crate) struct Args {
     /// Run the bare WebSocket server (the machine's limit) instead of a load.
     #[arg(long)]
