@@ -32,6 +32,7 @@ ALL="idle,echo,pipelined,broadcast,burst,connect,rpc,neighbour"
 # Starts server `label` on core 0; sets PID and PORT.
 start_server() { # label log
   local label="$1" log="$2"
+  : >"$log" # now, not in the background: the wait below must not read an old log
   case "$label" in
     ours) (pin 0 ./target/release/agents-server --port 0 --in-memory --log warn) >"$log" 2>&1 & ;;
     ours-disk)
