@@ -25,6 +25,9 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" # 10,000 idle connections need file descriptors
 step "build (release)"
 cargo build --release --locked -p agents-server-cli -p agents-bench
+dirty=$(git status --porcelain -- server server-cli protocol 2>/dev/null | wc -l)
+BUILT="server built from commit $(git rev-parse --short HEAD 2>/dev/null)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) in server/, server-cli/, protocol/")"
+echo "$BUILT"
 npm_install .
 pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
 ALL="idle,echo,pipelined,broadcast,burst,connect,rpc,neighbour"
@@ -168,5 +171,4 @@ fi
 step "summary"
 node tests/bench/report.mjs <"$OUT/results.log" | tee "$OUT/summary.md" | grep -v '^MEDIAN'
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(stat -f -c %T "$OUT") under target/bench"
-dirty=$(git status --porcelain -- server server-cli protocol 2>/dev/null | wc -l)
-echo "server: commit $(git rev-parse --short HEAD 2>/dev/null)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) in server/, server-cli/, protocol/")"
+echo "$BUILT"
