@@ -26,7 +26,7 @@ ulimit -n "$(ulimit -Hn)" # 10,000 idle connections need file descriptors
 step "build (release)"
 cargo build --release --locked -p agents-server-cli -p agents-bench
 dirty=$(git status --porcelain -- server server-cli protocol 2>/dev/null | wc -l)
-BUILT="server built from commit $(git rev-parse --short HEAD 2>/dev/null)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) in server/, server-cli/, protocol/")"
+BUILT="server built from commit $(git rev-parse --short HEAD 2>/dev/null)$([ "$dirty" -gt 0 ] && echo " + $dirty uncommitted file(s) in server/, server-cli/, protocol/" || true)"
 echo "$BUILT"
 npm_install .
 pin() { if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then exec taskset -c "$1" "${@:2}"; else exec "${@:2}"; fi; }
