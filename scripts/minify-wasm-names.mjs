@@ -4,7 +4,7 @@
 // (`__wbg_send_cd51063ca1be4d0f`, `core_on_`, …) become one or two letters
 // in both files. Also exports, from the glue, what the loader needs:
 // `imports` (the import object, its functions under their new names) and
-// `start()` (the module's `__wbindgen_start` under its new name).
+// `start()` (which calls the module's `__wbindgen_start`, if it has one).
 //
 // usage: node minify-wasm-names.mjs <map.json> <glue_bg.js> <module.wasm>
 // (rewrites the glue, then checks it against the imports the wasm declares)
@@ -83,8 +83,9 @@ if (methods.length !== map.imports.length) {
   throw new Error(`found ${methods.length} of ${map.imports.length} imports in ${glueFile}`);
 }
 glue = rest.join("\n");
+// (Only a module with an externref table has a start function, which fills
+// the table's first slots.)
 const start = map.exports.find(([from]) => from === "__wbindgen_start");
-if (!start) throw new Error("the module exports no __wbindgen_start");
 const declared = WebAssembly.Module.imports(new WebAssembly.Module(readFileSync(wasmFile)));
 const modules = new Set(declared.map((i) => i.module));
 if (modules.size !== 1) throw new Error(`expected one import module, the wasm has ${[...modules]}`);
@@ -93,5 +94,5 @@ for (const { name } of declared) {
   if (!provided.has(name)) throw new Error(`the glue provides no import "${name}"`);
 }
 glue += `\nexport const imports = { ${JSON.stringify([...modules][0])}: {\n${methods.join(",\n")}\n} };\n`;
-glue += `export function start() {\n    wasm.${start[1]}();\n}\n`;
+glue += `export function start() {\n    ${start ? `wasm.${start[1]}();` : ""}\n}\n`;
 writeFileSync(glueFile, glue);
