@@ -110,9 +110,14 @@ pub(crate) enum Input {
 /// or `send`'s and `setState`'s outcome.
 #[inline(never)]
 pub(crate) fn run(core: &CoreCell, host: &Host, input: Input) -> Result<bool, ClientError> {
+    // Borrows are tried, never forced: no JavaScript runs while the core is
+    // borrowed, so none fails, and no panic path is left in the module.
+    let Ok(mut c) = core.try_borrow_mut() else {
+        core::mem::forget(input); // (never happens: nothing to drop)
+        return Ok(false);
+    };
     let mut out = Ok(false);
     let mut actions = {
-        let mut c = core.borrow_mut();
         match input {
             Input::Start(online) => c.start(online),
             Input::Opened(gen) => c.opened(gen),
@@ -131,17 +136,23 @@ pub(crate) fn run(core: &CoreCell, host: &Host, input: Input) -> Result<bool, Cl
             Input::Close(code, reason) => c.close(code, &reason),
             Input::Reconnect(code, reason) => c.reconnect(code, &reason),
         }
-        c.take_actions()
+        let actions = c.take_actions();
+        drop(c);
+        actions
     };
     while let Some(gen) = perform(host, &mut actions) {
         // `new WebSocket()` threw (a URL the browser refuses): the core
         // decides what follows (error, close, retry).
-        let mut core = core.borrow_mut();
+        let Ok(mut core) = core.try_borrow_mut() else {
+            break;
+        };
         core.open_failed(gen);
         core.recycle(actions);
         actions = core.take_actions();
     }
-    core.borrow_mut().recycle(actions);
+    if let Ok(mut core) = core.try_borrow_mut() {
+        core.recycle(actions);
+    }
     out
 }
 
@@ -236,7 +247,10 @@ impl WasmCore {
     ) -> Result<JsValue, JsValue> {
         let input = match kind {
             user::HTTP_URL => {
-                let url = self.core.borrow().http_url(js_value::pairs(&a));
+                let Ok(core) = self.core.try_borrow() else {
+                    return Ok(JsValue::UNDEFINED);
+                };
+                let url = core.http_url(js_value::pairs(&a));
                 return url.map(JsValue::from).map_err(error);
             }
             user::SEND => Input::Send(a.clone(), js_value::size(&a, &self.keys).map_err(error)?),
@@ -272,7 +286,9 @@ impl WasmCore {
     /// the bytes queued, 2 `retryCount`, 3 `shouldReconnect` (1 or 0).
     #[wasm_bindgen(js_name = get_)]
     pub fn get(&self, kind: u8, socket: i32) -> f64 {
-        let core = self.core.borrow();
+        let Ok(core) = self.core.try_borrow() else {
+            return 0.0;
+        };
         match kind {
             0 => core.ready_state(u16::try_from(socket).ok()).into(),
             1 => core.queued(),

@@ -61,13 +61,13 @@ impl<T> Calls<T> {
     /// Removes and returns the call with `id`.
     pub fn take(&mut self, id: &str) -> Option<Pending<T>> {
         let at = self.pending.iter().position(|(i, _)| i == id)?;
-        Some(self.pending.swap_remove(at).1)
+        swap_remove(&mut self.pending, at)
     }
 
     /// Removes and returns the first call whose handle matches.
     pub fn take_where(&mut self, matches: impl Fn(&T) -> bool) -> Option<Pending<T>> {
         let at = self.pending.iter().position(|(_, p)| matches(&p.handle))?;
-        Some(self.pending.swap_remove(at).1)
+        swap_remove(&mut self.pending, at)
     }
 
     /// Marks the call `id` as written to socket `generation`.
@@ -100,7 +100,7 @@ impl<T> Calls<T> {
         let mut at = 0;
         while let Some((_, p)) = self.pending.get(at) {
             if matches(p) {
-                taken.push(self.pending.swap_remove(at).1);
+                taken.extend(swap_remove(&mut self.pending, at));
             } else {
                 at += 1;
             }
@@ -117,6 +117,19 @@ impl<T> Calls<T> {
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
+}
+
+/// `Vec::swap_remove` of entry `at`'s call, `None` past the end (no panic
+/// path in the WebAssembly).
+fn swap_remove<T>(pending: &mut Vec<(String, T)>, at: usize) -> Option<T> {
+    if at >= pending.len() {
+        return None;
+    }
+    let last = pending.pop()?;
+    Some(match pending.get_mut(at) {
+        Some(slot) => core::mem::replace(slot, last).1,
+        None => last.1,
+    })
 }
 
 #[cfg(test)]

@@ -23,20 +23,10 @@ fn push_hex_digits(out: &mut String, value: u64, width: u32, digits: &[u8; 16]) 
 
 /// Appends `value` in decimal (`format!("{value}")`).
 pub fn push_decimal(out: &mut String, value: u64) {
-    let mut digits = [0u8; 20];
-    let mut n = value;
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    if value >= 10 {
+        push_decimal(out, value / 10);
     }
-    for &d in digits[..len].iter().rev() {
-        out.push(d as char);
-    }
+    out.push(char::from(b'0' + (value % 10) as u8));
 }
 
 /// `value` in decimal.

@@ -95,14 +95,26 @@ pub fn kebab(agent: &str) -> String {
     {
         agents_protocol::camel_case_to_kebab_case_with(
             agent,
-            |s| String::from(js_sys::JsString::from(s).to_upper_case()),
-            |s| String::from(js_sys::JsString::from(s).to_lower_case()),
+            |s| js_case(s, true),
+            |s| js_case(s, false),
         )
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
         agents_protocol::camel_case_to_kebab_case(agent)
     }
+}
+
+/// JavaScript's `toUpperCase()` or `toLowerCase()` of `s`.
+#[cfg(target_arch = "wasm32")]
+fn js_case(s: &str, upper: bool) -> String {
+    let s = js_sys::JsString::from(s);
+    let cased = if upper {
+        s.to_upper_case()
+    } else {
+        s.to_lower_case()
+    };
+    cased.as_string().unwrap_or_default()
 }
 
 /// Strips one leading scheme and one trailing `/`.
@@ -129,7 +141,8 @@ fn is_local(host: &str) -> bool {
         return true;
     }
     if let Some(rest) = host.strip_prefix("172.") {
-        let second = rest.split('.').next().unwrap_or("");
+        let end = rest.bytes().position(|b| b == b'.').unwrap_or(rest.len());
+        let second = rest.get(..end).unwrap_or("");
         // A string comparison, like the original's.
         return ("16"..="31").contains(&second);
     }
