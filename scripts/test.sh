@@ -52,6 +52,7 @@ echo "ok: all $expected browser tests that need the server failed without it, as
 
 step "build @agents-rs/client, @agents-rs/react and the example app"
 "$ROOT/scripts/build-client.sh" >"$LOG/build-client.out" 2>&1 || { cat "$LOG/build-client.out"; exit 1; }
+"$ROOT/scripts/size.sh" | grep -v '^{' # @agents-rs/client's gzip size; fails above the budget
 npm_install .
 npm run --workspace @agents-rs/react build
 npm run --workspace agents-rs-react-app build
