@@ -17,8 +17,8 @@ use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
 use http::{header, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -468,10 +468,12 @@ impl Agents {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let config = &self.server.config;
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
+        // HTTP/1.1 only (WebSockets upgrade from it), so that an upgraded
+        // socket is the plain `TcpStream` again (see `downcast` below).
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
+            .max_header_size(config.max_request_head)
             .max_buf_size(config.max_request_head);
         let http = Arc::new(http);
         let stop = self.server.shutdown.clone();
@@ -513,7 +515,9 @@ impl Agents {
             let (http, app, stop) = (http.clone(), app.clone(), stop.clone());
             connections.spawn(async move {
                 let service = TowerToHyperService::new(app);
-                let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = http
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => return,
@@ -749,7 +753,9 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
                     .await
                 }
                 Err(upgraded) => {
-                    run_socket(
+                    // Not expected (HTTP/1.1 upgrades hand back the
+                    // `TcpStream`); boxed, so it costs the task no room.
+                    Box::pin(run_socket(
                         &server,
                         TokioIo::new(upgraded),
                         Bytes::new(),
@@ -757,7 +763,7 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
                         &kind,
                         &key,
                         info,
-                    )
+                    ))
                     .await
                 }
             },
@@ -785,11 +791,13 @@ async fn run_socket<T>(
     info: RequestInfo,
 ) -> Option<(Link, u64, crate::runtime::actor::CloseInfo)>
 where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: socket::Transport,
 {
     let conn_key = conn.key();
     let metrics = SocketMetrics::open(&key.agent);
-    let register = server.registry.connect(kind, key, conn.clone(), info);
+    // Boxed: its state (large in cluster mode) is freed once registered
+    // instead of taking room in the socket's task for its whole life.
+    let register = Box::pin(server.registry.connect(kind, key, conn.clone(), info));
     let (link, close) =
         socket::run(io, read_ahead, conn, metrics, &server.sockets, register).await?;
     Some((link, conn_key, close))

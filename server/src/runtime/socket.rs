@@ -77,6 +77,25 @@ impl ReadBudget {
     }
 }
 
+/// The byte stream a socket runs over. An idle socket waits for
+/// [`poll_read_ready`](Transport::poll_read_ready) before it takes a read
+/// buffer, so that being woken to write costs no allocation.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Ready once a read may return bytes; streams that cannot tell are
+    /// always ready.
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Transport for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
+
 /// The server-wide settings of every socket task.
 #[derive(Debug)]
 pub(crate) struct SocketEnv {
@@ -92,23 +111,24 @@ pub(crate) struct SocketEnv {
 /// instance (which queues the connect frames and runs `on_connect`); frames
 /// are written meanwhile, and nothing is read until it completes. Returns the
 /// instance and how the socket ended, for `on_close`, when it was accepted.
-pub(crate) async fn run<T>(
+pub(crate) async fn run<T: Transport>(
     io: T,
     read_ahead: Bytes,
     conn: Connection,
     metrics: SocketMetrics,
     env: &SocketEnv,
-    register: impl Future<Output = Option<Link>>,
-) -> Option<(Link, CloseInfo)>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
+    mut register: Pin<Box<impl Future<Output = Option<Link>>>>,
+) -> Option<(Link, CloseInfo)> {
     let now = Instant::now();
+    // A copy: `read_ahead` may share the HTTP read buffer's allocation,
+    // which must not stay with the socket.
+    let rbuf = BytesMut::from(&read_ahead[..]);
+    drop(read_ahead);
     let mut socket = Socket {
         io,
         env,
         decoder: Decoder::new(env.max_message),
-        rbuf: BytesMut::from(&read_ahead[..]),
+        rbuf,
         frame_hint: None,
         held: 0,
         assembling_since: None,
@@ -133,7 +153,6 @@ where
         conn,
         metrics,
     };
-    let mut register = std::pin::pin!(register);
     let registered = std::future::poll_fn(|cx| {
         let _ = socket.poll_writes(cx);
         if socket.done {
@@ -142,6 +161,8 @@ where
         register.as_mut().poll(cx)
     })
     .await;
+    // Gone once registered: the task is its own state for the rest of its life.
+    drop(register);
     match registered {
         Some(link) => socket.instance = Some(link),
         // Refused: the registry queued a close; read only to find the reply.
@@ -251,7 +272,7 @@ fn abnormal() -> CloseInfo {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
+impl<T: Transport> Socket<'_, T> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseInfo> {
         for _ in 0..ROUNDS_PER_POLL {
             if self.conn.outbox().is_killed() {
@@ -476,6 +497,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Socket<'_, T> {
             if need > spare {
                 self.rbuf.reserve(need);
             } else if spare < 1024 {
+                if self.rbuf.is_empty() && self.io.poll_read_ready(cx).is_pending() {
+                    // Nothing to read: no buffer taken.
+                    break;
+                }
                 self.rbuf.reserve(READ_CHUNK);
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
