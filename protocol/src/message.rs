@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use serde::de::{MapAccess, Visitor};
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
@@ -83,11 +83,11 @@ impl SetupError {
 
 /// Every field any frame may carry, each kept raw and `Some` exactly when the
 /// key is present (so `"state":null` differs from no `state`). As with
-/// `JSON.parse`, a repeated key keeps its last value.
-#[derive(Default)]
-struct Envelope<'a> {
+/// `JSON.parse`, a repeated key keeps its last value. `state` is read as
+/// `St`: raw, or (for [`TypedClientMessage`]) the server's state type.
+struct Envelope<'a, St = &'a RawValue> {
     ty: Option<&'a RawValue>,
-    state: Option<&'a RawValue>,
+    state: Option<St>,
     id: Option<&'a RawValue>,
     method: Option<&'a RawValue>,
     args: Option<&'a RawValue>,
@@ -101,21 +101,45 @@ struct Envelope<'a> {
     result: Option<&'a RawValue>,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
+impl<St> Default for Envelope<'_, St> {
+    fn default() -> Self {
+        Envelope {
+            ty: None,
+            state: None,
+            id: None,
+            method: None,
+            args: None,
+            name: None,
+            agent: None,
+            state_follows: None,
+            error: None,
+            mcp: None,
+            success: None,
+            done: None,
+            result: None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a, St: Deserialize<'de>> Deserialize<'de> for Envelope<'a, St> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Fields<'a>(core::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for Fields<'a> {
-            type Value = Envelope<'a>;
+        struct Fields<'a, St>(core::marker::PhantomData<(&'a (), St)>);
+        impl<'de: 'a, 'a, St: Deserialize<'de>> Visitor<'de> for Fields<'a, St> {
+            type Value = Envelope<'a, St>;
             fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Envelope<'a>, M::Error> {
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut env = Envelope::default();
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "state" {
+                        // Parsed once, straight into its type.
+                        env.state = Some(map.next_value()?);
+                        continue;
+                    }
                     let value: &'de RawValue = map.next_value()?;
                     let slot = match key.as_ref() {
                         "type" => &mut env.ty,
-                        "state" => &mut env.state,
                         "id" => &mut env.id,
                         "method" => &mut env.method,
                         "args" => &mut env.args,
@@ -138,7 +162,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
     }
 }
 
-impl<'a> Envelope<'a> {
+impl<'a, St: Deserialize<'a>> Envelope<'a, St> {
     /// Parses `text` if it is a JSON object; anything else is not protocol.
     fn parse(text: &'a str) -> Option<Self> {
         // Cheap pre-check: protocol frames are JSON objects.
@@ -155,6 +179,23 @@ impl<'a> Envelope<'a> {
         self.ty.and_then(as_string).is_some_and(|t| t == want)
     }
 
+    /// The RPC request, when the frame is a well-formed `rpc` frame.
+    fn rpc(&self) -> Option<RpcRequest> {
+        if !self.type_is("rpc") {
+            return None;
+        }
+        let id = self.id.and_then(as_string)?;
+        let method = self.method.and_then(as_string)?;
+        let args = self.args.filter(|a| a.get().starts_with('['))?;
+        Some(RpcRequest {
+            id,
+            method,
+            args: to_owned_raw(args),
+        })
+    }
+}
+
+impl<'a> Envelope<'a> {
     fn field(&self, key: &str) -> Option<&'a RawValue> {
         match key {
             "state" => self.state,
@@ -227,24 +268,15 @@ impl ClientMessage {
     /// `rpc` object whose `id` and `method` are strings and `args` an array.
     /// Everything else is [`Incoming::Raw`].
     pub fn decode(text: &str) -> Incoming<'_, ClientMessage> {
-        let Some(env) = Envelope::parse(text) else {
+        let Some(env) = <Envelope<'_>>::parse(text) else {
             return Incoming::Raw(text);
         };
         if env.type_is("cf_agent_state") {
             if let Some(state) = env.state {
                 return Incoming::Protocol(ClientMessage::State(to_owned_raw(state)));
             }
-        } else if env.type_is("rpc") {
-            let id = env.id.and_then(as_string);
-            let method = env.method.and_then(as_string);
-            let args = env.args.filter(|a| a.get().starts_with('['));
-            if let (Some(id), Some(method), Some(args)) = (id, method, args) {
-                return Incoming::Protocol(ClientMessage::Rpc(RpcRequest {
-                    id,
-                    method,
-                    args: to_owned_raw(args),
-                }));
-            }
+        } else if let Some(rpc) = env.rpc() {
+            return Incoming::Protocol(ClientMessage::Rpc(rpc));
         }
         Incoming::Raw(text)
     }
@@ -281,12 +313,102 @@ impl ClientMessage {
     }
 }
 
+/// The fewest bytes a `cf_agent_state` frame holds besides its state:
+/// `{"state":…,"type":"cf_agent_state"}` (keys and the type may be escaped,
+/// which only makes them longer).
+const STATE_FRAME_MIN_OVERHEAD: usize = r#"{"state":,"type":"cf_agent_state"}"#.len();
+
+/// A client frame as a server with state type `S` reads it: the same frames
+/// as [`ClientMessage`], with the state already deserialized into `S` — in
+/// the pass that reads the frame, not in a second parse of a copy.
+#[derive(Debug)]
+pub enum TypedClientMessage<S> {
+    /// `{"type":"cf_agent_state","state":…}`: the state, or why it cannot
+    /// be one.
+    State(Result<S, StateDecodeError>),
+    /// `{"type":"rpc","id","method","args":[…]}`.
+    Rpc(RpcRequest),
+}
+
+/// Why a `cf_agent_state` frame's state was not read.
+#[derive(Debug)]
+pub enum StateDecodeError {
+    /// Its JSON is `len` bytes, over the limit of `max`; it was not parsed.
+    TooLarge {
+        /// The state's JSON length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// It is not a valid `S`. Positions in the error are relative to the
+    /// state's own JSON, as if it had been parsed alone.
+    Invalid(serde_json::Error),
+}
+
+impl core::fmt::Display for StateDecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StateDecodeError::TooLarge { max, .. } => {
+                write!(f, "state is larger than {max} bytes")
+            }
+            StateDecodeError::Invalid(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl std::error::Error for StateDecodeError {}
+
+impl<S: DeserializeOwned> TypedClientMessage<S> {
+    /// Decodes a text frame from a client as [`ClientMessage::decode`] does
+    /// (the same frames are protocol, the same are [`Incoming::Raw`]), with
+    /// a state of at most `max_state` bytes of JSON deserialized into `S`.
+    ///
+    /// A frame too short to hold a state over the limit is read in one
+    /// pass, its state straight into `S`. Any other frame — longer,
+    /// malformed, or whose state does not fit `S` — is read as
+    /// [`ClientMessage::decode`] reads it, then a state within the limit is
+    /// parsed from its own slice; so a state over the limit is never parsed,
+    /// and errors read as they would for the state alone.
+    pub fn decode(text: &str, max_state: usize) -> Incoming<'_, TypedClientMessage<S>> {
+        if text.len() <= max_state.saturating_add(STATE_FRAME_MIN_OVERHEAD) {
+            if let Some(env) = Envelope::<'_, S>::parse(text) {
+                if env.type_is("cf_agent_state") {
+                    if let Some(state) = env.state {
+                        return Incoming::Protocol(TypedClientMessage::State(Ok(state)));
+                    }
+                } else if let Some(rpc) = env.rpc() {
+                    return Incoming::Protocol(TypedClientMessage::Rpc(rpc));
+                }
+                return Incoming::Raw(text);
+            }
+        }
+        match ClientMessage::decode(text) {
+            Incoming::Protocol(ClientMessage::State(raw)) => {
+                let len = raw.get().len();
+                let state = if len > max_state {
+                    Err(StateDecodeError::TooLarge {
+                        len,
+                        max: max_state,
+                    })
+                } else {
+                    serde_json::from_str(raw.get()).map_err(StateDecodeError::Invalid)
+                };
+                Incoming::Protocol(TypedClientMessage::State(state))
+            }
+            Incoming::Protocol(ClientMessage::Rpc(rpc)) => {
+                Incoming::Protocol(TypedClientMessage::Rpc(rpc))
+            }
+            Incoming::Raw(text) => Incoming::Raw(text),
+        }
+    }
+}
+
 impl ServerMessage {
     /// Decodes a text frame from a server (what a client does), by the rule
     /// of [`crate::frame`] that the browser client applies too. Frames of
     /// other types, and malformed ones, are [`Incoming::Raw`].
     pub fn decode(text: &str) -> Incoming<'_, ServerMessage> {
-        let frame = match Envelope::parse(text) {
+        let frame = match <Envelope<'_>>::parse(text) {
             Some(env) => classify(&env),
             None => ServerFrame::User,
         };
