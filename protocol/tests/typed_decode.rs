@@ -3,7 +3,7 @@
 //! `ClientMessage::decode`, then the state's own slice parsed into the type.
 //! Both must agree on every frame — the golden captures and hostile input.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use agents_protocol::message::{StateDecodeError, TypedClientMessage};
 use agents_protocol::{ClientMessage, Incoming};
@@ -183,14 +183,20 @@ fn hostile_frames_read_as_before() {
     ));
 }
 
-/// Counts how often it is deserialized.
+/// Counts how often it is deserialized (on this test's thread).
 struct Counted;
 
-static PARSED: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static PARSED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn parsed() -> usize {
+    PARSED.with(Cell::get)
+}
 
 impl<'de> Deserialize<'de> for Counted {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        PARSED.fetch_add(1, Ordering::SeqCst);
+        PARSED.with(|n| n.set(n.get() + 1));
         serde::de::IgnoredAny::deserialize(d)?;
         Ok(Counted)
     }
@@ -201,7 +207,7 @@ fn a_state_over_the_limit_is_measured_never_parsed() {
     let state = format!(r#"{{"blob":"{}"}}"#, "a".repeat(1000));
     let len = state.len();
     let text = format!(r#"{{"type":"cf_agent_state","state":{state}}}"#);
-    let before = PARSED.load(Ordering::SeqCst);
+    let before = parsed();
     for max in [0, 1, len - 1] {
         let Incoming::Protocol(TypedClientMessage::State(Err(StateDecodeError::TooLarge {
             len: got,
@@ -212,11 +218,7 @@ fn a_state_over_the_limit_is_measured_never_parsed() {
         };
         assert_eq!((got, limit), (len, max));
     }
-    assert_eq!(
-        PARSED.load(Ordering::SeqCst),
-        before,
-        "parsed over the limit"
-    );
+    assert_eq!(parsed(), before, "parsed over the limit");
     // At the limit exactly, and when only the frame is over it: one parse.
     for (text, max) in [
         (text.clone(), len),
@@ -228,12 +230,12 @@ fn a_state_over_the_limit_is_measured_never_parsed() {
             len,
         ),
     ] {
-        let before = PARSED.load(Ordering::SeqCst);
+        let before = parsed();
         assert!(matches!(
             TypedClientMessage::<Counted>::decode(&text, max),
             Incoming::Protocol(TypedClientMessage::State(Ok(Counted)))
         ));
-        assert_eq!(PARSED.load(Ordering::SeqCst), before + 1);
+        assert_eq!(parsed(), before + 1);
     }
     // The tightest frames around a state at the limit and one byte over.
     for (state, max, fits) in [("12345", 5, true), ("123456", 5, false)] {
@@ -261,12 +263,12 @@ fn a_state_over_the_limit_is_measured_never_parsed() {
 #[test]
 fn a_frame_within_the_limit_is_read_once() {
     let text = r#"{"state":{"n":[1,2,3]},"type":"cf_agent_state"}"#;
-    let before = PARSED.load(Ordering::SeqCst);
+    let before = parsed();
     assert!(matches!(
         TypedClientMessage::<Counted>::decode(text, BIG),
         Incoming::Protocol(TypedClientMessage::State(Ok(Counted)))
     ));
-    assert_eq!(PARSED.load(Ordering::SeqCst), before + 1);
+    assert_eq!(parsed(), before + 1);
 }
 
 #[test]
