@@ -14,7 +14,7 @@ use crate::connection::Connection;
 use crate::error::{DuplicateConnectionId, StateError};
 use crate::message::{Message, Utf8Bytes};
 use crate::request::RequestInfo;
-use crate::storage::InstanceStorage;
+use crate::storage::{InstanceStorage, SharedJson};
 
 /// Given to [`Agent::on_connect`] and the connect-time hooks.
 #[derive(Debug, Clone)]
@@ -187,14 +187,19 @@ impl<A: Agent> AgentContext<A> {
     /// Encodes and checks `state`, writes it (durable with the turn), then
     /// makes it the current state; returns its frame.
     pub(crate) fn replace_state(&mut self, state: A::State) -> Result<Message, StateError> {
-        let max = self.state.max_bytes;
-        let frame = crate::offload::json(self.state.last_len, || encode_state(&state, max))?;
-        let json = &frame[STATE_FRAME_PREFIX.len()..frame.len() - STATE_FRAME_SUFFIX.len()];
-        self.state.last_len = json.len();
-        self.storage.save_state(json.to_owned());
+        let (max, hint) = (self.state.max_bytes, self.state.last_len);
+        let frame = crate::offload::json(hint, || StateFrame::encode(&state, max, hint))?;
+        Ok(self.install_state(state, frame))
+    }
+
+    /// Writes `state`, already encoded as `frame`, (durable with the turn)
+    /// and makes it the current state; returns the frame to broadcast.
+    fn install_state(&mut self, state: A::State, frame: StateFrame) -> Message {
+        self.state.last_len = frame.json().len();
+        self.storage.save_state(frame.shared_json());
         self.state_writes.increment(1);
         self.state.value = Some(state);
-        Ok(self.state.cache(frame))
+        self.state.cache(frame)
     }
 
     /// Makes `state` (restored, of `len` bytes of JSON, or initial) the
@@ -255,7 +260,7 @@ impl<A: Agent> AgentContext<A> {
 /// broadcasts encodes it once.
 struct StateCell<S> {
     value: Option<S>,
-    frame: Weak<String>,
+    frame: Weak<Vec<u8>>,
     max_bytes: usize,
     /// The JSON length of the last state encoded (to foresee large work).
     last_len: usize,
@@ -264,82 +269,127 @@ struct StateCell<S> {
 impl<S: Serialize> StateCell<S> {
     /// The frame of the current state, encoded anew if no copy is alive.
     fn frame(&mut self) -> Option<Message> {
-        if let Some(frame) = self.frame.upgrade() {
-            return Some(shared(frame));
+        if let Some(text) = self.frame.upgrade().and_then(shared) {
+            return Some(Message::Text(text));
         }
         let value = self.value.as_ref()?;
         // Restored states may predate the size limit: never refused here.
-        let frame = crate::offload::json(self.last_len, || encode_state(value, usize::MAX)).ok()?;
+        let hint = self.last_len;
+        let frame =
+            crate::offload::json(hint, || StateFrame::encode(value, usize::MAX, hint)).ok()?;
         Some(self.cache(frame))
     }
 
     /// Keeps a weak handle on `frame` and returns it as a message.
-    fn cache(&mut self, frame: String) -> Message {
-        let frame = Arc::new(frame);
-        self.frame = Arc::downgrade(&frame);
-        shared(frame)
+    fn cache(&mut self, frame: StateFrame) -> Message {
+        self.frame = frame.buf;
+        Message::Text(frame.text)
     }
 }
 
-/// A message sharing `frame`'s buffer.
-fn shared(frame: Arc<String>) -> Message {
-    struct Owner(Arc<String>);
+/// A state's `cf_agent_state` frame, encoded once: every socket it goes to
+/// shares its buffer, and its JSON is what storage writes.
+#[derive(Debug)]
+pub(crate) struct StateFrame {
+    text: Utf8Bytes,
+    buf: Weak<Vec<u8>>,
+}
+
+impl StateFrame {
+    /// `{"type":"cf_agent_state","state":…}` for `state`, serializing at
+    /// most `max` bytes of state, into a buffer sized for `hint` bytes.
+    fn encode<S: Serialize>(state: &S, max: usize, hint: usize) -> Result<StateFrame, StateError> {
+        struct Capped {
+            buf: Vec<u8>,
+            limit: usize,
+        }
+        impl std::io::Write for Capped {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                if self.buf.len() + data.len() > self.limit {
+                    return Err(std::io::Error::other("state too large"));
+                }
+                self.buf.extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let framing = STATE_FRAME_PREFIX.len() + STATE_FRAME_SUFFIX.len();
+        // Room for the expected JSON and a little growth: one allocation,
+        // no copying as it grows.
+        let room = hint.min(max).saturating_add(hint / 16 + 64);
+        let mut buf = Vec::with_capacity(framing.saturating_add(room));
+        buf.extend_from_slice(STATE_FRAME_PREFIX.as_bytes());
+        let mut out = Capped {
+            buf,
+            limit: STATE_FRAME_PREFIX.len().saturating_add(max),
+        };
+        if let Err(err) = serde_json::to_writer(&mut out, state) {
+            if err.is_io() {
+                return Err(StateError::TooLarge { max });
+            }
+            return Err(StateError::Serialize(err));
+        }
+        out.buf.extend_from_slice(STATE_FRAME_SUFFIX.as_bytes());
+        let buf = Arc::new(out.buf);
+        let weak = Arc::downgrade(&buf);
+        // JSON is UTF-8; this check is the one pass over it after writing.
+        let text = shared(buf)
+            .ok_or_else(|| StateError::Serialize(serde::ser::Error::custom("not UTF-8")))?;
+        Ok(StateFrame { text, buf: weak })
+    }
+
+    /// The state's JSON.
+    pub(crate) fn json(&self) -> &str {
+        &self.text[self.json_range()]
+    }
+
+    /// The state's JSON, sharing the frame's buffer.
+    fn shared_json(&self) -> SharedJson {
+        SharedJson::new(self.text.clone(), self.json_range())
+            .expect("the JSON lies between the ASCII prefix and suffix")
+    }
+
+    fn json_range(&self) -> std::ops::Range<usize> {
+        STATE_FRAME_PREFIX.len()..self.text.len() - STATE_FRAME_SUFFIX.len()
+    }
+}
+
+/// Text sharing `frame`'s buffer (`None` if it is not UTF-8).
+fn shared(frame: Arc<Vec<u8>>) -> Option<Utf8Bytes> {
+    struct Owner(Arc<Vec<u8>>);
     impl AsRef<[u8]> for Owner {
         fn as_ref(&self) -> &[u8] {
-            self.0.as_bytes()
+            &self.0
         }
     }
-    Message::Text(Utf8Bytes::from_checked(Bytes::from_owner(Owner(frame))))
-}
-
-/// `{"type":"cf_agent_state","state":…}` for `state`, serializing at most
-/// `max` bytes of state.
-fn encode_state<S: Serialize>(state: &S, max: usize) -> Result<String, StateError> {
-    struct Capped {
-        buf: Vec<u8>,
-        limit: usize,
-    }
-    impl std::io::Write for Capped {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            if self.buf.len() + data.len() > self.limit {
-                return Err(std::io::Error::other("state too large"));
-            }
-            self.buf.extend_from_slice(data);
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut out = Capped {
-        buf: Vec::from(STATE_FRAME_PREFIX),
-        limit: STATE_FRAME_PREFIX.len().saturating_add(max),
-    };
-    if let Err(err) = serde_json::to_writer(&mut out, state) {
-        if err.is_io() {
-            return Err(StateError::TooLarge { max });
-        }
-        return Err(StateError::Serialize(err));
-    }
-    out.buf.extend_from_slice(STATE_FRAME_SUFFIX.as_bytes());
-    String::from_utf8(out.buf).map_err(|_| StateError::TooLarge { max })
+    Utf8Bytes::try_from(Bytes::from_owner(Owner(frame))).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn encode<S: Serialize>(state: &S, max: usize, hint: usize) -> Result<String, StateError> {
+        StateFrame::encode(state, max, hint).map(|f| f.text.as_str().to_owned())
+    }
+
     #[test]
     fn state_frames_are_capped_and_shared() {
-        assert_eq!(
-            encode_state(&serde_json::json!({"count": 1}), 100).unwrap(),
-            r#"{"type":"cf_agent_state","state":{"count":1}}"#
-        );
-        assert!(matches!(
-            encode_state(&"x".repeat(100), 100),
-            Err(StateError::TooLarge { max: 100 })
-        ));
-        assert!(encode_state(&"x".repeat(98), 100).is_ok());
+        for hint in [0, 5, 1000] {
+            assert_eq!(
+                encode(&serde_json::json!({"count": 1}), 100, hint).unwrap(),
+                r#"{"type":"cf_agent_state","state":{"count":1}}"#
+            );
+            assert!(matches!(
+                encode(&"x".repeat(100), 100, hint),
+                Err(StateError::TooLarge { max: 100 })
+            ));
+            assert!(encode(&"x".repeat(98), 100, hint).is_ok());
+        }
+        let frame = StateFrame::encode(&serde_json::json!({"a": [1, "b"]}), 100, 0).unwrap();
+        assert_eq!(frame.json(), r#"{"a":[1,"b"]}"#);
         let mut cell = StateCell {
             value: Some(5),
             frame: Weak::new(),

@@ -148,16 +148,30 @@ async fn the_upgrade_hook_converts_old_rows() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A backend that holds every batch until the test lets it through.
+/// A backend that holds every batch until the test lets it through, and
+/// records the states it is given (through the default
+/// `submit_with_state`, as any backend that implements only `submit`).
 struct Held {
     inner: Storage,
     open: AtomicBool,
     batches: Mutex<Vec<(InstanceId, Vec<Write>, Done)>>,
+    states: Mutex<Vec<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Held")
+    }
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Held {
+            inner: Storage::in_memory(),
+            open: AtomicBool::new(false),
+            batches: Mutex::default(),
+            states: Mutex::default(),
+        }
     }
 }
 
@@ -189,6 +203,11 @@ impl Backend for HeldBackend {
     }
 
     fn submit(&self, id: &InstanceId, writes: Vec<Write>, done: Done) {
+        let states = writes.iter().filter_map(|w| match w {
+            Write::State(json) => Some(json.clone()),
+            _ => None,
+        });
+        self.states.lock().unwrap().push(states.collect());
         if self.open.load(Ordering::SeqCst) {
             return self.inner.backend().submit(id, writes, done);
         }
@@ -223,11 +242,7 @@ impl Backend for HeldBackend {
 /// the instance goes on handling input.
 #[tokio::test]
 async fn a_reply_is_never_seen_before_its_write_is_durable() {
-    let held = Arc::new(Held {
-        inner: Storage::in_memory(),
-        open: AtomicBool::new(false),
-        batches: Mutex::new(Vec::new()),
-    });
+    let held = Arc::new(Held::default());
     let log = Log::default();
     let server = TestServer::start(
         server_with_probe(&log).storage(Storage::from_backend(HeldBackend(held.clone()))),
@@ -467,4 +482,103 @@ async fn the_wal_shrinks_back_after_a_burst() {
     }
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same with a client's large state (parsed and encoded off the hot
+/// path): the sender's update is refused once the write fails, the others
+/// never see it, and a state that fits is stored again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_state_that_cannot_be_stored_is_refused() {
+    let server = TestServer::start(AgentServer::new().agent("Disk", |_| Disk)).await;
+    let mut a = server.connect("/agents/disk/client-full?_pk=a").await;
+    let mut b = server.connect("/agents/disk/client-full?_pk=b").await;
+    a.handshake().await;
+    b.handshake().await;
+    a.send(&json!({"type":"rpc","id":"1","method":"limit","args":[]}).to_string())
+        .await;
+    assert_eq!(a.json().await["success"], true);
+    let big = "f".repeat(agents_server::LARGE_JSON * 3);
+    a.send(&json!({"type":"cf_agent_state","state":big}).to_string())
+        .await;
+    let reply = a.json().await;
+    assert_eq!(reply["type"], "cf_agent_state_error", "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("State update rejected: storage error: write failed:"),
+        "{error}"
+    );
+    assert!(b
+        .text()
+        .await
+        .starts_with("agent saw: storage error: write failed"));
+    b.sentinel().await;
+    let mut c = server.connect("/agents/disk/client-full?_pk=c").await;
+    assert_eq!(c.handshake().await.1, Some(json!("small")));
+    a.send(&json!({"type":"cf_agent_state","state":"fits"}).to_string())
+        .await;
+    assert_eq!(b.json().await["state"], "fits");
+}
+
+/// Sets its state twice in one hook.
+struct Twice;
+
+impl Agent for Twice {
+    type State = serde_json::Value;
+
+    async fn on_message(
+        &mut self,
+        cx: &mut AgentContext<Self>,
+        _conn: &agents_server::Connection,
+        message: agents_server::Message,
+    ) -> Result<(), BoxError> {
+        let text = message.as_text().unwrap_or_default();
+        cx.set_state(json!({"first": text}))?;
+        cx.set_state(json!({"last": text}))?;
+        Ok(())
+    }
+}
+
+/// A turn's states become one write: its last state, exactly as
+/// broadcast; a client's state is written as the frame the others get.
+#[tokio::test]
+async fn a_turn_writes_its_last_state_once() {
+    let held = Arc::new(Held {
+        open: AtomicBool::new(true),
+        ..Held::default()
+    });
+    let states = &held.states;
+    let server = TestServer::start(
+        AgentServer::new()
+            .agent("Twice", |_| Twice)
+            .storage(Storage::from_backend(HeldBackend(held.clone()))),
+    )
+    .await;
+    let mut a = server.connect("/agents/twice/t?_pk=a").await;
+    let mut b = server.connect("/agents/twice/t?_pk=b").await;
+    a.handshake().await;
+    b.handshake().await;
+    a.send("x").await;
+    // Every change is broadcast…
+    assert_eq!(b.json().await["state"], json!({"first": "x"}));
+    assert_eq!(b.json().await["state"], json!({"last": "x"}));
+    // …and the batch holds the last one only.
+    b.sentinel().await;
+    let written: Vec<Vec<String>> = states.lock().unwrap().drain(..).collect();
+    assert_eq!(written, [vec![r#"{"last":"x"}"#.to_owned()]]);
+    // A client's state, large or small, is stored as the others got it.
+    for fill in [3, agents_server::LARGE_JSON * 2] {
+        let state = json!({"z": 1, "a": "q".repeat(fill)});
+        a.send(&json!({"state": state, "type": "cf_agent_state"}).to_string())
+            .await;
+        let frame = b.text().await;
+        let json = frame
+            .strip_prefix(agents_server::protocol::STATE_FRAME_PREFIX)
+            .and_then(|f| f.strip_suffix('}'))
+            .unwrap();
+        b.sentinel().await;
+        let written: Vec<Vec<String>> = states.lock().unwrap().drain(..).collect();
+        assert_eq!(written, [vec![json.to_owned()]]);
+    }
+    let mut c = server.connect("/agents/twice/t?_pk=c").await;
+    assert_eq!(c.handshake().await.1.unwrap()["z"], 1);
 }

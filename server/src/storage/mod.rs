@@ -14,7 +14,9 @@
 //! # How
 //! A turn's writes ([`InstanceStorage::put`], `set_state`) are buffered and
 //! visible to the turn's own reads at once; when the hook returns they go
-//! to the backend as one batch. The SQLite backend runs on its own thread:
+//! to the backend as one batch; a turn's state is written once (its last),
+//! from the buffer of the frame that broadcasts it. The SQLite backend runs
+//! on its own thread:
 //! no SQLite call happens on an async worker, and the commit of one
 //! instance never blocks another's hooks. A batch that fails (disk full)
 //! fails its instance's pending output, and the instance returns to what is
@@ -28,6 +30,7 @@ pub(crate) use nats::{bucket_key, NatsStorage};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::{Deref, Range};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +40,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use crate::error::StorageError;
+use crate::message::Utf8Bytes;
 pub use sqlite::DATABASE_FILE;
 
 /// A boxed, sendable future, as [`Backend`] methods return them.
@@ -86,7 +90,7 @@ pub struct InstanceId {
 /// One write of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
-    /// The instance's state, as JSON.
+    /// The instance's state, as JSON (see [`Backend::submit_with_state`]).
     State(String),
     /// A key-value entry, as JSON.
     Put(String, String),
@@ -95,6 +99,59 @@ pub enum Write {
     /// No data: a point the batch's durability vouches for (after
     /// [`InstanceStorage::with_sql`], whose writes went in directly).
     Barrier,
+}
+
+/// JSON text that is part of a shared buffer — a state's JSON inside the
+/// `cf_agent_state` frame that broadcasts it — so that storing it takes no
+/// copy of its own. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedJson {
+    buf: Utf8Bytes,
+    range: Range<usize>,
+}
+
+impl SharedJson {
+    /// The part `range` of `buf`; `None` unless it is on character
+    /// boundaries within it.
+    pub(crate) fn new(buf: Utf8Bytes, range: Range<usize>) -> Option<SharedJson> {
+        buf.get(range.clone())?;
+        Some(SharedJson { buf, range })
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.buf[self.range.clone()]
+    }
+}
+
+impl Deref for SharedJson {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for SharedJson {
+    fn from(text: String) -> Self {
+        let range = 0..text.len();
+        SharedJson {
+            buf: text.into(),
+            range,
+        }
+    }
+}
+
+impl From<SharedJson> for String {
+    fn from(json: SharedJson) -> Self {
+        json.as_str().to_owned()
+    }
+}
+
+impl fmt::Debug for SharedJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(crate::message::truncate(self.as_str(), 64), f)
+    }
 }
 
 /// Where instances' data lives. Implement it to put agents on another
@@ -111,6 +168,25 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// After a failure, the instance's later batches fail too until
     /// [`reset`](Self::reset).
     fn submit(&self, id: &InstanceId, writes: Vec<Write>, done: Done);
+
+    /// [`submit`](Self::submit) for a batch that also sets the instance's
+    /// state (`Some`), given apart from `writes` as text shared with the
+    /// frame that broadcasts it (a turn's last state; the state is
+    /// independent of the other writes). The default adds it to `writes` as
+    /// a [`Write::State`], which copies it; a backend that can write it
+    /// from the shared text overrides this.
+    fn submit_with_state(
+        &self,
+        id: &InstanceId,
+        state: Option<SharedJson>,
+        mut writes: Vec<Write>,
+        done: Done,
+    ) {
+        if let Some(state) = state {
+            writes.push(Write::State(state.into()));
+        }
+        self.submit(id, writes, done);
+    }
 
     /// Accept the instance's batches again after a failure.
     fn reset(&self, id: &InstanceId);
@@ -236,6 +312,8 @@ struct Pending {
     /// This turn's writes, in order, and their batch number.
     turn: Vec<Write>,
     turn_seq: Option<u64>,
+    /// This turn's last state (only the last of a turn is written).
+    state: Option<SharedJson>,
     /// A hook is running: its writes go out together when it returns.
     in_turn: bool,
     /// The latest pending value of each written key (`None`: deleted) and
@@ -355,23 +433,31 @@ impl InstanceStorage {
         self.inner.backend.load_state(&self.inner.id).await
     }
 
-    /// Buffers the state for this turn's batch.
-    pub(crate) fn save_state(&self, json: String) {
-        self.write(Write::State(json), None);
+    /// Buffers the state for this turn's batch (replacing any earlier
+    /// state of the turn).
+    pub(crate) fn save_state(&self, json: SharedJson) {
+        self.record(|pending, _| pending.state = Some(json));
     }
 
-    /// Adds a write to the open batch (opening one if needed), and sends it
-    /// at once when no hook is running.
+    /// Adds a write to the open batch.
     fn write(&self, write: Write, overlay: Option<(&str, Option<String>)>) {
+        self.record(|pending, seq| {
+            if let Some((key, value)) = overlay {
+                pending.overlay.insert(key.to_owned(), (seq, value));
+            }
+            pending.turn.push(write);
+        });
+    }
+
+    /// Records a write in the open batch (opening one if needed), and sends
+    /// the batch at once when no hook is running.
+    fn record(&self, add: impl FnOnce(&mut Pending, u64)) {
         let mut pending = self.pending();
         let progress = &self.inner.progress;
         let seq = *pending
             .turn_seq
             .get_or_insert_with(|| progress.opened.fetch_add(1, Ordering::AcqRel) + 1);
-        if let Some((key, value)) = overlay {
-            pending.overlay.insert(key.to_owned(), (seq, value));
-        }
-        pending.turn.push(write);
+        add(&mut pending, seq);
         let now = !pending.in_turn;
         drop(pending);
         if now {
@@ -403,10 +489,10 @@ impl InstanceStorage {
 
     /// Sends the open batch, if any.
     fn submit(&self) -> Option<u64> {
-        let (seq, writes) = {
+        let (seq, state, writes) = {
             let mut pending = self.pending();
             let seq = pending.turn_seq.take()?;
-            (seq, std::mem::take(&mut pending.turn))
+            (seq, pending.state.take(), std::mem::take(&mut pending.turn))
         };
         let storage = self.clone();
         let submitted = std::time::Instant::now();
@@ -414,7 +500,9 @@ impl InstanceStorage {
             crate::metrics::commit(submitted.elapsed().as_secs_f64(), result.is_ok());
             storage.settled(seq, result);
         });
-        self.inner.backend.submit(&self.inner.id, writes, done);
+        self.inner
+            .backend
+            .submit_with_state(&self.inner.id, state, writes, done);
         Some(seq)
     }
 
@@ -439,6 +527,7 @@ impl InstanceStorage {
         let mut pending = self.pending();
         pending.turn.clear();
         pending.turn_seq = None;
+        pending.state = None;
         pending.overlay.clear();
         drop(pending);
         self.inner.backend.reset(&self.inner.id);

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Backend, BoxFuture, Done, InstanceId, SqlJob, StorageError, Write};
+use super::{Backend, BoxFuture, Done, InstanceId, SharedJson, SqlJob, StorageError, Write};
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "agents.sqlite3";
@@ -33,7 +33,7 @@ const CHECKPOINT_PAGES: i64 = 1024;
 
 enum Op {
     Load(InstanceId, Reply<Option<String>>),
-    Submit(InstanceId, Vec<Write>, Done),
+    Submit(InstanceId, Option<SharedJson>, Vec<Write>, Done),
     Reset(InstanceId),
     Get(InstanceId, String, Reply<Option<String>>),
     Keys(InstanceId, String, Reply<Vec<String>>),
@@ -125,7 +125,18 @@ impl Backend for Sqlite {
     }
 
     fn submit(&self, id: &InstanceId, writes: Vec<Write>, done: Done) {
-        self.send(Op::Submit(id.clone(), writes, done));
+        self.send(Op::Submit(id.clone(), None, writes, done));
+    }
+
+    fn submit_with_state(
+        &self,
+        id: &InstanceId,
+        state: Option<SharedJson>,
+        writes: Vec<Write>,
+        done: Done,
+    ) {
+        // Written from the shared frame: the bind's copy is the only one.
+        self.send(Op::Submit(id.clone(), state, writes, done));
     }
 
     fn reset(&self, id: &InstanceId) {
@@ -254,7 +265,7 @@ impl Group<'_> {
                 self.writers.push(id);
                 let _ = reply.send(sql(self.db, job));
             }
-            Op::Submit(id, writes, done) => {
+            Op::Submit(id, state, writes, done) => {
                 if self.failed.contains(&id) {
                     done(Err(StorageError::Failed(
                         "an earlier write of this instance failed".into(),
@@ -262,7 +273,7 @@ impl Group<'_> {
                     return;
                 }
                 if self.error.is_none() {
-                    if let Err(err) = apply(self.db, &id, &writes) {
+                    if let Err(err) = apply(self.db, &id, state.as_deref(), &writes) {
                         self.error = Some(err.to_string());
                     }
                 }
@@ -297,16 +308,26 @@ impl Group<'_> {
     }
 }
 
-fn apply(db: &Connection, id: &InstanceId, writes: &[Write]) -> rusqlite::Result<()> {
+fn apply(
+    db: &Connection,
+    id: &InstanceId,
+    state: Option<&str>,
+    writes: &[Write],
+) -> rusqlite::Result<()> {
+    let states = writes.iter().filter_map(|write| match write {
+        Write::State(json) => Some(json.as_str()),
+        _ => None,
+    });
+    for json in states.chain(state) {
+        db.prepare_cached(
+            "INSERT INTO cf_agents_state (agent, name, state) VALUES (?1, ?2, ?3)
+             ON CONFLICT (agent, name) DO UPDATE SET state = excluded.state",
+        )?
+        .execute(params![&*id.agent, &*id.name, json])?;
+    }
     for write in writes {
         match write {
-            Write::State(json) => {
-                db.prepare_cached(
-                    "INSERT INTO cf_agents_state (agent, name, state) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (agent, name) DO UPDATE SET state = excluded.state",
-                )?
-                .execute(params![&*id.agent, &*id.name, json])?;
-            }
+            Write::State(_) => {}
             Write::Put(key, json) => {
                 db.prepare_cached(
                     "INSERT INTO cf_agents_kv (agent, name, key, value) VALUES (?1, ?2, ?3, ?4)
@@ -447,6 +468,36 @@ mod tests {
             Some("\"bob\"")
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_shared_state_is_written_after_the_batch_s_own() {
+        let db = Sqlite::in_memory();
+        let frame = r#"{"type":"cf_agent_state","state":{"v":2}}"#;
+        let shared = SharedJson::new(frame.into(), 33..frame.len() - 1).unwrap();
+        assert_eq!(&*shared, r#"{"v":2}"#);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        db.submit_with_state(
+            &id("n"),
+            Some(shared),
+            vec![
+                Write::State("1".into()),
+                Write::Put("k".into(), "true".into()),
+            ],
+            Box::new(move |r| drop(tx.send(r))),
+        );
+        rx.await.unwrap().unwrap();
+        assert_eq!(
+            db.load_state(&id("n")).await.unwrap().as_deref(),
+            Some(r#"{"v":2}"#)
+        );
+        assert_eq!(
+            db.get(&id("n"), "k").await.unwrap().as_deref(),
+            Some("true")
+        );
+        // A range off the text's character boundaries is refused.
+        assert!(SharedJson::new("é".into(), 0..1).is_none());
+        assert!(SharedJson::new("ab".into(), 1..3).is_none());
     }
 
     #[tokio::test]
