@@ -192,9 +192,14 @@ impl<A: Agent> AgentContext<A> {
         Ok(self.install_state(state, frame))
     }
 
+    /// The limit on the state's JSON.
+    pub(crate) fn max_state_bytes(&self) -> usize {
+        self.state.max_bytes
+    }
+
     /// Writes `state`, already encoded as `frame`, (durable with the turn)
     /// and makes it the current state; returns the frame to broadcast.
-    fn install_state(&mut self, state: A::State, frame: StateFrame) -> Message {
+    pub(crate) fn install_state(&mut self, state: A::State, frame: StateFrame) -> Message {
         self.state.last_len = frame.json().len();
         self.storage.save_state(frame.shared_json());
         self.state_writes.increment(1);
@@ -298,7 +303,11 @@ pub(crate) struct StateFrame {
 impl StateFrame {
     /// `{"type":"cf_agent_state","state":…}` for `state`, serializing at
     /// most `max` bytes of state, into a buffer sized for `hint` bytes.
-    fn encode<S: Serialize>(state: &S, max: usize, hint: usize) -> Result<StateFrame, StateError> {
+    pub(crate) fn encode<S: Serialize>(
+        state: &S,
+        max: usize,
+        hint: usize,
+    ) -> Result<StateFrame, StateError> {
         struct Capped {
             buf: Vec<u8>,
             limit: usize,

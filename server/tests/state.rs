@@ -82,3 +82,95 @@ async fn readonly_and_no_protocol_connections() {
     let mut late = server.connect("/agents/probe-agent/flags").await;
     assert_eq!(late.handshake().await.1, Some(json!(null)));
 }
+
+/// A state frame with a `fill`-byte string in its state, and the state.
+fn big_state(fill: usize, extra: &str) -> (String, serde_json::Value) {
+    let state = json!({ "blob": "b".repeat(fill), "n": [1, 2.5, "\u{e9}\n"], "extra": extra });
+    let frame = format!(r#"{{"state":{state},"type":"cf_agent_state"}}"#);
+    (frame, state)
+}
+
+/// States past `LARGE_JSON` are read and written off the hot path (on the
+/// worker between yields with one worker, on the blocking pool with more):
+/// everything a small state does holds for them, byte for byte.
+async fn large_states_behave_like_small_ones() {
+    let fill = agents_server::LARGE_JSON * 3;
+    let (server, log) = start_with_probe().await;
+    let mut a = server.connect("/agents/probe-agent/big?_pk=a").await;
+    let mut b = server.connect("/agents/probe-agent/big?_pk=b").await;
+    a.handshake().await;
+    b.handshake().await;
+    // Broadcast to the others as the server encodes it, stored, notified.
+    let (frame, state) = big_state(fill, "one");
+    a.send(&frame).await;
+    let got = b.text().await;
+    assert_eq!(
+        got,
+        format!(
+            r#"{{"type":"cf_agent_state","state":{}}}"#,
+            serde_json::to_string(&state).unwrap()
+        )
+    );
+    assert!(wait_for(&log, "state a ")
+        .await
+        .contains(r#""extra":"one""#));
+    a.sentinel().await;
+    // Refused by validation: nothing changes.
+    let mut forbidden = state.clone();
+    forbidden["forbidden"] = json!(true);
+    let text = format!(r#"{{"type":"cf_agent_state","state":{forbidden}}}"#);
+    a.send(&text).await;
+    assert_eq!(
+        a.json().await,
+        json!({"type":"cf_agent_state_error","error":"State update rejected"})
+    );
+    // Malformed: not a protocol frame, so the agent's own message.
+    let broken = format!("{frame} trailing");
+    a.send(&broken).await;
+    assert!(wait_for(&log, &format!("message {}", &broken[..40]))
+        .await
+        .ends_with("} trailing"));
+    // Readonly connections are refused before anything is parsed.
+    let mut ro = server
+        .connect("/agents/probe-agent/big?_pk=ro&readonly=1")
+        .await;
+    assert_eq!(ro.handshake().await.1, Some(state.clone()));
+    ro.send(&big_state(fill, "ro").0).await;
+    assert_eq!(
+        ro.json().await,
+        json!({"type":"cf_agent_state_error","error":"Connection is readonly"})
+    );
+    b.sentinel().await;
+    let mut c = server.connect("/agents/probe-agent/big?_pk=c").await;
+    assert_eq!(c.handshake().await.1, Some(state));
+
+    // A typed state: a large one that does not fit is refused with
+    // serde's reason, positions counted within the state.
+    let demo = TestServer::start(agents_server_cli::demo::server()).await;
+    let mut d = demo.connect("/agents/counter-agent/big").await;
+    d.handshake().await;
+    let text = format!(
+        r#"{{"type":"cf_agent_state","state":{{"pad":"{}","count":"x"}}}}"#,
+        "p".repeat(fill)
+    );
+    d.send(&text).await;
+    let reply = d.json().await;
+    assert_eq!(
+        reply["error"],
+        format!(
+            "State update rejected: invalid type: string \"x\", expected i64 at line 1 column {}",
+            fill + 21
+        )
+    );
+    d.sentinel().await;
+}
+
+#[tokio::test]
+async fn large_states_with_one_worker() {
+    large_states_behave_like_small_ones().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_states_with_two_workers() {
+    large_states_behave_like_small_ones().await;
+}

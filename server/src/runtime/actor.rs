@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use agents_protocol::message::{StateDecodeError, TypedClientMessage};
 use agents_protocol::{
     ClientMessage, Identity, Incoming, McpState, RpcRequest, RpcResponse, ServerMessage,
     SetupError, READONLY_ERROR, SETUP_FAILED_REASON, STATE_REJECTED_ERROR,
@@ -15,7 +16,7 @@ use agents_protocol::{
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use serde_json::value::RawValue;
+use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,7 @@ use super::InstanceKey;
 use crate::agent::Agent;
 use crate::config::{Config, MAX_TAGS, MAX_TAG_LEN};
 use crate::connection::{Connection, Flow};
-use crate::context::{AgentContext, ConnectContext, StateSource};
+use crate::context::{AgentContext, ConnectContext, StateFrame, StateSource};
 use crate::error::{HookError, RpcError, StorageError, TagError};
 use crate::log::{CloseDisplay, Trunc};
 use crate::message::Message;
@@ -702,17 +703,25 @@ impl<A: Agent> Actor<A> {
     }
 
     async fn message(&mut self, conn: Connection, message: Message) {
-        let protocol = match &message {
-            Message::Text(text) => match ClientMessage::decode(text.as_str()) {
-                Incoming::Protocol(msg) => Some(msg),
-                Incoming::Raw(_) => None,
-            },
-            Message::Binary(_) => None,
+        let (max, readonly) = (self.cx.max_state_bytes(), conn.is_readonly());
+        let inbound = match &message {
+            Message::Text(text) if crate::offload::is_large(text.len()) => {
+                let text = text.clone();
+                crate::offload::json_owned(text.len(), move || {
+                    Inbound::<A::State>::decode(&text, max, readonly)
+                })
+                .await
+            }
+            Message::Text(text) => Inbound::decode(text, max, readonly),
+            Message::Binary(_) => Inbound::User,
         };
-        match protocol {
-            Some(ClientMessage::State(state)) => self.client_state(conn, state).await,
-            Some(ClientMessage::Rpc(call)) => self.rpc(&conn, call).await,
-            None => {
+        match inbound {
+            Inbound::State(state) => self.client_state(conn, state, message.len()).await,
+            Inbound::ReadonlyState => {
+                let _ = conn.send(ServerMessage::StateError(READONLY_ERROR.to_owned()).to_json());
+            }
+            Inbound::Rpc(call) => self.rpc(&conn, call).await,
+            Inbound::User => {
                 let (agent, cx) = (&mut self.agent, &mut self.cx);
                 let result = guarded("on_message", || agent.on_message(cx, &conn, message)).await;
                 if let Err(err) = result {
@@ -723,26 +732,26 @@ impl<A: Agent> Actor<A> {
         }
     }
 
-    /// validate → store → broadcast to the others → notify.
-    async fn client_state(&mut self, conn: Connection, json: Box<RawValue>) {
+    /// validate → encode → store → broadcast to the others → notify. `len`:
+    /// the frame's length, to size the new frame.
+    async fn client_state(
+        &mut self,
+        conn: Connection,
+        next: Result<A::State, StateDecodeError>,
+        len: usize,
+    ) {
         let refuse = |error: String| {
             let _ = conn.send(ServerMessage::StateError(error).to_json());
         };
-        if conn.is_readonly() {
-            return refuse(READONLY_ERROR.to_owned());
-        }
-        let max = self.env.config.max_state_bytes;
-        if json.get().len() > max {
-            crate::metrics::refused(Limit::StateSize);
-            return refuse(format!(
-                "{STATE_REJECTED_ERROR}: state is larger than {max} bytes"
-            ));
-        }
-        let next: A::State = match serde_json::from_str(json.get()) {
+        let next = match next {
             Ok(next) => next,
-            Err(err) => return refuse(format!("{STATE_REJECTED_ERROR}: {err}")),
+            Err(err) => {
+                if matches!(err, StateDecodeError::TooLarge { .. }) {
+                    crate::metrics::refused(Limit::StateSize);
+                }
+                return refuse(format!("{STATE_REJECTED_ERROR}: {err}"));
+            }
         };
-        drop(json);
         let source = StateSource::Client(conn.clone());
         let agent = &self.agent;
         if let Err(err) = guarded_sync("validate_state_change", || {
@@ -751,8 +760,16 @@ impl<A: Agent> Actor<A> {
             tracing::info!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), id = %Trunc(conn.id()), err = %Trunc(&err.to_string()), "state update rejected");
             return refuse(STATE_REJECTED_ERROR.to_owned());
         }
-        let frame = match self.cx.replace_state(next) {
-            Ok(frame) => frame,
+        // Encoded once, about as long as it came: the frame the others get
+        // and the text storage writes.
+        let max = self.cx.max_state_bytes();
+        let (next, frame) = crate::offload::json_owned(len, move || {
+            let frame = StateFrame::encode(&next, max, len);
+            (next, frame)
+        })
+        .await;
+        let frame = match frame {
+            Ok(frame) => self.cx.install_state(next, frame),
             Err(err) => {
                 tracing::error!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), %err, "state not stored");
                 return refuse(format!("{STATE_REJECTED_ERROR}: {err}"));
@@ -875,6 +892,37 @@ impl<A: Agent> Actor<A> {
         .await;
         if let Err(err) = result {
             tracing::error!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), err = %Trunc(&err.to_string()), "on_error failed");
+        }
+    }
+}
+
+/// What a client's data message is to the instance.
+enum Inbound<S> {
+    /// A state frame: the state, or why it is refused.
+    State(Result<S, StateDecodeError>),
+    /// A state frame from a readonly connection (not parsed).
+    ReadonlyState,
+    /// An RPC call.
+    Rpc(RpcRequest),
+    /// Anything else: the agent's `on_message` gets it unchanged.
+    User,
+}
+
+impl<S: DeserializeOwned> Inbound<S> {
+    /// Decodes a text message; a state of at most `max` bytes is parsed
+    /// into `S` in the same pass, unless the connection is `readonly`.
+    fn decode(text: &str, max: usize, readonly: bool) -> Self {
+        if readonly {
+            return match ClientMessage::decode(text) {
+                Incoming::Protocol(ClientMessage::State(_)) => Inbound::ReadonlyState,
+                Incoming::Protocol(ClientMessage::Rpc(call)) => Inbound::Rpc(call),
+                Incoming::Raw(_) => Inbound::User,
+            };
+        }
+        match TypedClientMessage::<S>::decode(text, max) {
+            Incoming::Protocol(TypedClientMessage::State(state)) => Inbound::State(state),
+            Incoming::Protocol(TypedClientMessage::Rpc(call)) => Inbound::Rpc(call),
+            Incoming::Raw(_) => Inbound::User,
         }
     }
 }
