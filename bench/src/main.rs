@@ -6,12 +6,15 @@
 //! ```text
 //! agents-bench --url ws://127.0.0.1:8787 --label ours --server-pid PID [--scenario echo,rpc,…]
 //! agents-bench --serve-limit --port 0      # the bare server (see `limit`)
+//! agents-bench … --scrape http://127.0.0.1:ADMIN/metrics   # as Prometheus would, meanwhile
 //! ```
 
 mod client;
 mod limit;
 mod scenarios;
+mod scrape;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -108,6 +111,13 @@ pub(crate) struct Args {
     /// two in flight); to compare servers at the same load.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) neighbour_rate: f64,
+    /// While the scenarios run, `GET` this URL (a server's Prometheus
+    /// `/metrics`, on 127.0.0.1) every `--scrape-every` seconds.
+    #[arg(long)]
+    scrape: Option<String>,
+    /// Seconds between two scrapes of `--scrape`.
+    #[arg(long, default_value_t = 1.0)]
+    scrape_every: f64,
 }
 
 impl Args {
@@ -139,6 +149,14 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: std::sync::Arc<Args>) -> Result<()> {
+    let scraper = match &args.scrape {
+        Some(url) => {
+            ensure!(args.scrape_every > 0.0, "--scrape-every must be positive");
+            let every = Duration::from_secs_f64(args.scrape_every);
+            Some(scrape::Scraper::start(url, every)?)
+        }
+        None => None,
+    };
     for scenario in args.scenario.split(',').map(str::trim) {
         let go = async {
             match scenario {
@@ -166,12 +184,15 @@ async fn run(args: std::sync::Arc<Args>) -> Result<()> {
             Err(_) => bail!("scenario {scenario} exceeded {SCENARIO_LIMIT:?}"),
         }
     }
-    Ok(())
+    match scraper {
+        Some(scraper) => scraper.finish(&args),
+        None => Ok(()),
+    }
 }
 
 /// CPU time (user + system, all threads, exited ones included) of process
-/// `pid` (`self` for this one), from `/proc/<pid>/stat`.
-pub(crate) fn cpu_of(pid: &str) -> Duration {
+/// `pid` (`self` for this one), from `/proc/<pid>/stat`: in 10 ms ticks.
+fn cpu_of(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -184,32 +205,90 @@ pub(crate) fn cpu_of(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time of each live thread of process `pid`, to the nanosecond
+/// (`se.sum_exec_runtime` of `/proc/<pid>/task/<tid>/sched`, in ms); `None`
+/// when the kernel does not show it.
+fn thread_cpu_of(pid: &str) -> Option<HashMap<String, f64>> {
+    let mut out = HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let tid = task.ok()?.file_name().to_string_lossy().into_owned();
+        let Ok(sched) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")) else {
+            continue; // the thread just ended
+        };
+        let ms: f64 = sched
+            .lines()
+            .find(|l| l.starts_with("se.sum_exec_runtime"))?
+            .rsplit(':')
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        out.insert(tid, ms);
+    }
+    Some(out)
+}
+
+/// CPU time of a process at one moment: ticks of the whole process, and
+/// each live thread's to the nanosecond.
+#[derive(Debug)]
+struct CpuAt {
+    ticks: Duration,
+    threads: Option<HashMap<String, f64>>,
+}
+
+impl CpuAt {
+    fn now(pid: &str) -> CpuAt {
+        CpuAt {
+            threads: thread_cpu_of(pid),
+            ticks: cpu_of(pid),
+        }
+    }
+
+    /// CPU seconds from `self` to `later`: the threads' nanoseconds, unless
+    /// they disagree with the process's ticks by more than two ticks (a
+    /// thread ended in between: its time is only in the ticks, which the
+    /// kernel derives from the same nanoseconds, truncated).
+    fn secs_to(&self, later: &CpuAt) -> f64 {
+        let ticks = later.ticks.saturating_sub(self.ticks).as_secs_f64();
+        if let (Some(then), Some(now)) = (&self.threads, &later.threads) {
+            let ms: f64 = now
+                .iter()
+                .map(|(tid, ms)| ms - then.get(tid).copied().unwrap_or(0.0))
+                .sum();
+            let gone = then.keys().any(|tid| !now.contains_key(tid));
+            if !gone && (ms / 1e3 - ticks).abs() <= 0.02 {
+                return ms / 1e3;
+            }
+        }
+        ticks
+    }
+}
+
 /// Measures CPU of this tool and of the server over a run.
+#[derive(Debug)]
 pub(crate) struct Cpu {
     server: Option<String>,
-    at: (Duration, Duration),
+    at: (CpuAt, Option<CpuAt>),
 }
 
 impl Cpu {
     pub(crate) fn start(args: &Args) -> Cpu {
         let server = args.server_pid.map(|p| p.to_string());
-        let at = (
-            cpu_of("self"),
-            server.as_deref().map_or(Duration::ZERO, cpu_of),
-        );
+        let at = (CpuAt::now("self"), server.as_deref().map(CpuAt::now));
         Cpu { server, at }
     }
 
     /// Server CPU seconds since the start.
     pub(crate) fn server_secs(&self) -> f64 {
-        self.server
-            .as_deref()
-            .map_or(0.0, |pid| (cpu_of(pid) - self.at.1).as_secs_f64())
+        match (&self.server, &self.at.1) {
+            (Some(pid), Some(at)) => at.secs_to(&CpuAt::now(pid)),
+            _ => 0.0,
+        }
     }
 
     /// `(client %, server %, server µs per op)` over `secs` and `ops`.
     pub(crate) fn figures(&self, secs: f64, ops: f64) -> Vec<(&'static str, f64)> {
-        let client = (cpu_of("self") - self.at.0).as_secs_f64();
+        let client = self.at.0.secs_to(&CpuAt::now("self"));
         let mut out = vec![("client_cpu_pct", client / secs * 100.0)];
         if self.server.is_some() {
             let server = self.server_secs();
@@ -240,10 +319,27 @@ pub(crate) fn summarize(mut samples: Vec<Duration>) -> Summary {
     }
 }
 
+/// `v` rounded to `digits` significant digits (ratios of small figures
+/// such as 0.17 µs per delivery need more than two decimals).
+fn significant(v: f64, digits: i32) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let scale = 10f64.powi(digits - 1 - v.abs().log10().floor() as i32);
+    (v * scale).round() / scale
+}
+
 /// Prints one figure line and its `JSON {...}` twin (read by
 /// `tests/bench/report.mjs`).
 pub(crate) fn report(args: &Args, bench: &str, figures: &[(&str, f64)], note: &str) {
-    let cells: Vec<String> = figures.iter().map(|(k, v)| format!("{k}={v:.1}")).collect();
+    let cells: Vec<String> = figures
+        .iter()
+        .map(|(k, v)| match v.abs() {
+            a if a >= 100.0 => format!("{k}={v:.0}"),
+            a if a >= 10.0 => format!("{k}={v:.1}"),
+            _ => format!("{k}={v:.3}"),
+        })
+        .collect();
     println!(
         "{:<10} {:<16} {} {note}",
         args.label,
@@ -255,12 +351,7 @@ pub(crate) fn report(args: &Args, bench: &str, figures: &[(&str, f64)], note: &s
     json.insert("label".into(), args.label.clone().into());
     json.insert("round".into(), args.round.into());
     for (k, v) in figures {
-        let v = if v.abs() < 10.0 {
-            (v * 100.0).round() / 100.0
-        } else {
-            (v * 10.0).round() / 10.0
-        };
-        json.insert((*k).into(), serde_json::json!(v));
+        json.insert((*k).into(), serde_json::json!(significant(*v, 4)));
     }
     println!("JSON {}", serde_json::Value::Object(json));
 }
