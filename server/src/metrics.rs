@@ -23,8 +23,8 @@
 //! | `agents_storage_commit_seconds` | histogram | — |
 //! | `agents_storage_failures_total` | counter | — |
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 pub use metrics::{Counter, Gauge, Histogram};
 
@@ -132,52 +132,69 @@ impl Drop for SocketMetrics {
     }
 }
 
+/// One RPC label's handles (an atomic add or a histogram push each).
+#[derive(Debug)]
+struct RpcHandles {
+    calls: Counter,
+    errors: Counter,
+    duration: Histogram,
+}
+
+impl RpcHandles {
+    fn new(agent: &str, method: &str) -> RpcHandles {
+        let (agent, method) = (agent.to_owned(), method.to_owned());
+        RpcHandles {
+            calls: metrics::counter!("agents_rpc_calls_total", "agent" => agent.clone(), "method" => method.clone()),
+            errors: metrics::counter!("agents_rpc_errors_total", "agent" => agent.clone(), "method" => method.clone()),
+            duration: metrics::histogram!("agents_rpc_duration_seconds", "agent" => agent, "method" => method),
+        }
+    }
+}
+
 /// Per agent type: the RPC methods it answered (labels, shared by all its
-/// instances so that their number stays bounded).
+/// instances so that their number stays bounded) and their handles, looked
+/// up in the recorder at a method's first call — install a recorder before
+/// serving, as `agents-server --admin-addr` does.
 #[derive(Debug)]
 pub(crate) struct AgentMetrics {
     agent: String,
-    methods: Mutex<HashSet<String>>,
+    methods: Mutex<HashMap<String, RpcHandles>>,
+    other: OnceLock<RpcHandles>,
 }
 
 impl AgentMetrics {
     pub(crate) fn new(agent: &str) -> Self {
         AgentMetrics {
             agent: agent.to_owned(),
-            methods: Mutex::new(HashSet::new()),
+            methods: Mutex::new(HashMap::new()),
+            other: OnceLock::new(),
         }
     }
 
     /// Records an RPC call of `method` that took `seconds`; `known` when the
-    /// agent has the method (only those become labels).
+    /// agent has the method (only those become labels, at most
+    /// [`MAX_METHOD_LABELS`] per agent; the rest count as `other`).
     pub(crate) fn rpc(&self, method: &str, known: bool, failed: bool, seconds: f64) {
-        let label = if known && self.learn(method) {
-            method.to_owned()
-        } else {
-            "other".to_owned()
+        let record = |h: &RpcHandles| {
+            h.calls.increment(1);
+            if failed {
+                h.errors.increment(1);
+            }
+            h.duration.record(seconds);
         };
-        let agent = self.agent.clone();
-        metrics::counter!("agents_rpc_calls_total", "agent" => agent.clone(), "method" => label.clone())
-            .increment(1);
-        if failed {
-            metrics::counter!("agents_rpc_errors_total", "agent" => agent.clone(), "method" => label.clone())
-                .increment(1);
+        if known {
+            let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = methods.get(method) {
+                return record(h);
+            }
+            if methods.len() < MAX_METHOD_LABELS {
+                let h = RpcHandles::new(&self.agent, method);
+                record(&h);
+                methods.insert(method.to_owned(), h);
+                return;
+            }
         }
-        metrics::histogram!("agents_rpc_duration_seconds", "agent" => agent, "method" => label)
-            .record(seconds);
-    }
-
-    /// Whether `method` has (or gets) a label of its own.
-    fn learn(&self, method: &str) -> bool {
-        let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
-        if methods.contains(method) {
-            return true;
-        }
-        if methods.len() >= MAX_METHOD_LABELS {
-            return false;
-        }
-        methods.insert(method.to_owned());
-        true
+        record(self.other.get_or_init(|| RpcHandles::new(&self.agent, "other")));
     }
 
     /// Counts an eviction (`idle` or `capacity`).
