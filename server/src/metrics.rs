@@ -194,7 +194,10 @@ impl AgentMetrics {
                 return;
             }
         }
-        record(self.other.get_or_init(|| RpcHandles::new(&self.agent, "other")));
+        record(
+            self.other
+                .get_or_init(|| RpcHandles::new(&self.agent, "other")),
+        );
     }
 
     /// Counts an eviction (`idle` or `capacity`).
