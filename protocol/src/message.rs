@@ -313,6 +313,9 @@ impl ClientMessage {
     }
 }
 
+/// The state frame's type as it appears in a frame's JSON (unescaped).
+const STATE_TYPE_LITERAL: &str = "\"cf_agent_state\"";
+
 /// The fewest bytes a `cf_agent_state` frame holds besides its state:
 /// `{"state":…,"type":"cf_agent_state"}` (keys and the type may be escaped,
 /// which only makes them longer).
@@ -363,14 +366,18 @@ impl<S: DeserializeOwned> TypedClientMessage<S> {
     /// (the same frames are protocol, the same are [`Incoming::Raw`]), with
     /// a state of at most `max_state` bytes of JSON deserialized into `S`.
     ///
-    /// A frame too short to hold a state over the limit is read in one
-    /// pass, its state straight into `S`. Any other frame — longer,
-    /// malformed, or whose state does not fit `S` — is read as
+    /// A frame that names `"cf_agent_state"` and is too short to hold a
+    /// state over the limit is read in one pass, its state straight into
+    /// `S`. Any other frame — without that string (user messages and RPC
+    /// calls: their `state` keys, if any, are never parsed into `S`),
+    /// longer, malformed, or whose state does not fit `S` — is read as
     /// [`ClientMessage::decode`] reads it, then a state within the limit is
     /// parsed from its own slice; so a state over the limit is never parsed,
     /// and errors read as they would for the state alone.
     pub fn decode(text: &str, max_state: usize) -> Incoming<'_, TypedClientMessage<S>> {
-        if text.len() <= max_state.saturating_add(STATE_FRAME_MIN_OVERHEAD) {
+        if text.len() <= max_state.saturating_add(STATE_FRAME_MIN_OVERHEAD)
+            && text.contains(STATE_TYPE_LITERAL)
+        {
             if let Some(env) = Envelope::<'_, S>::parse(text) {
                 if env.type_is("cf_agent_state") {
                     if let Some(state) = env.state {

@@ -595,7 +595,21 @@ fn assert_prometheus_text(text: &str) {
 async fn admin_endpoints_and_metrics() {
     let (_child, addr, admin) = spawn_with_admin(&["--max-message-size", "1024"]).await;
     assert_eq!(http_get(admin, "/healthz", &[]).await, (200, "ok".into()));
-    assert_eq!(http_get(admin, "/readyz", &[]).await, (200, "ready".into()));
+    // Ready once the server runs (the lines on stdout come just before it
+    // starts serving): "not ready" until then, nothing else.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match http_get(admin, "/readyz", &[]).await {
+            (200, body) if body == "ready" => break,
+            (503, body) if body == "not ready" => {}
+            other => panic!("unexpected /readyz answer {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered 200"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (status, before) = http_get(admin, "/metrics", &[]).await;
     assert_eq!(status, 200);
     assert_prometheus_text(&before);

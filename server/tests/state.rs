@@ -174,3 +174,62 @@ async fn large_states_with_one_worker() {
 async fn large_states_with_two_workers() {
     large_states_behave_like_small_ones().await;
 }
+
+/// A state type whose `Deserialize` (the agent's own code) panics on the
+/// string "boom".
+#[derive(Debug, Clone, serde::Serialize)]
+struct Touchy(i64);
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if s == "boom" => panic!("touchy state"),
+            serde_json::Value::Number(n) => Ok(Touchy(n.as_i64().unwrap_or(0))),
+            _ => Err(serde::de::Error::custom("not a number")),
+        }
+    }
+}
+
+struct TouchyAgent;
+
+impl agents_server::Agent for TouchyAgent {
+    type State = Touchy;
+
+    async fn on_message(
+        &mut self,
+        _cx: &mut agents_server::AgentContext<Self>,
+        conn: &agents_server::Connection,
+        message: agents_server::Message,
+    ) -> Result<(), agents_server::BoxError> {
+        conn.send(message)?;
+        Ok(())
+    }
+}
+
+/// The state type's `Deserialize` is never run on messages that are not
+/// state frames (a user message with a `state` key reaches `on_message`),
+/// and when it panics on a state frame that state is refused with a
+/// state error while the instance goes on serving.
+#[tokio::test]
+async fn a_panicking_state_type_refuses_the_state_not_the_instance() {
+    let server =
+        TestServer::start(agents_server::AgentServer::new().agent("TouchyAgent", |_| TouchyAgent))
+            .await;
+    let mut a = server.connect("/agents/touchy-agent/t?_pk=a").await;
+    let mut b = server.connect("/agents/touchy-agent/t?_pk=b").await;
+    a.handshake().await;
+    b.handshake().await;
+    let chat = r#"{"type":"chat","state":"boom"}"#;
+    a.send(chat).await;
+    assert_eq!(a.text().await, chat);
+    a.send(r#"{"state":"boom","type":"cf_agent_state"}"#).await;
+    let reply = a.json().await;
+    assert_eq!(reply["type"], "cf_agent_state_error");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("Deserialize panicked"), "{error}");
+    // Still serving, and a good state goes through.
+    a.send(r#"{"state":5,"type":"cf_agent_state"}"#).await;
+    assert_eq!(b.json().await, json!({"type":"cf_agent_state","state":5}));
+    a.send("after").await;
+    assert_eq!(a.text().await, "after");
+}

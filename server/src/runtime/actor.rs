@@ -896,6 +896,9 @@ impl<A: Agent> Actor<A> {
     }
 }
 
+/// Why a state was refused whose type's `Deserialize` panicked.
+const STATE_PANICKED: &str = "the state could not be read (its type's Deserialize panicked)";
+
 /// What a client's data message is to the instance.
 enum Inbound<S> {
     /// A state frame: the state, or why it is refused.
@@ -919,10 +922,25 @@ impl<S: DeserializeOwned> Inbound<S> {
                 Incoming::Raw(_) => Inbound::User,
             };
         }
-        match TypedClientMessage::<S>::decode(text, max) {
-            Incoming::Protocol(TypedClientMessage::State(state)) => Inbound::State(state),
-            Incoming::Protocol(TypedClientMessage::Rpc(call)) => Inbound::Rpc(call),
-            Incoming::Raw(_) => Inbound::User,
+        // `S`'s `Deserialize` is the agent's code: a panic in it refuses
+        // this state (as an invalid one), it never ends the instance.
+        let typed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            TypedClientMessage::<S>::decode(text, max)
+        }));
+        match typed {
+            Ok(Incoming::Protocol(TypedClientMessage::State(state))) => Inbound::State(state),
+            Ok(Incoming::Protocol(TypedClientMessage::Rpc(call))) => Inbound::Rpc(call),
+            Ok(Incoming::Raw(_)) => Inbound::User,
+            Err(_) => {
+                tracing::warn!("the state type's Deserialize panicked; state refused");
+                match ClientMessage::decode(text) {
+                    Incoming::Protocol(ClientMessage::State(_)) => Inbound::State(Err(
+                        StateDecodeError::Invalid(serde::de::Error::custom(STATE_PANICKED)),
+                    )),
+                    Incoming::Protocol(ClientMessage::Rpc(call)) => Inbound::Rpc(call),
+                    Incoming::Raw(_) => Inbound::User,
+                }
+            }
         }
     }
 }
