@@ -22,6 +22,69 @@ mod support;
 
 use support::*;
 
+/// Many sockets on two other nodes: the owner sends each node's share of
+/// a broadcast once, and every socket still gets every frame, in order,
+/// broadcasts interleaved with the replies meant for it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_to_many_forwarded_sockets_arrive_whole_and_in_order() {
+    const ON_ONE: usize = 12;
+    const ON_TWO: usize = 4;
+    const BROADCASTS: usize = 60;
+    let (_nats, nodes) = cluster("fanout", 3).await;
+    let path = "/agents/counter-agent/fan";
+    let mut owner = Client::connect(&nodes[0].url(&format!("{path}?_pk=o"))).await;
+    owner.handshake().await;
+    let mut forwarded = Vec::new();
+    for i in 0..ON_ONE + ON_TWO {
+        let node = if i < ON_ONE { &nodes[1] } else { &nodes[2] };
+        let mut c = Client::connect(&node.url(&format!("{path}?_pk=f{i}"))).await;
+        c.handshake().await;
+        forwarded.push(c);
+    }
+    assert!(nodes[0].runs("counter-agent").await);
+
+    // Broadcasts from a forwarded socket (one sender: the order between
+    // two senders is the order in which the owner gets their frames).
+    for i in 0..BROADCASTS {
+        forwarded[0].send(&format!("broadcast:m{i}")).await;
+    }
+    for c in std::iter::once(&mut owner).chain(forwarded.iter_mut()) {
+        for i in 0..BROADCASTS {
+            assert_eq!(c.text().await, format!("m{i}"));
+        }
+    }
+
+    // Every forwarded socket calls at once: each sees all the states in
+    // order, and its own reply right after the state its call made.
+    for (i, c) in forwarded.iter_mut().enumerate() {
+        c.send(&rpc(&format!("c{i}"), "increment", json!([1])))
+            .await;
+    }
+    let calls = forwarded.len() as i64;
+    for (i, c) in forwarded.iter_mut().enumerate() {
+        let id = format!("c{i}");
+        let (mut last, mut replied) = (0, false);
+        while last < calls || !replied {
+            let frame = c.json().await;
+            if frame["type"] == "cf_agent_state" {
+                let count = frame["state"]["count"].as_i64().unwrap();
+                assert_eq!(count, last + 1, "socket {i}: states out of order");
+                last = count;
+            } else {
+                assert_eq!(frame["id"], id.as_str(), "socket {i}: {frame}");
+                assert_eq!(frame["result"], last, "socket {i}: reply before its state");
+                assert!(!replied);
+                replied = true;
+            }
+        }
+        c.sentinel().await;
+    }
+    for count in 1..=calls {
+        assert_eq!(owner.json().await["state"]["count"], count);
+    }
+    owner.sentinel().await;
+}
+
 /// Sockets on three nodes reach one owner: connect frames, echo, state
 /// sync, RPC (streaming too), broadcast across nodes, close codes and
 /// reasons both ways, plain HTTP, and `on_close` on the owner.

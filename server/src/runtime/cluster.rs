@@ -17,6 +17,10 @@
 //!   sequence number (a gap closes the socket). Peers ping each other every
 //!   [`PING_INTERVAL`]; a dead peer's sockets are closed with 1012, and the
 //!   client's reconnect is the recovery path. Plain HTTP is forwarded too.
+//! - **Downlinks**: everything an owner sends to the sockets of one entry
+//!   node travels on one subject per (entry, owner) pair, in order, with its
+//!   own sequence; a frame for several of those sockets at once (a
+//!   broadcast) is published once with their ids, not once per socket.
 //!
 //! Correctness never depends on a watch or on pub/sub delivery: leases and
 //! fencing tokens decide who owns what; lost frames end a socket.
@@ -30,6 +34,7 @@ use async_nats::jetstream::{self, kv};
 use async_nats::{HeaderMap, Subscriber};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Admit, CloseInfo, Command, InstanceHandle};
@@ -523,10 +528,52 @@ impl Node {
             id: id.clone(),
             dead: self.fence().child_token(),
             links: AtomicUsize::new(1),
+            downlink: std::sync::OnceLock::new(),
+            inbound: tokio::sync::OnceCell::new(),
         });
         peers.insert(id.clone(), peer.clone());
         tokio::spawn(Node::watch(Arc::downgrade(self), peer.clone()));
         peer
+    }
+
+    /// Owner side: where to queue frames for `peer`'s sockets (its
+    /// downlink task starts with the first).
+    fn downlink(&self, peer: &Peer) -> mpsc::Sender<Down> {
+        peer.downlink
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
+                let subject = format!("agents.{}.down.{}", peer.id, self.id());
+                let max_payload = self.client.server_info().max_payload;
+                tokio::spawn(downlink(
+                    self.client.clone(),
+                    subject,
+                    rx,
+                    peer.dead.clone(),
+                    max_payload,
+                ));
+                tx
+            })
+            .clone()
+    }
+
+    /// Entry side: the sockets `peer`'s frames go to (subscribed, and the
+    /// subscription known to NATS, on first use).
+    async fn inbound(&self, peer: &Peer) -> Option<Arc<Inbound>> {
+        peer.inbound
+            .get_or_try_init(|| async {
+                let down = self
+                    .client
+                    .subscribe(format!("agents.{}.down.{}", self.id(), peer.id))
+                    .await
+                    .map_err(|_| ())?;
+                barrier(&self.client).await;
+                let inbound = Arc::new(Inbound::default());
+                tokio::spawn(demux(down, inbound.clone(), peer.dead.clone()));
+                Ok::<_, ()>(inbound)
+            })
+            .await
+            .ok()
+            .cloned()
     }
 
     /// Pings `peer` while links remain; on silence, its links end.
@@ -542,6 +589,9 @@ impl Node {
                 let mut peers = lock(&this.peers);
                 if peer.links.load(Ordering::Acquire) == 0 {
                     peers.remove(&peer.id);
+                    // Nothing links us any more: its downlink and demux
+                    // tasks (and their subscription) end too.
+                    peer.dead.cancel();
                     return;
                 }
             }
@@ -583,13 +633,18 @@ impl Node {
     ) -> Option<RemoteLink> {
         let me = self.id();
         let conn_id = format!("{me}.{}", conn.key());
-        let down = self
-            .client
-            .subscribe(format!("agents.{me}.down.{conn_id}"))
-            .await
-            .ok()?;
-        barrier(&self.client).await;
         let peer = self.peer(&owner);
+        let Some(inbound) = self.inbound(&peer).await else {
+            peer.unlink();
+            return None;
+        };
+        if peer.dead.is_cancelled() {
+            peer.unlink();
+            return None;
+        }
+        // The owner's frames (connect frames, or the close of a refusal)
+        // flow from its answer on, whatever the answer.
+        lock(&inbound.conns).insert(conn.key(), conn.clone());
         let mut headers = HeaderMap::new();
         headers.insert("x-agents-conn", conn_id.as_str());
         headers.insert("x-agents-agent", &*key.agent);
@@ -612,16 +667,13 @@ impl Node {
                     .timeout(Some(REQUEST_TIMEOUT)),
             )
             .await;
-        // The owner's frames (connect frames, or the close of a refusal)
-        // flow whatever the answer.
-        let stop = peer.dead.child_token();
-        tokio::spawn(pump_down(down, conn.clone(), stop.clone()));
         let link = RemoteLink {
             client: self.client.clone(),
             up: format!("agents.{owner}.up.{conn_id}"),
             seq: 0,
             peer,
-            stop,
+            inbound,
+            conn: conn.clone(),
         };
         match answer {
             Ok(reply) if reply.payload.as_ref() == b"ok" => Some(link),
@@ -737,7 +789,10 @@ impl Node {
         ) else {
             return answer(false).await;
         };
-        let Some(peer_id) = conn_id.split('.').next().map(Arc::<str>::from) else {
+        let Some((peer_id, remote_key)) = conn_id
+            .split_once('.')
+            .and_then(|(peer, key)| Some((Arc::<str>::from(peer), key.parse::<u64>().ok()?)))
+        else {
             return answer(false).await;
         };
         let key = InstanceKey {
@@ -763,14 +818,12 @@ impl Node {
         };
         barrier(&self.client).await;
         let peer = self.peer(&peer_id);
-        let down = format!("agents.{peer_id}.down.{conn_id}");
         // Frames queued by the connect (identity, or a refusal's close) go
         // down from the start.
         let forward = Forwarder {
-            client: self.client.clone(),
             conn: conn.clone(),
-            down,
-            seq: 0,
+            down: self.downlink(&peer),
+            remote_key,
             peer,
             fence,
         };
@@ -885,6 +938,10 @@ pub(crate) struct Peer {
     /// Cancelled when the peer stops answering (or our lease is lost).
     dead: CancellationToken,
     links: AtomicUsize,
+    /// Owner side: frames for the peer's sockets, to its downlink task.
+    downlink: std::sync::OnceLock<mpsc::Sender<Down>>,
+    /// Entry side: the peer's frames for our sockets.
+    inbound: tokio::sync::OnceCell<Arc<Inbound>>,
 }
 
 impl Peer {
@@ -920,6 +977,225 @@ fn parse(payload: &Bytes) -> Option<(u8, u64, Bytes)> {
     Some((payload[0], seq, payload.slice(9..)))
 }
 
+/// Most sockets one downlink message names.
+const MAX_GROUP: usize = 512;
+
+/// Most frames a downlink task takes from its queue at once.
+const DOWNLINK_BATCH: usize = 1024;
+
+/// Frames queued for one peer's downlink before forwarders wait.
+const DOWNLINK_QUEUE: usize = 4096;
+
+/// A frame for one forwarded socket (by its key on the entry node).
+#[derive(Debug)]
+struct Down {
+    conn: u64,
+    kind: u8,
+    data: Bytes,
+}
+
+/// A downlink message: `[kind][seq u64][n u16][n × conn key u64][data]`.
+fn down_frame(kind: u8, seq: u64, conns: &[u64], data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(11 + 8 * conns.len() + data.len());
+    b.put_u8(kind);
+    b.put_u64(seq);
+    b.put_u16(conns.len() as u16);
+    for conn in conns {
+        b.put_u64(*conn);
+    }
+    b.put_slice(data);
+    b.freeze()
+}
+
+/// Splits a downlink message into its kind, sequence, sockets and data.
+fn parse_down(payload: &Bytes) -> Option<(u8, u64, Vec<u64>, Bytes)> {
+    let (kind, seq, rest) = parse(payload)?;
+    let n = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+    let keys = rest.get(2..2 + 8 * n)?;
+    let conns = keys
+        .chunks_exact(8)
+        .map(|k| u64::from_be_bytes(k.try_into().unwrap_or_default()))
+        .collect();
+    Some((kind, seq, conns, rest.slice(2 + 8 * n..)))
+}
+
+/// Owner side: publishes the frames queued for one peer's sockets, in
+/// order; consecutive frames with the same bytes (a broadcast reaches every
+/// socket's queue with one shared buffer) go out as one message naming all
+/// their sockets. Ends when the peer is gone or nobody can queue any more.
+async fn downlink(
+    client: async_nats::Client,
+    subject: String,
+    mut queue: mpsc::Receiver<Down>,
+    dead: CancellationToken,
+    max_payload: usize,
+) {
+    let mut seq = 0;
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let taken = tokio::select! {
+            _ = dead.cancelled() => return,
+            n = queue.recv_many(&mut batch, DOWNLINK_BATCH) => n,
+        };
+        if taken == 0 {
+            return;
+        }
+        // A broadcast wakes one forwarder per socket; the first one's frame
+        // woke us. Let the others run first (a yielded task goes after every
+        // task that is ready), so that the whole broadcast is in the queue.
+        tokio::task::yield_now().await;
+        while batch.len() < DOWNLINK_BATCH {
+            match queue.try_recv() {
+                Ok(down) => batch.push(down),
+                Err(_) => break,
+            }
+        }
+        for (kind, conns, data) in plan(batch.drain(..), max_payload) {
+            seq += 1;
+            let payload = down_frame(kind, seq, &conns, &data);
+            if client.publish(subject.clone(), payload).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The downlink messages for a batch of frames: each frame once, each
+/// socket's frames in their order, and a frame that several sockets have
+/// next with the very same bytes (one shared buffer: a broadcast) sent once
+/// for all of them — as many as fit in `max_payload` and [`MAX_GROUP`]. A
+/// close always goes alone. (Forwarders queue all they hold at once, so a
+/// run of broadcasts arrives socket by socket, not broadcast by broadcast.)
+fn plan(batch: impl IntoIterator<Item = Down>, max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
+    // Each socket's frames, sockets in the order they first appear.
+    let mut queues: Vec<(u64, std::collections::VecDeque<Down>)> = Vec::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
+    let mut left = 0;
+    for down in batch {
+        let i = *index.entry(down.conn).or_insert_with(|| {
+            queues.push((down.conn, std::collections::VecDeque::new()));
+            queues.len() - 1
+        });
+        queues[i].1.push_back(down);
+        left += 1;
+    }
+    let same = |a: &Down, b: &Down| {
+        a.kind == b.kind
+            && a.kind != kind::CLOSE
+            && a.data.as_ptr() == b.data.as_ptr()
+            && a.data.len() == b.data.len()
+    };
+    let mut out = Vec::new();
+    let mut first = 0;
+    while left > 0 {
+        while queues[first].1.is_empty() {
+            first += 1;
+        }
+        let Some(head) = queues[first].1.pop_front() else {
+            break;
+        };
+        left -= 1;
+        let most = (max_payload.saturating_sub(11 + head.data.len()) / 8).clamp(1, MAX_GROUP);
+        let mut conns = vec![head.conn];
+        for (conn, queue) in &mut queues[first + 1..] {
+            if conns.len() >= most {
+                break;
+            }
+            if queue.front().is_some_and(|next| same(next, &head)) {
+                queue.pop_front();
+                left -= 1;
+                conns.push(*conn);
+            }
+        }
+        out.push((head.kind, conns, head.data));
+    }
+    out
+}
+
+/// Entry side: the sockets on this node that one owner's frames go to.
+#[derive(Debug, Default)]
+struct Inbound {
+    conns: Mutex<HashMap<u64, Connection>>,
+}
+
+impl Inbound {
+    /// Closes every socket (1012: the client reconnects).
+    fn close_all(&self) {
+        let conns: Vec<Connection> = lock(&self.conns).drain().map(|(_, c)| c).collect();
+        for conn in conns {
+            conn.close(1012, "Service restart");
+        }
+    }
+
+    /// Hands one frame to each of `keys`' sockets.
+    fn deliver(&self, kind: u8, keys: &[u64], data: Bytes) {
+        let text = match kind {
+            kind::TEXT => Utf8Bytes::try_from(data.clone()).ok(),
+            _ => None,
+        };
+        let mut conns = lock(&self.conns);
+        for key in keys {
+            let Some(conn) = conns.get(key) else { continue };
+            match kind {
+                kind::TEXT => match &text {
+                    Some(text) => {
+                        let _ = conn.send(Message::Text(text.clone()));
+                    }
+                    None => conn.close(1011, "Bad frame from the owner"),
+                },
+                kind::BINARY => {
+                    let _ = conn.send(Message::Binary(data.clone()));
+                }
+                kind::CLOSE if data.len() >= 2 => {
+                    let code = u16::from_be_bytes([data[0], data[1]]);
+                    conn.close(code, &String::from_utf8_lossy(&data[2..]));
+                }
+                _ => {}
+            }
+            if !conn.is_open() {
+                conns.remove(key);
+            }
+        }
+    }
+}
+
+/// Entry side: reads one owner's downlink into the sockets, until the
+/// owner is gone (then every socket it served is closed with 1012). A gap
+/// in the sequence means frames were lost: the sockets linked at that
+/// moment are closed (1012), later ones are served. The first message read
+/// sets the sequence (the owner's downlink may be older than this
+/// subscription: its earlier frames were for sockets gone before), and a
+/// downlink the owner started anew begins again at 1.
+async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationToken) {
+    let mut expected = None;
+    loop {
+        let msg = tokio::select! {
+            _ = dead.cancelled() => {
+                inbound.close_all();
+                return;
+            }
+            msg = down.next() => msg,
+        };
+        let Some(msg) = msg else {
+            inbound.close_all();
+            return;
+        };
+        let Some((kind, seq, conns, data)) = parse_down(&msg.payload) else {
+            continue;
+        };
+        if let Some(expected) = expected.filter(|e| seq != *e && seq != 1) {
+            tracing::warn!(
+                expected,
+                seq,
+                "frames lost between nodes; closing the sockets"
+            );
+            inbound.close_all();
+        }
+        expected = Some(seq + 1);
+        inbound.deliver(kind, &conns, data);
+    }
+}
+
 /// The entry node's end of a forwarded socket: the client's messages go up
 /// to the owner. Dropping it stops the owner's frames coming down.
 #[derive(Debug)]
@@ -928,13 +1204,17 @@ pub(crate) struct RemoteLink {
     up: String,
     seq: u64,
     peer: Arc<Peer>,
-    /// Ends the task pumping the owner's frames into the connection.
-    stop: CancellationToken,
+    /// Where the owner's frames for this socket arrive.
+    inbound: Arc<Inbound>,
+    conn: Connection,
 }
 
 impl Drop for RemoteLink {
     fn drop(&mut self) {
-        self.stop.cancel();
+        let linked = lock(&self.inbound.conns).remove(&self.conn.key());
+        if linked.is_some() {
+            self.conn.close(1012, "Service restart");
+        }
         self.peer.unlink();
     }
 }
@@ -970,69 +1250,19 @@ impl RemoteLink {
     }
 }
 
-/// Pushes the owner's frames into the entry node's connection, until the
-/// socket ends (`stop`), or the owner is gone (`stop` too: then the client
-/// is told to reconnect).
-async fn pump_down(mut down: Subscriber, conn: Connection, stop: CancellationToken) {
-    let mut expected = 1;
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => {
-                conn.close(1012, "Service restart");
-                return;
-            }
-            msg = down.next() => msg,
-        };
-        let Some(msg) = msg else { return };
-        let Some((kind, seq, data)) = parse(&msg.payload) else {
-            continue;
-        };
-        if seq != expected {
-            tracing::warn!(
-                expected,
-                seq,
-                "frames lost between nodes; closing the socket"
-            );
-            conn.close(1012, "Service restart");
-            return;
-        }
-        expected += 1;
-        match kind {
-            kind::TEXT => match Utf8Bytes::try_from(data) {
-                Ok(text) => {
-                    let _ = conn.send(Message::Text(text));
-                }
-                Err(_) => conn.close(1011, "Bad frame from the owner"),
-            },
-            kind::BINARY => {
-                let _ = conn.send(Message::Binary(data));
-            }
-            kind::CLOSE if data.len() >= 2 => {
-                let code = u16::from_be_bytes([data[0], data[1]]);
-                conn.close(code, &String::from_utf8_lossy(&data[2..]));
-                return;
-            }
-            _ => {}
-        }
-        if !conn.is_open() {
-            return;
-        }
-    }
-}
-
 /// The owner's end of a forwarded socket: drains the connection's queue to
 /// the entry node, and hands the client's messages to the instance.
 struct Forwarder {
-    client: async_nats::Client,
     conn: Connection,
-    down: String,
-    seq: u64,
+    /// The peer's downlink, and this socket's key on the peer.
+    down: mpsc::Sender<Down>,
+    remote_key: u64,
     peer: Arc<Peer>,
     fence: CancellationToken,
 }
 
 impl Forwarder {
-    async fn run(mut self, mut up: Subscriber, handle: Option<InstanceHandle>) {
+    async fn run(self, mut up: Subscriber, handle: Option<InstanceHandle>) {
         let mut taken = std::collections::VecDeque::new();
         let mut expected = 1;
         let mut info: Option<CloseInfo> = None;
@@ -1053,24 +1283,24 @@ impl Forwarder {
                     let frames = taken.len();
                     let mut bytes = 0;
                     while let Some(out) = taken.pop_front() {
-                        self.seq += 1;
-                        let payload = match out {
+                        let (kind, data) = match out {
                             Outbound::Data(Message::Text(t)) => {
                                 bytes += t.len();
-                                frame(kind::TEXT, self.seq, t.as_bytes())
+                                (kind::TEXT, t.into_bytes())
                             }
                             Outbound::Data(Message::Binary(b)) => {
                                 bytes += b.len();
-                                frame(kind::BINARY, self.seq, &b)
+                                (kind::BINARY, b)
                             }
                             Outbound::Close(code, reason) => {
                                 close_deadline = Some(tokio::time::Instant::now() + crate::config::CLOSE_TIMEOUT);
                                 let mut data = code.to_be_bytes().to_vec();
                                 data.extend_from_slice(reason.as_bytes());
-                                frame(kind::CLOSE, self.seq, &data)
+                                (kind::CLOSE, Bytes::from(data))
                             }
                         };
-                        if self.client.publish(self.down.clone(), payload).await.is_err() {
+                        let down = Down { conn: self.remote_key, kind, data };
+                        if self.down.send(down).await.is_err() {
                             break;
                         }
                     }
@@ -1129,5 +1359,113 @@ impl Forwarder {
                 })
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down(conn: u64, kind: u8, data: &Bytes) -> Down {
+        Down {
+            conn,
+            kind,
+            data: data.clone(),
+        }
+    }
+
+    #[test]
+    fn a_broadcast_goes_down_once_per_node_in_order() {
+        let state = Bytes::from_static(b"{\"type\":\"cf_agent_state\"}");
+        let next = Bytes::from(b"{\"type\":\"cf_agent_state\",\"n\":2}".to_vec());
+        let reply = Bytes::from(b"{\"type\":\"rpc\"}".to_vec());
+        // Equal text in another buffer is another frame (not a broadcast).
+        let lookalike = Bytes::from(state.to_vec());
+        let conns = |plan: &[(u8, Vec<u64>, Bytes)]| -> Vec<Vec<u64>> {
+            plan.iter().map(|(_, c, _)| c.clone()).collect()
+        };
+        // Socket by socket, as forwarders queue them: two broadcasts, a
+        // reply between them for socket 2, a lookalike, a binary frame with
+        // the same bytes, closes.
+        let batch = vec![
+            down(1, kind::TEXT, &state),
+            down(1, kind::TEXT, &next),
+            down(2, kind::TEXT, &state),
+            down(2, kind::TEXT, &reply),
+            down(2, kind::TEXT, &next),
+            down(3, kind::TEXT, &state),
+            down(3, kind::TEXT, &next),
+            down(4, kind::TEXT, &lookalike),
+            down(5, kind::BINARY, &state),
+            down(6, kind::CLOSE, &state),
+            down(7, kind::CLOSE, &state),
+        ];
+        let plan = plan(batch, 1 << 20);
+        assert_eq!(
+            conns(&plan),
+            [
+                vec![1, 2, 3],
+                vec![1, 3],
+                vec![2],
+                vec![2],
+                vec![4],
+                vec![5],
+                vec![6],
+                vec![7]
+            ]
+        );
+        assert_eq!(plan[0].2, state);
+        assert_eq!(
+            (plan[1].2.clone(), plan[2].2.clone()),
+            (next.clone(), reply)
+        );
+        assert_eq!(plan[3].2, next);
+        assert_eq!(plan[5].0, kind::BINARY);
+        // Each socket's frames in order, each frame once.
+        for socket in 1..=7u64 {
+            let mine: Vec<&Bytes> = plan
+                .iter()
+                .filter(|(_, c, _)| c.contains(&socket))
+                .map(|(_, _, d)| d)
+                .collect();
+            let expected = match socket {
+                1 | 3 => 2,
+                2 => 3,
+                _ => 1,
+            };
+            assert_eq!(mine.len(), expected, "socket {socket}");
+        }
+        // Bounded by the payload NATS takes and by MAX_GROUP.
+        let many = |n: u64| {
+            (0..n)
+                .map(|c| down(c, kind::TEXT, &state))
+                .collect::<Vec<_>>()
+        };
+        let sizes =
+            |p: Vec<(u8, Vec<u64>, Bytes)>| p.iter().map(|(_, c, _)| c.len()).collect::<Vec<_>>();
+        assert_eq!(
+            sizes(plan_of(many(1100), 1 << 20)),
+            [MAX_GROUP, MAX_GROUP, 76]
+        );
+        assert_eq!(sizes(plan_of(many(7), 11 + state.len() + 8 * 3)), [3, 3, 1]);
+        assert_eq!(sizes(plan_of(many(2), 10)), [1, 1]);
+        assert!(plan_of(Vec::new(), 1 << 20).is_empty());
+    }
+
+    fn plan_of(batch: Vec<Down>, max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
+        plan(batch, max_payload)
+    }
+
+    #[test]
+    fn downlink_messages_read_back() {
+        let data = Bytes::from_static(b"hello");
+        let payload = down_frame(kind::TEXT, 7, &[3, u64::MAX], &data);
+        assert_eq!(
+            parse_down(&payload),
+            Some((kind::TEXT, 7, vec![3, u64::MAX], data))
+        );
+        // Truncated: more sockets announced than present.
+        assert_eq!(parse_down(&payload.slice(..20)), None);
+        assert_eq!(parse_down(&Bytes::from_static(b"short")), None);
     }
 }
