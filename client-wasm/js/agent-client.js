@@ -67,6 +67,10 @@ export class AgentClient extends EventTarget {
   #ready;
   #resolve;
   #stub;
+  // Whether a "message" listener was ever added: until then, with no
+  // `onmessage` either, nobody can see a message event, so none is made
+  // (making one costs more than the core's own work on a stream chunk).
+  #heard = false;
   onopen = null;
   onmessage = null;
   onclose = null;
@@ -138,6 +142,11 @@ export class AgentClient extends EventTarget {
     }));
   }
 
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+    if (type == "message") this.#heard = true;
+  }
+
   send(data) {
     return this.#c.do_(this, SEND, data);
   }
@@ -181,7 +190,7 @@ export class AgentClient extends EventTarget {
     ws.onmessage = (e) => {
       const data = e.data;
       const kind = c.on_(this, MESSAGE, gen, data);
-      if (kind) {
+      if (kind && (this.#heard || this.onmessage)) {
         // Protocol frames reach listeners too, marked, so filters need no JSON.parse.
         messageInit.data = data;
         const event = new (kind > 1 ? ProtocolMessageEvent : AgentMessageEvent)("message", messageInit);

@@ -245,6 +245,31 @@ impl Keys {
     }
 }
 
+/// Longest string [`text`] reads a code unit at a time.
+const SHORT_TEXT: u32 = 64;
+
+/// A frame's string (a call id, a name) as Rust text. Short ASCII strings
+/// are read a code unit at a time with `charCodeAt`: `as_string()` goes
+/// through the glue's `TextEncoder.encode`, which allocates an
+/// `ArrayBuffer` per string (in Chromium 10+ µs for a call id, most of the
+/// client's own cost per stream chunk). Longer or non-ASCII strings take
+/// that path.
+fn text(value: &JsValue) -> Option<String> {
+    let s = value.dyn_ref::<JsString>()?;
+    let mut out = String::new();
+    for at in 0..SHORT_TEXT {
+        let unit = s.char_code_at(at);
+        if unit.is_nan() {
+            return Some(out); // the end
+        }
+        if unit >= 128.0 {
+            break;
+        }
+        out.push(char::from(unit as u8));
+    }
+    value.as_string()
+}
+
 /// A parsed frame as the protocol crate's rule reads it.
 struct JsFrame<'a> {
     obj: JsValue,
@@ -285,7 +310,7 @@ impl FrameFields for JsFrame<'_> {
     }
     #[inline(never)]
     fn string(&self, key: &'static str) -> Option<String> {
-        self.at(key).as_string()
+        text(&self.at(key))
     }
     #[inline(never)]
     fn truthy(&self, value: &JsValue) -> bool {
