@@ -34,12 +34,12 @@ use async_nats::jetstream::{self, kv};
 use async_nats::{HeaderMap, Subscriber};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Admit, CloseInfo, Command, InstanceHandle};
 use super::InstanceKey;
-use crate::connection::{Connection, Outbound};
+use crate::connection::{Connection, Outbound, FRAME_OVERHEAD};
 use crate::log::Trunc;
 use crate::message::{Message, Utf8Bytes};
 use crate::storage::{bucket_key, NatsStorage, Storage};
@@ -538,10 +538,10 @@ impl Node {
 
     /// Owner side: where to queue frames for `peer`'s sockets (its
     /// downlink task starts with the first).
-    fn downlink(&self, peer: &Peer) -> mpsc::Sender<Down> {
+    fn downlink(&self, peer: &Peer) -> Arc<Downlink> {
         peer.downlink
             .get_or_init(|| {
-                let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
+                let (queue, rx) = mpsc::channel(DOWNLINK_QUEUE);
                 let subject = format!("agents.{}.down.{}", peer.id, self.id());
                 let max_payload = self.client.server_info().max_payload;
                 tokio::spawn(downlink(
@@ -551,7 +551,10 @@ impl Node {
                     peer.dead.clone(),
                     max_payload,
                 ));
-                tx
+                Arc::new(Downlink {
+                    queue,
+                    budget: Arc::new(Semaphore::new(DOWNLINK_BYTES)),
+                })
             })
             .clone()
     }
@@ -939,7 +942,7 @@ pub(crate) struct Peer {
     dead: CancellationToken,
     links: AtomicUsize,
     /// Owner side: frames for the peer's sockets, to its downlink task.
-    downlink: std::sync::OnceLock<mpsc::Sender<Down>>,
+    downlink: std::sync::OnceLock<Arc<Downlink>>,
     /// Entry side: the peer's frames for our sockets.
     inbound: tokio::sync::OnceCell<Arc<Inbound>>,
 }
@@ -986,12 +989,44 @@ const DOWNLINK_BATCH: usize = 1024;
 /// Frames queued for one peer's downlink before forwarders wait.
 const DOWNLINK_QUEUE: usize = 4096;
 
-/// A frame for one forwarded socket (by its key on the entry node).
+/// Bytes of frames (each counted with [`FRAME_OVERHEAD`], a frame shared by
+/// several sockets once per socket) queued for one peer's downlink, until
+/// published, before forwarders wait; a larger frame takes all of it.
+const DOWNLINK_BYTES: usize = 8 << 20;
+
+/// A frame for one forwarded socket (by its key on the entry node), holding
+/// its share of the downlink's byte budget until it is published.
 #[derive(Debug)]
 struct Down {
     conn: u64,
     kind: u8,
     data: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Owner side: where forwarders queue frames for one peer's sockets.
+#[derive(Debug)]
+struct Downlink {
+    queue: mpsc::Sender<Down>,
+    budget: Arc<Semaphore>,
+}
+
+impl Downlink {
+    /// Queues a frame, waiting while the peer's budget is spent; false once
+    /// the downlink is gone.
+    async fn send(&self, conn: u64, kind: u8, data: Bytes) -> bool {
+        let cost = (data.len() + FRAME_OVERHEAD).min(DOWNLINK_BYTES) as u32;
+        let Ok(budget) = self.budget.clone().acquire_many_owned(cost).await else {
+            return false;
+        };
+        let down = Down {
+            conn,
+            kind,
+            data,
+            _budget: Some(budget),
+        };
+        self.queue.send(down).await.is_ok()
+    }
 }
 
 /// A downlink message: `[kind][seq u64][n u16][n × conn key u64][data]`.
@@ -1050,13 +1085,15 @@ async fn downlink(
                 Err(_) => break,
             }
         }
-        for (kind, conns, data) in plan(batch.drain(..), max_payload) {
+        for (kind, conns, data) in plan(&batch, max_payload) {
             seq += 1;
             let payload = down_frame(kind, seq, &conns, &data);
             if client.publish(subject.clone(), payload).await.is_err() {
                 return;
             }
         }
+        // Published: their share of the budget is free again.
+        batch.clear();
     }
 }
 
@@ -1066,9 +1103,9 @@ async fn downlink(
 /// for all of them — as many as fit in `max_payload` and [`MAX_GROUP`]. A
 /// close always goes alone. (Forwarders queue all they hold at once, so a
 /// run of broadcasts arrives socket by socket, not broadcast by broadcast.)
-fn plan(batch: impl IntoIterator<Item = Down>, max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
+fn plan(batch: &[Down], max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
     // Each socket's frames, sockets in the order they first appear.
-    let mut queues: Vec<(u64, std::collections::VecDeque<Down>)> = Vec::new();
+    let mut queues: Vec<(u64, std::collections::VecDeque<&Down>)> = Vec::new();
     let mut index: HashMap<u64, usize> = HashMap::new();
     let mut left = 0;
     for down in batch {
@@ -1101,13 +1138,13 @@ fn plan(batch: impl IntoIterator<Item = Down>, max_payload: usize) -> Vec<(u8, V
             if conns.len() >= most {
                 break;
             }
-            if queue.front().is_some_and(|next| same(next, &head)) {
+            if queue.front().is_some_and(|next| same(next, head)) {
                 queue.pop_front();
                 left -= 1;
                 conns.push(*conn);
             }
         }
-        out.push((head.kind, conns, head.data));
+        out.push((head.kind, conns, head.data.clone()));
     }
     out
 }
@@ -1255,7 +1292,7 @@ impl RemoteLink {
 struct Forwarder {
     conn: Connection,
     /// The peer's downlink, and this socket's key on the peer.
-    down: mpsc::Sender<Down>,
+    down: Arc<Downlink>,
     remote_key: u64,
     peer: Arc<Peer>,
     fence: CancellationToken,
@@ -1299,8 +1336,7 @@ impl Forwarder {
                                 (kind::CLOSE, Bytes::from(data))
                             }
                         };
-                        let down = Down { conn: self.remote_key, kind, data };
-                        if self.down.send(down).await.is_err() {
+                        if !self.down.send(self.remote_key, kind, data).await {
                             break;
                         }
                     }
@@ -1371,6 +1407,7 @@ mod tests {
             conn,
             kind,
             data: data.clone(),
+            _budget: None,
         }
     }
 
@@ -1400,7 +1437,7 @@ mod tests {
             down(6, kind::CLOSE, &state),
             down(7, kind::CLOSE, &state),
         ];
-        let plan = plan(batch, 1 << 20);
+        let plan = plan(&batch, 1 << 20);
         assert_eq!(
             conns(&plan),
             [
@@ -1453,7 +1490,32 @@ mod tests {
     }
 
     fn plan_of(batch: Vec<Down>, max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
-        plan(batch, max_payload)
+        plan(&batch, max_payload)
+    }
+
+    #[tokio::test]
+    async fn forwarders_wait_while_the_downlink_budget_is_spent() {
+        use futures_util::FutureExt;
+        let (queue, mut published) = mpsc::channel(16);
+        let link = Downlink {
+            queue,
+            budget: Arc::new(Semaphore::new(DOWNLINK_BYTES)),
+        };
+        // A frame as large as the budget takes all of it...
+        let big = Bytes::from(vec![b'x'; DOWNLINK_BYTES]);
+        assert!(link.send(1, kind::TEXT, big).await);
+        // ...so the next waits until it is published (dropped).
+        let mut next = Box::pin(link.send(2, kind::TEXT, Bytes::from_static(b"y")));
+        assert!((&mut next).now_or_never().is_none());
+        let first = published.recv().await.unwrap();
+        assert_eq!(first.conn, 1);
+        assert!((&mut next).now_or_never().is_none());
+        drop(first);
+        assert!(next.await);
+        assert_eq!(published.recv().await.unwrap().conn, 2);
+        // A downlink that is gone refuses.
+        drop(published);
+        assert!(!link.send(3, kind::TEXT, Bytes::from_static(b"z")).await);
     }
 
     #[test]
