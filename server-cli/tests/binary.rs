@@ -624,31 +624,42 @@ async fn admin_endpoints_and_metrics() {
         .await;
     c.json().await;
     assert_eq!(c.json().await["result"], 2);
-    let (_, during) = http_get(admin, "/metrics", &[]).await;
-    assert_prometheus_text(&during);
+    // Counters move as the work is done — a frame counts as sent once
+    // written, a call once its reply is queued — so the client may read
+    // the reply before they have: ask again until they all show it.
     let agent = [("agent", "counter-agent")];
-    assert_eq!(sample(&during, "agents_connections", &agent), Some(1.0));
-    assert_eq!(sample(&during, "agents_instances", &agent), Some(1.0));
-    assert_eq!(
-        sample(&during, "agents_messages_received_total", &agent),
-        Some(2.0)
-    );
-    assert!(sample(&during, "agents_messages_sent_total", &agent).unwrap() >= 5.0);
     let increment = [("agent", "counter-agent"), ("method", "increment")];
-    assert_eq!(
-        sample(&during, "agents_rpc_calls_total", &increment),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&during, "agents_rpc_duration_seconds_count", &increment),
-        Some(1.0)
-    );
-    assert!(sample(&during, "agents_rpc_duration_seconds_bucket", &increment).is_some());
-    assert_eq!(
-        sample(&during, "agents_state_writes_total", &agent),
-        Some(1.0)
-    );
-    assert!(sample(&during, "agents_storage_commit_seconds_count", &[]).unwrap() >= 1.0);
+    let moved = |text: &str| -> Result<(), String> {
+        let want = |name: &str, labels: &[(&str, &str)], ok: &dyn Fn(f64) -> bool| match sample(
+            text, name, labels,
+        ) {
+            Some(v) if ok(v) => Ok(()),
+            other => Err(format!("{name} {labels:?} is {other:?}")),
+        };
+        want("agents_connections", &agent, &|v| v == 1.0)?;
+        want("agents_instances", &agent, &|v| v == 1.0)?;
+        want("agents_messages_received_total", &agent, &|v| v == 2.0)?;
+        want("agents_messages_sent_total", &agent, &|v| v >= 5.0)?;
+        want("agents_rpc_calls_total", &increment, &|v| v == 1.0)?;
+        want("agents_rpc_duration_seconds_count", &increment, &|v| {
+            v == 1.0
+        })?;
+        want("agents_rpc_duration_seconds_bucket", &increment, &|_| true)?;
+        want("agents_state_writes_total", &agent, &|v| v == 1.0)?;
+        want("agents_storage_commit_seconds_count", &[], &|v| v >= 1.0)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, during) = http_get(admin, "/metrics", &[]).await;
+        assert_prometheus_text(&during);
+        match moved(&during) {
+            Ok(()) => break,
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                panic!("metrics did not move: {err}\n{during}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 
     // A method the agent does not have is `other`, not a label of its own.
     c.send(r#"{"type":"rpc","id":"2","method":"made-up","args":[]}"#)
@@ -657,32 +668,32 @@ async fn admin_endpoints_and_metrics() {
     // Closed for a budget.
     c.send_binary(&[0u8; 2048]).await;
     assert_eq!(c.closed().await.0, 1009);
+    let other = [("agent", "counter-agent"), ("method", "other")];
+    let moved = |text: &str| -> Result<(), String> {
+        let want = |name: &str, labels: &[(&str, &str)], v: f64| match sample(text, name, labels) {
+            Some(got) if got == v => Ok(()),
+            got => Err(format!("{name} {labels:?} is {got:?}, not {v}")),
+        };
+        want("agents_connections", &agent, 0.0)?;
+        want(
+            "agents_budget_refusals_total",
+            &[("limit", "max_message_size")],
+            1.0,
+        )?;
+        want("agents_closes_total", &[("code", "1009")], 1.0)?;
+        want("agents_rpc_errors_total", &other, 1.0)
+    };
     let deadline = tokio::time::Instant::now() + WAIT;
     let after = loop {
         let (_, text) = http_get(admin, "/metrics", &[]).await;
-        if sample(&text, "agents_connections", &agent) == Some(0.0) {
-            break text;
+        match moved(&text) {
+            Ok(()) => break text,
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                panic!("metrics did not move: {err}\n{text}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the connection gauge never dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(
-        sample(
-            &after,
-            "agents_budget_refusals_total",
-            &[("limit", "max_message_size")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        sample(&after, "agents_closes_total", &[("code", "1009")]),
-        Some(1.0)
-    );
-    let other = [("agent", "counter-agent"), ("method", "other")];
-    assert_eq!(sample(&after, "agents_rpc_errors_total", &other), Some(1.0));
     assert!(!after.contains("made-up"));
 }
 
