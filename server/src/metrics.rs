@@ -1,7 +1,8 @@
 //! The server's metrics, through the [`metrics`] facade: install any
-//! recorder (the `agents-server` binary installs a Prometheus one and serves
-//! it on its admin listener) and these appear; without one they cost
-//! nothing. Every label has bounded cardinality: agent names are the
+//! recorder before serving (the `agents-server` binary installs a Prometheus
+//! one and serves it on its admin listener) and these appear; without one
+//! they cost nothing. Handles are looked up once per agent type (sockets)
+//! or per agent and method (RPC), then cost an atomic add each. Every label has bounded cardinality: agent names are the
 //! registered ones, RPC methods are those an agent answered (at most
 //! [`MAX_METHOD_LABELS`] per agent, the rest `other`), close codes are
 //! grouped.
@@ -110,16 +111,43 @@ pub(crate) struct SocketMetrics {
     connections: Gauge,
 }
 
-impl SocketMetrics {
-    /// Handles for a socket of `agent`; counts it open until dropped.
-    pub(crate) fn open(agent: &str) -> SocketMetrics {
+/// An agent type's socket handles, which each socket's are copied from.
+#[derive(Debug)]
+struct SocketHandles {
+    received: Counter,
+    received_bytes: Counter,
+    sent: Counter,
+    sent_bytes: Counter,
+    connections: Gauge,
+}
+
+impl SocketHandles {
+    /// Looked up in the recorder (once per agent type).
+    fn lookup(agent: &str) -> SocketHandles {
         let agent = agent.to_owned();
-        let m = SocketMetrics {
+        SocketHandles {
             received: metrics::counter!("agents_messages_received_total", "agent" => agent.clone()),
             received_bytes: metrics::counter!("agents_received_bytes_total", "agent" => agent.clone()),
             sent: metrics::counter!("agents_messages_sent_total", "agent" => agent.clone()),
             sent_bytes: metrics::counter!("agents_sent_bytes_total", "agent" => agent.clone()),
             connections: metrics::gauge!("agents_connections", "agent" => agent),
+        }
+    }
+}
+
+impl SocketMetrics {
+    /// Handles for a socket of `agent` (copies of the agent type's, looked
+    /// up at its first socket); counts it open until dropped.
+    pub(crate) fn open(agent: &AgentMetrics) -> SocketMetrics {
+        let handles = agent
+            .sockets
+            .get_or_init(|| SocketHandles::lookup(&agent.agent));
+        let m = SocketMetrics {
+            received: handles.received.clone(),
+            received_bytes: handles.received_bytes.clone(),
+            sent: handles.sent.clone(),
+            sent_bytes: handles.sent_bytes.clone(),
+            connections: handles.connections.clone(),
         };
         m.connections.increment(1.0);
         m
@@ -153,13 +181,16 @@ impl RpcHandles {
 
 /// Per agent type: the RPC methods it answered (labels, shared by all its
 /// instances so that their number stays bounded) and their handles, looked
-/// up in the recorder at a method's first call — install a recorder before
-/// serving, as `agents-server --admin-addr` does.
+/// up in the recorder at a method's first call, and its sockets' handles,
+/// looked up at its first socket — install a recorder before serving, as
+/// `agents-server --admin-addr` does.
 #[derive(Debug)]
 pub(crate) struct AgentMetrics {
     agent: String,
     methods: Mutex<HashMap<String, RpcHandles>>,
     other: OnceLock<RpcHandles>,
+    /// What each socket's handles are copied from.
+    sockets: OnceLock<SocketHandles>,
 }
 
 impl AgentMetrics {
@@ -168,6 +199,7 @@ impl AgentMetrics {
             agent: agent.to_owned(),
             methods: Mutex::new(HashMap::new()),
             other: OnceLock::new(),
+            sockets: OnceLock::new(),
         }
     }
 

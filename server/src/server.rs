@@ -794,7 +794,7 @@ where
     T: socket::Transport,
 {
     let conn_key = conn.key();
-    let metrics = SocketMetrics::open(&key.agent);
+    let metrics = SocketMetrics::open(kind.metrics());
     // Boxed: its state (large in cluster mode) is freed once registered
     // instead of taking room in the socket's task for its whole life.
     let register = Box::pin(server.registry.connect(kind, key, conn.clone(), info));
