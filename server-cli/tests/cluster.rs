@@ -85,6 +85,40 @@ async fn broadcasts_to_many_forwarded_sockets_arrive_whole_and_in_order() {
     owner.sentinel().await;
 }
 
+/// A frame larger than NATS carries (the harness's `max_payload` is 8 MB)
+/// closes the forwarded sockets it was for with 1009; the downlink between
+/// the two nodes goes on for their other sockets and for new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_too_large_for_nats_closes_its_sockets_not_the_link() {
+    let (_nats, nodes) = cluster("oversize", 2).await;
+    let path = "/agents/counter-agent/big";
+    let mut owner = Client::connect(&nodes[0].url(&format!("{path}?_pk=o"))).await;
+    owner.handshake().await;
+    let mut far = Client::connect(&nodes[1].url(&format!("{path}?_pk=f"))).await;
+    far.handshake().await;
+    // Another instance on the same owner, with a socket on the same node.
+    let mut echo_owner = Client::connect(&nodes[0].url("/agents/echo-agent/x")).await;
+    echo_owner.handshake().await;
+    let mut echo_far = Client::connect(&nodes[1].url("/agents/echo-agent/x")).await;
+    echo_far.handshake().await;
+    assert!(nodes[0].runs("counter-agent").await && nodes[0].runs("echo-agent").await);
+
+    let big = "x".repeat(9 << 20);
+    owner.send(&format!("broadcast:{big}")).await;
+    assert_eq!(owner.text().await.len(), big.len());
+    assert_eq!(far.closed().await.0, 1009);
+    drop(big);
+    // The link goes on: the other instance's forwarded socket, and a new
+    // forwarded socket to the same instance.
+    echo_far.send("still here").await;
+    assert_eq!(echo_far.text().await, "still here");
+    let mut again = Client::connect(&nodes[1].url(&format!("{path}?_pk=g"))).await;
+    again.handshake().await;
+    owner.send("broadcast:small").await;
+    assert_eq!(again.text().await, "small");
+    assert_eq!(owner.text().await, "small");
+}
+
 /// Sockets on three nodes reach one owner: connect frames, echo, state
 /// sync, RPC (streaming too), broadcast across nodes, close codes and
 /// reasons both ways, plain HTTP, and `on_close` on the owner.

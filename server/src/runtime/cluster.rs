@@ -561,12 +561,12 @@ impl Node {
 
     /// Entry side: the sockets `peer`'s frames go to (subscribed, and the
     /// subscription known to NATS, on first use).
-    async fn inbound(&self, peer: &Peer) -> Option<Arc<Inbound>> {
+    async fn inbound(&self, me: &str, peer: &Peer) -> Option<Arc<Inbound>> {
         peer.inbound
             .get_or_try_init(|| async {
                 let down = self
                     .client
-                    .subscribe(format!("agents.{}.down.{}", self.id(), peer.id))
+                    .subscribe(format!("agents.{me}.down.{}", peer.id))
                     .await
                     .map_err(|_| ())?;
                 barrier(&self.client).await;
@@ -637,17 +637,27 @@ impl Node {
         let me = self.id();
         let conn_id = format!("{me}.{}", conn.key());
         let peer = self.peer(&owner);
-        let Some(inbound) = self.inbound(&peer).await else {
-            peer.unlink();
-            return None;
-        };
+        // Unlinks the peer if this future ends (or is dropped) before the
+        // link below takes that over.
+        let unlink = Unlink(Some(peer.clone()));
+        let inbound = self.inbound(&me, &peer).await?;
         if peer.dead.is_cancelled() {
-            peer.unlink();
             return None;
         }
         // The owner's frames (connect frames, or the close of a refusal)
-        // flow from its answer on, whatever the answer.
+        // flow from its answer on, whatever the answer. From here the link
+        // unregisters the socket and unlinks the peer when dropped, also
+        // if this future is.
         lock(&inbound.conns).insert(conn.key(), conn.clone());
+        unlink.disarm();
+        let link = RemoteLink {
+            client: self.client.clone(),
+            up: format!("agents.{owner}.up.{conn_id}"),
+            seq: 0,
+            peer,
+            inbound,
+            conn: conn.clone(),
+        };
         let mut headers = HeaderMap::new();
         headers.insert("x-agents-conn", conn_id.as_str());
         headers.insert("x-agents-agent", &*key.agent);
@@ -670,14 +680,6 @@ impl Node {
                     .timeout(Some(REQUEST_TIMEOUT)),
             )
             .await;
-        let link = RemoteLink {
-            client: self.client.clone(),
-            up: format!("agents.{owner}.up.{conn_id}"),
-            seq: 0,
-            peer,
-            inbound,
-            conn: conn.clone(),
-        };
         match answer {
             Ok(reply) if reply.payload.as_ref() == b"ok" => Some(link),
             Ok(_) => {
@@ -1029,11 +1031,16 @@ impl Downlink {
     }
 }
 
-/// A downlink message: `[kind][seq u64][n u16][n × conn key u64][data]`.
-fn down_frame(kind: u8, seq: u64, conns: &[u64], data: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(11 + 8 * conns.len() + data.len());
+/// Bytes of a downlink message besides its socket keys and data.
+const DOWN_HEADER: usize = 19;
+
+/// A downlink message:
+/// `[kind][seq u64][epoch u64][n u16][n × conn key u64][data]`.
+fn down_frame(kind: u8, epoch: u64, seq: u64, conns: &[u64], data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(DOWN_HEADER + 8 * conns.len() + data.len());
     b.put_u8(kind);
     b.put_u64(seq);
+    b.put_u64(epoch);
     b.put_u16(conns.len() as u16);
     for conn in conns {
         b.put_u64(*conn);
@@ -1042,16 +1049,33 @@ fn down_frame(kind: u8, seq: u64, conns: &[u64], data: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// Splits a downlink message into its kind, sequence, sockets and data.
-fn parse_down(payload: &Bytes) -> Option<(u8, u64, Vec<u64>, Bytes)> {
+/// A downlink message read back.
+#[derive(Debug, PartialEq)]
+struct DownMessage {
+    kind: u8,
+    epoch: u64,
+    seq: u64,
+    conns: Vec<u64>,
+    data: Bytes,
+}
+
+/// Splits a downlink message into its parts.
+fn parse_down(payload: &Bytes) -> Option<DownMessage> {
     let (kind, seq, rest) = parse(payload)?;
-    let n = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
-    let keys = rest.get(2..2 + 8 * n)?;
+    let epoch = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let n = usize::from(u16::from_be_bytes(rest.get(8..10)?.try_into().ok()?));
+    let keys = rest.get(10..10 + 8 * n)?;
     let conns = keys
         .chunks_exact(8)
         .map(|k| u64::from_be_bytes(k.try_into().unwrap_or_default()))
         .collect();
-    Some((kind, seq, conns, rest.slice(2 + 8 * n..)))
+    Some(DownMessage {
+        kind,
+        epoch,
+        seq,
+        conns,
+        data: rest.slice(10 + 8 * n..),
+    })
 }
 
 /// Owner side: publishes the frames queued for one peer's sockets, in
@@ -1065,6 +1089,9 @@ async fn downlink(
     dead: CancellationToken,
     max_payload: usize,
 ) {
+    // This downlink's id, so that the entry node tells a new one (after the
+    // peer was dropped and taken up again) from frames lost in this one.
+    let epoch: u64 = rand::random();
     let mut seq = 0;
     let mut batch = Vec::with_capacity(64);
     loop {
@@ -1086,9 +1113,30 @@ async fn downlink(
             }
         }
         for (kind, conns, data) in plan(&batch, max_payload) {
+            // Once the peer is gone (or no socket links it any more) these
+            // frames are for sockets that are gone too.
+            if dead.is_cancelled() {
+                return;
+            }
             seq += 1;
-            let payload = down_frame(kind, seq, &conns, &data);
-            if client.publish(subject.clone(), payload).await.is_err() {
+            let mut payload = down_frame(kind, epoch, seq, &conns, &data);
+            if payload.len() > max_payload {
+                // Larger than NATS carries: those sockets are closed as
+                // for a message over the limit, the others go on.
+                tracing::warn!(
+                    bytes = data.len(),
+                    max_payload,
+                    "frame too large for NATS; closing its forwarded sockets"
+                );
+                let mut close = 1009u16.to_be_bytes().to_vec();
+                close.extend_from_slice(b"Message too big");
+                payload = down_frame(kind::CLOSE, epoch, seq, &conns, &close);
+            }
+            if let Err(err) = client.publish(subject.clone(), payload).await {
+                // The peer's sockets can no longer hear from us: end them
+                // here (their forwarders stop) rather than go silent.
+                tracing::warn!(%err, "cannot publish to a peer node; dropping its sockets");
+                dead.cancel();
                 return;
             }
         }
@@ -1132,7 +1180,8 @@ fn plan(batch: &[Down], max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
             break;
         };
         left -= 1;
-        let most = (max_payload.saturating_sub(11 + head.data.len()) / 8).clamp(1, MAX_GROUP);
+        let most =
+            (max_payload.saturating_sub(DOWN_HEADER + head.data.len()) / 8).clamp(1, MAX_GROUP);
         let mut conns = vec![head.conn];
         for (conn, queue) in &mut queues[first + 1..] {
             if conns.len() >= most {
@@ -1201,10 +1250,10 @@ impl Inbound {
 /// in the sequence means frames were lost: the sockets linked at that
 /// moment are closed (1012), later ones are served. The first message read
 /// sets the sequence (the owner's downlink may be older than this
-/// subscription: its earlier frames were for sockets gone before), and a
-/// downlink the owner started anew begins again at 1.
+/// subscription: its earlier frames were for sockets gone before); a
+/// downlink the owner started anew (another epoch) must begin at 1.
 async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationToken) {
-    let mut expected = None;
+    let mut at: Option<(u64, u64)> = None; // (epoch, next seq)
     loop {
         let msg = tokio::select! {
             _ = dead.cancelled() => {
@@ -1217,19 +1266,40 @@ async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationTo
             inbound.close_all();
             return;
         };
-        let Some((kind, seq, conns, data)) = parse_down(&msg.payload) else {
+        let Some(m) = parse_down(&msg.payload) else {
             continue;
         };
-        if let Some(expected) = expected.filter(|e| seq != *e && seq != 1) {
+        let lost = match at {
+            None => false,
+            Some((epoch, next)) if epoch == m.epoch => m.seq != next,
+            Some(_) => m.seq != 1,
+        };
+        if lost {
             tracing::warn!(
-                expected,
-                seq,
+                seq = m.seq,
                 "frames lost between nodes; closing the sockets"
             );
             inbound.close_all();
         }
-        expected = Some(seq + 1);
-        inbound.deliver(kind, &conns, data);
+        at = Some((m.epoch, m.seq + 1));
+        inbound.deliver(m.kind, &m.conns, m.data);
+    }
+}
+
+/// Unlinks a peer when dropped, unless disarmed.
+struct Unlink(Option<Arc<Peer>>);
+
+impl Unlink {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        if let Some(peer) = self.0.take() {
+            peer.unlink();
+        }
     }
 }
 
@@ -1299,11 +1369,49 @@ struct Forwarder {
 }
 
 impl Forwarder {
+    /// Sends the frames taken from the connection down, in order; a close
+    /// among them starts `close_deadline`. False once the downlink is gone.
+    async fn send_down(
+        &self,
+        taken: &mut std::collections::VecDeque<Outbound>,
+        close_deadline: &mut Option<tokio::time::Instant>,
+    ) -> bool {
+        let (mut frames, mut bytes, mut sent) = (0, 0, true);
+        while let Some(out) = taken.pop_front() {
+            let (kind, data) = match out {
+                Outbound::Data(Message::Text(t)) => {
+                    frames += 1;
+                    bytes += t.len();
+                    (kind::TEXT, t.into_bytes())
+                }
+                Outbound::Data(Message::Binary(b)) => {
+                    frames += 1;
+                    bytes += b.len();
+                    (kind::BINARY, b)
+                }
+                Outbound::Close(code, reason) => {
+                    *close_deadline =
+                        Some(tokio::time::Instant::now() + crate::config::CLOSE_TIMEOUT);
+                    let mut data = code.to_be_bytes().to_vec();
+                    data.extend_from_slice(reason.as_bytes());
+                    (kind::CLOSE, Bytes::from(data))
+                }
+            };
+            if !self.down.send(self.remote_key, kind, data).await {
+                sent = false;
+                break;
+            }
+        }
+        self.conn.outbox().written(frames, bytes);
+        sent
+    }
+
     async fn run(self, mut up: Subscriber, handle: Option<InstanceHandle>) {
         let mut taken = std::collections::VecDeque::new();
         let mut expected = 1;
         let mut info: Option<CloseInfo> = None;
         let mut close_deadline: Option<tokio::time::Instant> = None;
+        let mut down_alive = true;
         loop {
             let taking = std::future::poll_fn(|cx| self.conn.outbox().poll_take(cx, &mut taken));
             let deadline = async {
@@ -1317,31 +1425,10 @@ impl Forwarder {
                 _ = self.fence.cancelled() => break,
                 _ = deadline => break,
                 _ = taking => {
-                    let frames = taken.len();
-                    let mut bytes = 0;
-                    while let Some(out) = taken.pop_front() {
-                        let (kind, data) = match out {
-                            Outbound::Data(Message::Text(t)) => {
-                                bytes += t.len();
-                                (kind::TEXT, t.into_bytes())
-                            }
-                            Outbound::Data(Message::Binary(b)) => {
-                                bytes += b.len();
-                                (kind::BINARY, b)
-                            }
-                            Outbound::Close(code, reason) => {
-                                close_deadline = Some(tokio::time::Instant::now() + crate::config::CLOSE_TIMEOUT);
-                                let mut data = code.to_be_bytes().to_vec();
-                                data.extend_from_slice(reason.as_bytes());
-                                (kind::CLOSE, Bytes::from(data))
-                            }
-                        };
-                        if !self.down.send(self.remote_key, kind, data).await {
-                            break;
-                        }
+                    if !self.send_down(&mut taken, &mut close_deadline).await {
+                        down_alive = false;
+                        break;
                     }
-                    let closes = usize::from(close_deadline.is_some());
-                    self.conn.outbox().written(frames - closes, bytes);
                 }
                 msg = up.next() => {
                     let Some(msg) = msg else { break };
@@ -1378,6 +1465,26 @@ impl Forwarder {
                         break;
                     }
                 }
+            }
+        }
+        // Ended here (a gap, a bad frame, the instance gone) rather than by
+        // the entry node (CLOSED) or a close we sent: the client still has
+        // to hear it — whatever the connection still holds (an instance's
+        // own close), else 1012 so that it reconnects.
+        let told = info.is_some() || close_deadline.is_some();
+        if !told && down_alive && !self.peer.dead.is_cancelled() && !self.fence.is_cancelled() {
+            let _ = std::future::poll_fn(|cx| {
+                let _ = self.conn.outbox().poll_take(cx, &mut taken);
+                std::task::Poll::Ready(())
+            })
+            .await;
+            if self.send_down(&mut taken, &mut close_deadline).await && close_deadline.is_none() {
+                let mut data = 1012u16.to_be_bytes().to_vec();
+                data.extend_from_slice(b"Service restart");
+                let _ = self
+                    .down
+                    .send(self.remote_key, kind::CLOSE, Bytes::from(data))
+                    .await;
             }
         }
         self.conn.outbox().shut();
@@ -1484,7 +1591,10 @@ mod tests {
             sizes(plan_of(many(1100), 1 << 20)),
             [MAX_GROUP, MAX_GROUP, 76]
         );
-        assert_eq!(sizes(plan_of(many(7), 11 + state.len() + 8 * 3)), [3, 3, 1]);
+        assert_eq!(
+            sizes(plan_of(many(7), DOWN_HEADER + state.len() + 8 * 3)),
+            [3, 3, 1]
+        );
         assert_eq!(sizes(plan_of(many(2), 10)), [1, 1]);
         assert!(plan_of(Vec::new(), 1 << 20).is_empty());
     }
@@ -1521,10 +1631,16 @@ mod tests {
     #[test]
     fn downlink_messages_read_back() {
         let data = Bytes::from_static(b"hello");
-        let payload = down_frame(kind::TEXT, 7, &[3, u64::MAX], &data);
+        let payload = down_frame(kind::TEXT, 42, 7, &[3, u64::MAX], &data);
         assert_eq!(
             parse_down(&payload),
-            Some((kind::TEXT, 7, vec![3, u64::MAX], data))
+            Some(DownMessage {
+                kind: kind::TEXT,
+                epoch: 42,
+                seq: 7,
+                conns: vec![3, u64::MAX],
+                data
+            })
         );
         // Truncated: more sockets announced than present.
         assert_eq!(parse_down(&payload.slice(..20)), None);
