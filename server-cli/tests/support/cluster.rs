@@ -184,6 +184,9 @@ impl Node {
             })
     }
 
+    /// Sends `signal` (`kill -<signal>`); for `STOP`, returns only once
+    /// every thread of the node is stopped (the signal takes effect
+    /// asynchronously: a frame sent right after could still be handled).
     pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
         assert!(std::process::Command::new("kill")
@@ -191,6 +194,32 @@ impl Node {
             .status()
             .unwrap()
             .success());
+        if signal != "STOP" {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(Result::ok)
+                .all(|task| {
+                    let stat =
+                        std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                    // The state follows the command name, which ends with ')'.
+                    stat.rsplit(')')
+                        .next()
+                        .map(str::trim_start)
+                        .is_some_and(|rest| rest.starts_with('T'))
+                });
+            if stopped {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {pid} did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
