@@ -119,6 +119,53 @@ async fn a_frame_too_large_for_nats_closes_its_sockets_not_the_link() {
     assert_eq!(owner.text().await, "small");
 }
 
+/// Sockets through another node that vanish while they are being opened
+/// (the client sends its upgrade and goes) leave no connection behind on
+/// the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_gone_while_opening_leave_nothing_on_the_owner() {
+    use tokio::io::AsyncWriteExt;
+    let (_nats, nodes) = cluster("vanish", 2).await;
+    let path = "/agents/chat-agent/room";
+    let mut observer = Client::connect(&nodes[0].url(&format!("{path}?_pk=observer"))).await;
+    observer.handshake().await;
+    assert!(nodes[0].runs("chat-agent").await);
+    let addr = nodes[1].addr;
+    for i in 0..30 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET {path}?_pk=gone{i} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // Upgraded (the socket is being opened on the owner), then gone
+        // abruptly (a reset, not a close).
+        let mut answer = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer)
+            .await
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 101");
+        tcp.set_zero_linger().unwrap();
+        drop(tcp);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    loop {
+        n += 1;
+        observer
+            .send(&rpc(&format!("w{n}"), "who", json!([])))
+            .await;
+        let ids = reply(&mut observer, &format!("w{n}")).await["result"].clone();
+        if ids == json!(["observer"]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections left on the owner: {ids}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Sockets on three nodes reach one owner: connect frames, echo, state
 /// sync, RPC (streaming too), broadcast across nodes, close codes and
 /// reasons both ways, plain HTTP, and `on_close` on the owner.

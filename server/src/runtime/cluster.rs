@@ -657,6 +657,7 @@ impl Node {
             peer,
             inbound,
             conn: conn.clone(),
+            told: false,
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-agents-conn", conn_id.as_str());
@@ -1314,6 +1315,8 @@ pub(crate) struct RemoteLink {
     /// Where the owner's frames for this socket arrive.
     inbound: Arc<Inbound>,
     conn: Connection,
+    /// Whether the owner was told how the socket ended ([`Self::closed`]).
+    told: bool,
 }
 
 impl Drop for RemoteLink {
@@ -1323,7 +1326,31 @@ impl Drop for RemoteLink {
             self.conn.close(1012, "Service restart");
         }
         self.peer.unlink();
+        if !self.told {
+            // Dropped without `closed` (the socket went while it was being
+            // opened): the owner would keep the connection until this node
+            // goes. Tell it the socket is gone — again after the time an
+            // open may take, in case its subscription was not there yet.
+            let (client, up) = (self.client.clone(), std::mem::take(&mut self.up));
+            let gone = frame(kind::CLOSED, self.seq + 1, &closed_data(1006, false, ""));
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.publish(up.clone(), gone.clone()).await;
+                    tokio::time::sleep(REQUEST_TIMEOUT).await;
+                    let _ = client.publish(up, gone).await;
+                });
+            }
+        }
     }
+}
+
+/// The data of a `CLOSED` frame: `[code u16][clean u8][reason]`.
+fn closed_data(code: u16, was_clean: bool, reason: &str) -> Vec<u8> {
+    let mut data = Vec::with_capacity(3 + reason.len());
+    data.extend_from_slice(&code.to_be_bytes());
+    data.push(u8::from(was_clean));
+    data.extend_from_slice(reason.as_bytes());
+    data
 }
 
 impl RemoteLink {
@@ -1346,10 +1373,8 @@ impl RemoteLink {
     /// The socket ended: tells the owner how.
     pub(crate) async fn closed(mut self, info: CloseInfo) {
         self.seq += 1;
-        let mut data = Vec::with_capacity(3 + info.reason.len());
-        data.extend_from_slice(&info.code.to_be_bytes());
-        data.push(u8::from(info.was_clean));
-        data.extend_from_slice(info.reason.as_bytes());
+        self.told = true;
+        let data = closed_data(info.code, info.was_clean, &info.reason);
         let _ = self
             .client
             .publish(self.up.clone(), frame(kind::CLOSED, self.seq, &data))
