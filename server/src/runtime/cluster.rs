@@ -1079,10 +1079,10 @@ fn parse_down(payload: &Bytes) -> Option<DownMessage> {
     })
 }
 
-/// Owner side: publishes the frames queued for one peer's sockets, in
-/// order; consecutive frames with the same bytes (a broadcast reaches every
-/// socket's queue with one shared buffer) go out as one message naming all
-/// their sockets. Ends when the peer is gone or nobody can queue any more.
+/// Owner side: publishes the frames queued for one peer's sockets, each
+/// socket's in order, grouped as [`plan`] says (a broadcast once, naming
+/// all its sockets). Ends when the peer is gone or nobody can queue any
+/// more.
 async fn downlink(
     client: async_nats::Client,
     subject: String,
@@ -1129,8 +1129,7 @@ async fn downlink(
                     max_payload,
                     "frame too large for NATS; closing its forwarded sockets"
                 );
-                let mut close = 1009u16.to_be_bytes().to_vec();
-                close.extend_from_slice(b"Message too big");
+                let close = close_data(1009, "Message too big");
                 payload = down_frame(kind::CLOSE, epoch, seq, &conns, &close);
             }
             if let Err(err) = client.publish(subject.clone(), payload).await {
@@ -1344,7 +1343,15 @@ impl Drop for RemoteLink {
     }
 }
 
-/// The data of a `CLOSED` frame: `[code u16][clean u8][reason]`.
+/// The data of a `CLOSE` frame (down, to the client): `[code u16][reason]`.
+fn close_data(code: u16, reason: &str) -> Bytes {
+    let mut data = BytesMut::with_capacity(2 + reason.len());
+    data.put_u16(code);
+    data.put_slice(reason.as_bytes());
+    data.freeze()
+}
+
+/// The data of a `CLOSED` frame (up, to the owner): `[code u16][clean u8][reason]`.
 fn closed_data(code: u16, was_clean: bool, reason: &str) -> Vec<u8> {
     let mut data = Vec::with_capacity(3 + reason.len());
     data.extend_from_slice(&code.to_be_bytes());
@@ -1417,9 +1424,7 @@ impl Forwarder {
                 Outbound::Close(code, reason) => {
                     *close_deadline =
                         Some(tokio::time::Instant::now() + crate::config::CLOSE_TIMEOUT);
-                    let mut data = code.to_be_bytes().to_vec();
-                    data.extend_from_slice(reason.as_bytes());
-                    (kind::CLOSE, Bytes::from(data))
+                    (kind::CLOSE, close_data(code, &reason))
                 }
             };
             if !self.down.send(self.remote_key, kind, data).await {
@@ -1504,12 +1509,8 @@ impl Forwarder {
             })
             .await;
             if self.send_down(&mut taken, &mut close_deadline).await && close_deadline.is_none() {
-                let mut data = 1012u16.to_be_bytes().to_vec();
-                data.extend_from_slice(b"Service restart");
-                let _ = self
-                    .down
-                    .send(self.remote_key, kind::CLOSE, Bytes::from(data))
-                    .await;
+                let close = close_data(1012, "Service restart");
+                let _ = self.down.send(self.remote_key, kind::CLOSE, close).await;
             }
         }
         self.conn.outbox().shut();
@@ -1569,9 +1570,9 @@ mod tests {
             down(6, kind::CLOSE, &state),
             down(7, kind::CLOSE, &state),
         ];
-        let plan = plan(&batch, 1 << 20);
+        let planned = plan(&batch, 1 << 20);
         assert_eq!(
-            conns(&plan),
+            conns(&planned),
             [
                 vec![1, 2, 3],
                 vec![1, 3],
@@ -1583,16 +1584,16 @@ mod tests {
                 vec![7]
             ]
         );
-        assert_eq!(plan[0].2, state);
+        assert_eq!(planned[0].2, state);
         assert_eq!(
-            (plan[1].2.clone(), plan[2].2.clone()),
+            (planned[1].2.clone(), planned[2].2.clone()),
             (next.clone(), reply)
         );
-        assert_eq!(plan[3].2, next);
-        assert_eq!(plan[5].0, kind::BINARY);
+        assert_eq!(planned[3].2, next);
+        assert_eq!(planned[5].0, kind::BINARY);
         // Each socket's frames in order, each frame once.
         for socket in 1..=7u64 {
-            let mine: Vec<&Bytes> = plan
+            let mine: Vec<&Bytes> = planned
                 .iter()
                 .filter(|(_, c, _)| c.contains(&socket))
                 .map(|(_, _, d)| d)
@@ -1613,19 +1614,15 @@ mod tests {
         let sizes =
             |p: Vec<(u8, Vec<u64>, Bytes)>| p.iter().map(|(_, c, _)| c.len()).collect::<Vec<_>>();
         assert_eq!(
-            sizes(plan_of(many(1100), 1 << 20)),
+            sizes(plan(&many(1100), 1 << 20)),
             [MAX_GROUP, MAX_GROUP, 76]
         );
         assert_eq!(
-            sizes(plan_of(many(7), DOWN_HEADER + state.len() + 8 * 3)),
+            sizes(plan(&many(7), DOWN_HEADER + state.len() + 8 * 3)),
             [3, 3, 1]
         );
-        assert_eq!(sizes(plan_of(many(2), 10)), [1, 1]);
-        assert!(plan_of(Vec::new(), 1 << 20).is_empty());
-    }
-
-    fn plan_of(batch: Vec<Down>, max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
-        plan(&batch, max_payload)
+        assert_eq!(sizes(plan(&many(2), 10)), [1, 1]);
+        assert!(plan(&[], 1 << 20).is_empty());
     }
 
     #[tokio::test]
