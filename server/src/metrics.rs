@@ -2,10 +2,10 @@
 //! recorder before serving (the `agents-server` binary installs a Prometheus
 //! one and serves it on its admin listener) and these appear; without one
 //! they cost nothing. Handles are looked up once per agent type (sockets)
-//! or per agent and method (RPC), then cost an atomic add each. Every label has bounded cardinality: agent names are the
-//! registered ones, RPC methods are those an agent answered (at most
-//! [`MAX_METHOD_LABELS`] per agent, the rest `other`), close codes are
-//! grouped.
+//! or per agent and method (RPC), then cost an atomic add each. Every label
+//! has bounded cardinality: agent names are the registered ones, RPC
+//! methods are those an agent answered (at most [`MAX_METHOD_LABELS`] per
+//! agent, the rest `other`), close codes are grouped.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -101,9 +101,14 @@ pub(crate) fn slow_consumer() {
     metrics::counter!("agents_slow_consumers_total").increment(1);
 }
 
-/// Per-socket handles (looked up once per socket, then an atomic add each).
+/// A socket's handles: copies of its agent type's (an atomic add each).
+/// Counts the socket open until dropped.
+#[derive(Debug)]
+pub(crate) struct SocketMetrics(SocketHandles);
+
+/// An agent type's socket handles, looked up in the recorder once.
 #[derive(Debug, Clone)]
-pub(crate) struct SocketMetrics {
+pub(crate) struct SocketHandles {
     pub(crate) received: Counter,
     pub(crate) received_bytes: Counter,
     pub(crate) sent: Counter,
@@ -111,18 +116,7 @@ pub(crate) struct SocketMetrics {
     connections: Gauge,
 }
 
-/// An agent type's socket handles, which each socket's are copied from.
-#[derive(Debug)]
-struct SocketHandles {
-    received: Counter,
-    received_bytes: Counter,
-    sent: Counter,
-    sent_bytes: Counter,
-    connections: Gauge,
-}
-
 impl SocketHandles {
-    /// Looked up in the recorder (once per agent type).
     fn lookup(agent: &str) -> SocketHandles {
         let agent = agent.to_owned();
         SocketHandles {
@@ -136,27 +130,28 @@ impl SocketHandles {
 }
 
 impl SocketMetrics {
-    /// Handles for a socket of `agent` (copies of the agent type's, looked
-    /// up at its first socket); counts it open until dropped.
+    /// Handles for a socket of `agent` (looked up at its first socket).
     pub(crate) fn open(agent: &AgentMetrics) -> SocketMetrics {
         let handles = agent
             .sockets
-            .get_or_init(|| SocketHandles::lookup(&agent.agent));
-        let m = SocketMetrics {
-            received: handles.received.clone(),
-            received_bytes: handles.received_bytes.clone(),
-            sent: handles.sent.clone(),
-            sent_bytes: handles.sent_bytes.clone(),
-            connections: handles.connections.clone(),
-        };
-        m.connections.increment(1.0);
-        m
+            .get_or_init(|| SocketHandles::lookup(&agent.agent))
+            .clone();
+        handles.connections.increment(1.0);
+        SocketMetrics(handles)
+    }
+}
+
+impl std::ops::Deref for SocketMetrics {
+    type Target = SocketHandles;
+
+    fn deref(&self) -> &SocketHandles {
+        &self.0
     }
 }
 
 impl Drop for SocketMetrics {
     fn drop(&mut self) {
-        self.connections.decrement(1.0);
+        self.0.connections.decrement(1.0);
     }
 }
 
