@@ -916,11 +916,7 @@ impl<S: DeserializeOwned> Inbound<S> {
     /// into `S` in the same pass, unless the connection is `readonly`.
     fn decode(text: &str, max: usize, readonly: bool) -> Self {
         if readonly {
-            return match ClientMessage::decode(text) {
-                Incoming::Protocol(ClientMessage::State(_)) => Inbound::ReadonlyState,
-                Incoming::Protocol(ClientMessage::Rpc(call)) => Inbound::Rpc(call),
-                Incoming::Raw(_) => Inbound::User,
-            };
+            return Self::untyped(text, || Inbound::ReadonlyState);
         }
         // `S`'s `Deserialize` is the agent's code: a panic in it refuses
         // this state (as an invalid one), it never ends the instance.
@@ -933,14 +929,21 @@ impl<S: DeserializeOwned> Inbound<S> {
             Ok(Incoming::Raw(_)) => Inbound::User,
             Err(_) => {
                 tracing::warn!("the state type's Deserialize panicked; state refused");
-                match ClientMessage::decode(text) {
-                    Incoming::Protocol(ClientMessage::State(_)) => Inbound::State(Err(
-                        StateDecodeError::Invalid(serde::de::Error::custom(STATE_PANICKED)),
-                    )),
-                    Incoming::Protocol(ClientMessage::Rpc(call)) => Inbound::Rpc(call),
-                    Incoming::Raw(_) => Inbound::User,
-                }
+                Self::untyped(text, || {
+                    let err = serde::de::Error::custom(STATE_PANICKED);
+                    Inbound::State(Err(StateDecodeError::Invalid(err)))
+                })
             }
+        }
+    }
+
+    /// Decodes a text message without parsing its state; a state frame is
+    /// what `state` makes.
+    fn untyped(text: &str, state: impl FnOnce() -> Self) -> Self {
+        match ClientMessage::decode(text) {
+            Incoming::Protocol(ClientMessage::State(_)) => state(),
+            Incoming::Protocol(ClientMessage::Rpc(call)) => Inbound::Rpc(call),
+            Incoming::Raw(_) => Inbound::User,
         }
     }
 }
