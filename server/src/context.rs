@@ -325,9 +325,10 @@ impl StateFrame {
             }
         }
         let framing = STATE_FRAME_PREFIX.len() + STATE_FRAME_SUFFIX.len();
-        // Room for the expected JSON and a little growth: one allocation,
-        // no copying as it grows.
-        let room = hint.min(max).saturating_add(hint / 16 + 64);
+        // Room for the expected JSON (never more than the limit) and a
+        // little growth: one allocation, no copying as it grows.
+        let expected = hint.min(max);
+        let room = expected.saturating_add(expected / 16 + 64);
         let mut buf = Vec::with_capacity(framing.saturating_add(room));
         buf.extend_from_slice(STATE_FRAME_PREFIX.as_bytes());
         let mut out = Capped {
