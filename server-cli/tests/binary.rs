@@ -538,6 +538,40 @@ async fn spawn_with_admin(
 
 /// The value of the first sample named `name` whose labels contain every
 /// pair of `labels`; `None` when there is none.
+/// `Ok` when the sample `name` with `labels` is in `text` and `ok` says yes.
+fn want(
+    text: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ok: impl Fn(f64) -> bool,
+) -> Result<(), String> {
+    match sample(text, name, labels) {
+        Some(v) if ok(v) => Ok(()),
+        other => Err(format!("{name} {labels:?} is {other:?}")),
+    }
+}
+
+/// `/metrics` once `check` passes on it. Counters move as the work is done
+/// (a frame counts as sent once written, a call once its reply is queued),
+/// so a client may see the result before they do: ask again, bounded.
+async fn metrics_showing(
+    admin: std::net::SocketAddr,
+    check: impl Fn(&str) -> Result<(), String>,
+) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = http_get(admin, "/metrics", &[]).await;
+        assert_prometheus_text(&text);
+        match check(&text) {
+            Ok(()) => return text,
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                panic!("metrics did not move: {err}\n{text}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -624,42 +658,29 @@ async fn admin_endpoints_and_metrics() {
         .await;
     c.json().await;
     assert_eq!(c.json().await["result"], 2);
-    // Counters move as the work is done — a frame counts as sent once
-    // written, a call once its reply is queued — so the client may read
-    // the reply before they have: ask again until they all show it.
     let agent = [("agent", "counter-agent")];
     let increment = [("agent", "counter-agent"), ("method", "increment")];
-    let moved = |text: &str| -> Result<(), String> {
-        let want = |name: &str, labels: &[(&str, &str)], ok: &dyn Fn(f64) -> bool| match sample(
-            text, name, labels,
-        ) {
-            Some(v) if ok(v) => Ok(()),
-            other => Err(format!("{name} {labels:?} is {other:?}")),
-        };
-        want("agents_connections", &agent, &|v| v == 1.0)?;
-        want("agents_instances", &agent, &|v| v == 1.0)?;
-        want("agents_messages_received_total", &agent, &|v| v == 2.0)?;
-        want("agents_messages_sent_total", &agent, &|v| v >= 5.0)?;
-        want("agents_rpc_calls_total", &increment, &|v| v == 1.0)?;
-        want("agents_rpc_duration_seconds_count", &increment, &|v| {
+    metrics_showing(admin, |text| {
+        want(text, "agents_connections", &agent, |v| v == 1.0)?;
+        want(text, "agents_instances", &agent, |v| v == 1.0)?;
+        want(text, "agents_messages_received_total", &agent, |v| v == 2.0)?;
+        want(text, "agents_messages_sent_total", &agent, |v| v >= 5.0)?;
+        want(text, "agents_rpc_calls_total", &increment, |v| v == 1.0)?;
+        want(text, "agents_rpc_duration_seconds_count", &increment, |v| {
             v == 1.0
         })?;
-        want("agents_rpc_duration_seconds_bucket", &increment, &|_| true)?;
-        want("agents_state_writes_total", &agent, &|v| v == 1.0)?;
-        want("agents_storage_commit_seconds_count", &[], &|v| v >= 1.0)
-    };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, during) = http_get(admin, "/metrics", &[]).await;
-        assert_prometheus_text(&during);
-        match moved(&during) {
-            Ok(()) => break,
-            Err(err) if tokio::time::Instant::now() >= deadline => {
-                panic!("metrics did not move: {err}\n{during}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+        want(
+            text,
+            "agents_rpc_duration_seconds_bucket",
+            &increment,
+            |_| true,
+        )?;
+        want(text, "agents_state_writes_total", &agent, |v| v == 1.0)?;
+        want(text, "agents_storage_commit_seconds_count", &[], |v| {
+            v >= 1.0
+        })
+    })
+    .await;
 
     // A method the agent does not have is `other`, not a label of its own.
     c.send(r#"{"type":"rpc","id":"2","method":"made-up","args":[]}"#)
@@ -669,31 +690,16 @@ async fn admin_endpoints_and_metrics() {
     c.send_binary(&[0u8; 2048]).await;
     assert_eq!(c.closed().await.0, 1009);
     let other = [("agent", "counter-agent"), ("method", "other")];
-    let moved = |text: &str| -> Result<(), String> {
-        let want = |name: &str, labels: &[(&str, &str)], v: f64| match sample(text, name, labels) {
-            Some(got) if got == v => Ok(()),
-            got => Err(format!("{name} {labels:?} is {got:?}, not {v}")),
-        };
-        want("agents_connections", &agent, 0.0)?;
-        want(
-            "agents_budget_refusals_total",
-            &[("limit", "max_message_size")],
-            1.0,
-        )?;
-        want("agents_closes_total", &[("code", "1009")], 1.0)?;
-        want("agents_rpc_errors_total", &other, 1.0)
-    };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let after = loop {
-        let (_, text) = http_get(admin, "/metrics", &[]).await;
-        match moved(&text) {
-            Ok(()) => break text,
-            Err(err) if tokio::time::Instant::now() >= deadline => {
-                panic!("metrics did not move: {err}\n{text}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let after = metrics_showing(admin, |text| {
+        want(text, "agents_connections", &agent, |v| v == 0.0)?;
+        let limit = [("limit", "max_message_size")];
+        want(text, "agents_budget_refusals_total", &limit, |v| v == 1.0)?;
+        want(text, "agents_closes_total", &[("code", "1009")], |v| {
+            v == 1.0
+        })?;
+        want(text, "agents_rpc_errors_total", &other, |v| v == 1.0)
+    })
+    .await;
     assert!(!after.contains("made-up"));
 }
 
