@@ -28,18 +28,19 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use async_nats::{HeaderMap, Subscriber};
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::actor::{Admit, CloseInfo, Command, InstanceHandle};
 use super::InstanceKey;
-use crate::connection::{Connection, Outbound, FRAME_OVERHEAD};
+use crate::connection::{Connection, Outbound};
 use crate::log::Trunc;
 use crate::message::{Message, Utf8Bytes};
 use crate::storage::{bucket_key, NatsStorage, Storage};
@@ -536,25 +537,22 @@ impl Node {
         peer
     }
 
-    /// Owner side: where to queue frames for `peer`'s sockets (its
-    /// downlink task starts with the first).
+    /// Owner side: `peer`'s forwarded connections (its downlink task
+    /// starts with the first).
     fn downlink(&self, peer: &Peer) -> Arc<Downlink> {
         peer.downlink
             .get_or_init(|| {
-                let (queue, rx) = mpsc::channel(DOWNLINK_QUEUE);
+                let link = Arc::new(Downlink::default());
                 let subject = format!("agents.{}.down.{}", peer.id, self.id());
                 let max_payload = self.client.server_info().max_payload;
                 tokio::spawn(downlink(
                     self.client.clone(),
                     subject,
-                    rx,
+                    link.clone(),
                     peer.dead.clone(),
                     max_payload,
                 ));
-                Arc::new(Downlink {
-                    queue,
-                    budget: Arc::new(Semaphore::new(DOWNLINK_BYTES)),
-                })
+                link
             })
             .clone()
     }
@@ -944,7 +942,7 @@ pub(crate) struct Peer {
     /// Cancelled when the peer stops answering (or our lease is lost).
     dead: CancellationToken,
     links: AtomicUsize,
-    /// Owner side: frames for the peer's sockets, to its downlink task.
+    /// Owner side: the peer's forwarded connections, for its downlink task.
     downlink: std::sync::OnceLock<Arc<Downlink>>,
     /// Entry side: the peer's frames for our sockets.
     inbound: tokio::sync::OnceCell<Arc<Inbound>>,
@@ -964,6 +962,12 @@ mod kind {
     pub(super) const CLOSE: u8 = 8;
     /// Up: the socket ended (`code u16`, `clean u8`, reason).
     pub(super) const CLOSED: u8 = 9;
+    /// Down: drop the socket without a closing handshake (its queue went
+    /// far over budget on the owner, as [`SendError::QueueFull`] does to
+    /// a local socket).
+    ///
+    /// [`SendError::QueueFull`]: crate::SendError::QueueFull
+    pub(super) const DROP: u8 = 10;
 }
 
 fn frame(kind: u8, seq: u64, data: &[u8]) -> Bytes {
@@ -986,49 +990,162 @@ fn parse(payload: &Bytes) -> Option<(u8, u64, Bytes)> {
 /// Most sockets one downlink message names.
 const MAX_GROUP: usize = 512;
 
-/// Most frames a downlink task takes from its queue at once.
-const DOWNLINK_BATCH: usize = 1024;
-
-/// Frames queued for one peer's downlink before forwarders wait.
-const DOWNLINK_QUEUE: usize = 4096;
-
-/// Bytes of frames (each counted with [`FRAME_OVERHEAD`], a frame shared by
-/// several sockets once per socket) queued for one peer's downlink, until
-/// published, before forwarders wait; a larger frame takes all of it.
-const DOWNLINK_BYTES: usize = 8 << 20;
-
-/// A frame for one forwarded socket (by its key on the entry node), holding
-/// its share of the downlink's byte budget until it is published.
+/// A frame for one forwarded socket, by its key on the entry node.
 #[derive(Debug)]
 struct Down {
     conn: u64,
     kind: u8,
     data: Bytes,
-    _budget: Option<OwnedSemaphorePermit>,
 }
 
-/// Owner side: where forwarders queue frames for one peer's sockets.
-#[derive(Debug)]
+/// Owner side: one peer's forwarded connections. The peer's downlink task
+/// takes their frames straight from their queues (each connection's queue
+/// registers a waker that marks it ready here), so a frame for a forwarded
+/// socket costs no task of its own, and it stays counted in its
+/// connection's queue budget until published: a slow peer holds its
+/// instances back exactly like a slow local client.
+#[derive(Debug, Default)]
 struct Downlink {
-    queue: mpsc::Sender<Down>,
-    budget: Arc<Semaphore>,
+    /// The connections, by their key on this node.
+    members: Mutex<HashMap<u64, Member>>,
+    /// Keys of members whose queue got frames since the task last looked.
+    ready: Mutex<Vec<u64>>,
+    /// The downlink task, woken when `ready` gets a key.
+    task: AtomicWaker,
 }
+
+/// A connection on a downlink.
+#[derive(Debug)]
+struct Member {
+    conn: Connection,
+    /// The socket's key on the entry node.
+    remote: u64,
+    /// What the connection's queue wakes: marks the member ready.
+    waker: Waker,
+    ready: Arc<Ready>,
+    /// Cancelled once the connection's close (or drop) was taken.
+    closing: CancellationToken,
+}
+
+/// A member's waker: puts its key in the downlink's ready list, once until
+/// the task takes it.
+#[derive(Debug)]
+struct Ready {
+    key: u64,
+    listed: AtomicBool,
+    link: Weak<Downlink>,
+}
+
+impl std::task::Wake for Ready {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.listed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(link) = self.link.upgrade() {
+            lock(&link.ready).push(self.key);
+            link.task.wake();
+        }
+    }
+}
+
+/// Per connection, what a downlink took and counts as written once published.
+type Taken = Vec<(Connection, usize, usize)>;
 
 impl Downlink {
-    /// Queues a frame, waiting while the peer's budget is spent; false once
-    /// the downlink is gone.
-    async fn send(&self, conn: u64, kind: u8, data: Bytes) -> bool {
-        let cost = (data.len() + FRAME_OVERHEAD).min(DOWNLINK_BYTES) as u32;
-        let Ok(budget) = self.budget.clone().acquire_many_owned(cost).await else {
-            return false;
-        };
-        let down = Down {
+    /// Adds a forwarded connection (what it queued already goes down
+    /// first); the token is cancelled once its close was taken.
+    fn attach(self: &Arc<Self>, conn: Connection, remote: u64) -> CancellationToken {
+        let ready = Arc::new(Ready {
+            key: conn.key(),
+            listed: AtomicBool::new(false),
+            link: Arc::downgrade(self),
+        });
+        let waker = Waker::from(ready.clone());
+        let closing = CancellationToken::new();
+        let member = Member {
             conn,
-            kind,
-            data,
-            _budget: Some(budget),
+            remote,
+            waker: waker.clone(),
+            ready,
+            closing: closing.clone(),
         };
-        self.queue.send(down).await.is_ok()
+        lock(&self.members).insert(member.conn.key(), member);
+        waker.wake();
+        closing
+    }
+
+    /// Removes a connection: nothing more of it goes down.
+    fn detach(&self, key: u64) {
+        lock(&self.members).remove(&key);
+    }
+
+    /// Whether a member's queue woke the task since it last took.
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.task.register(cx.waker());
+        if lock(&self.ready).is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    /// Takes every frame the ready members queued, in order, into `batch`;
+    /// `taken` says what to count as written once they are published. A
+    /// connection its instance dropped (queue far over budget) goes down as
+    /// a [`kind::DROP`].
+    fn take(&self, batch: &mut Vec<Down>, taken: &mut Taken) {
+        let keys = std::mem::take(&mut *lock(&self.ready));
+        let members = lock(&self.members);
+        let mut frames = std::collections::VecDeque::new();
+        for key in keys {
+            let Some(m) = members.get(&key) else { continue };
+            m.ready.listed.store(false, Ordering::Release);
+            let outbox = m.conn.outbox();
+            if outbox.is_killed() {
+                if !m.closing.is_cancelled() {
+                    m.closing.cancel();
+                    batch.push(Down {
+                        conn: m.remote,
+                        kind: kind::DROP,
+                        data: Bytes::new(),
+                    });
+                }
+                continue;
+            }
+            let mut cx = Context::from_waker(&m.waker);
+            if outbox.poll_take(&mut cx, &mut frames).is_pending() {
+                continue;
+            }
+            let (mut count, mut bytes) = (0, 0);
+            for out in frames.drain(..) {
+                let (kind, data) = match out {
+                    Outbound::Data(Message::Text(t)) => {
+                        count += 1;
+                        bytes += t.len();
+                        (kind::TEXT, t.into_bytes())
+                    }
+                    Outbound::Data(Message::Binary(b)) => {
+                        count += 1;
+                        bytes += b.len();
+                        (kind::BINARY, b)
+                    }
+                    Outbound::Close(code, reason) => {
+                        m.closing.cancel();
+                        (kind::CLOSE, close_data(code, &reason))
+                    }
+                };
+                batch.push(Down {
+                    conn: m.remote,
+                    kind,
+                    data,
+                });
+            }
+            taken.push((m.conn.clone(), count, bytes));
+        }
     }
 }
 
@@ -1079,14 +1196,13 @@ fn parse_down(payload: &Bytes) -> Option<DownMessage> {
     })
 }
 
-/// Owner side: publishes the frames queued for one peer's sockets, each
+/// Owner side: publishes the frames the peer's sockets queued, each
 /// socket's in order, grouped as [`plan`] says (a broadcast once, naming
-/// all its sockets). Ends when the peer is gone or nobody can queue any
-/// more.
+/// all its sockets). Ends when the peer is gone.
 async fn downlink(
     client: async_nats::Client,
     subject: String,
-    mut queue: mpsc::Receiver<Down>,
+    link: Arc<Downlink>,
     dead: CancellationToken,
     max_payload: usize,
 ) {
@@ -1094,25 +1210,13 @@ async fn downlink(
     // peer was dropped and taken up again) from frames lost in this one.
     let epoch: u64 = rand::random();
     let mut seq = 0;
-    let mut batch = Vec::with_capacity(64);
+    let (mut batch, mut taken) = (Vec::new(), Taken::new());
     loop {
-        let taken = tokio::select! {
+        tokio::select! {
             _ = dead.cancelled() => return,
-            n = queue.recv_many(&mut batch, DOWNLINK_BATCH) => n,
-        };
-        if taken == 0 {
-            return;
+            () = std::future::poll_fn(|cx| link.poll_ready(cx)) => {}
         }
-        // A broadcast wakes one forwarder per socket; the first one's frame
-        // woke us. Let the others run first (a yielded task goes after every
-        // task that is ready), so that the whole broadcast is in the queue.
-        tokio::task::yield_now().await;
-        while batch.len() < DOWNLINK_BATCH {
-            match queue.try_recv() {
-                Ok(down) => batch.push(down),
-                Err(_) => break,
-            }
-        }
+        link.take(&mut batch, &mut taken);
         for (kind, conns, data) in plan(&batch, max_payload) {
             // Once the peer is gone (or no socket links it any more) these
             // frames are for sockets that are gone too.
@@ -1140,8 +1244,11 @@ async fn downlink(
                 return;
             }
         }
-        // Published: their share of the budget is free again.
         batch.clear();
+        // Published: off their connections' budgets.
+        for (conn, frames, bytes) in taken.drain(..) {
+            conn.outbox().written(frames, bytes);
+        }
     }
 }
 
@@ -1149,8 +1256,9 @@ async fn downlink(
 /// socket's frames in their order, and a frame that several sockets have
 /// next with the very same bytes (one shared buffer: a broadcast) sent once
 /// for all of them — as many as fit in `max_payload` and [`MAX_GROUP`]. A
-/// close always goes alone. (Forwarders queue all they hold at once, so a
-/// run of broadcasts arrives socket by socket, not broadcast by broadcast.)
+/// close or drop always goes alone. (The downlink takes each socket's
+/// frames at once, so a run of broadcasts arrives socket by socket, not
+/// broadcast by broadcast.)
 fn plan(batch: &[Down], max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
     // Each socket's frames, sockets in the order they first appear.
     let mut queues: Vec<(u64, std::collections::VecDeque<&Down>)> = Vec::new();
@@ -1166,7 +1274,7 @@ fn plan(batch: &[Down], max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
     }
     let same = |a: &Down, b: &Down| {
         a.kind == b.kind
-            && a.kind != kind::CLOSE
+            && matches!(a.kind, kind::TEXT | kind::BINARY)
             && a.data.as_ptr() == b.data.as_ptr()
             && a.data.len() == b.data.len()
     };
@@ -1232,6 +1340,7 @@ impl Inbound {
                 kind::BINARY => {
                     let _ = conn.send(Message::Binary(data.clone()));
                 }
+                kind::DROP => conn.outbox().kill(),
                 kind::CLOSE if data.len() >= 2 => {
                     let code = u16::from_be_bytes([data[0], data[1]]);
                     conn.close(code, &String::from_utf8_lossy(&data[2..]));
@@ -1389,8 +1498,9 @@ impl RemoteLink {
     }
 }
 
-/// The owner's end of a forwarded socket: drains the connection's queue to
-/// the entry node, and hands the client's messages to the instance.
+/// The owner's end of a forwarded socket: hands the client's messages to
+/// the instance, and ends the connection when the socket or its peer does
+/// (the peer's [`Downlink`] carries its frames down).
 struct Forwarder {
     conn: Connection,
     /// The peer's downlink, and this socket's key on the peer.
@@ -1401,49 +1511,14 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    /// Sends the frames taken from the connection down, in order; a close
-    /// among them starts `close_deadline`. False once the downlink is gone.
-    async fn send_down(
-        &self,
-        taken: &mut std::collections::VecDeque<Outbound>,
-        close_deadline: &mut Option<tokio::time::Instant>,
-    ) -> bool {
-        let (mut frames, mut bytes, mut sent) = (0, 0, true);
-        while let Some(out) = taken.pop_front() {
-            let (kind, data) = match out {
-                Outbound::Data(Message::Text(t)) => {
-                    frames += 1;
-                    bytes += t.len();
-                    (kind::TEXT, t.into_bytes())
-                }
-                Outbound::Data(Message::Binary(b)) => {
-                    frames += 1;
-                    bytes += b.len();
-                    (kind::BINARY, b)
-                }
-                Outbound::Close(code, reason) => {
-                    *close_deadline =
-                        Some(tokio::time::Instant::now() + crate::config::CLOSE_TIMEOUT);
-                    (kind::CLOSE, close_data(code, &reason))
-                }
-            };
-            if !self.down.send(self.remote_key, kind, data).await {
-                sent = false;
-                break;
-            }
-        }
-        self.conn.outbox().written(frames, bytes);
-        sent
-    }
-
     async fn run(self, mut up: Subscriber, handle: Option<InstanceHandle>) {
-        let mut taken = std::collections::VecDeque::new();
+        // Frames queued by the connect (identity, or a refusal's close) go
+        // down first thing.
+        let closing = self.down.attach(self.conn.clone(), self.remote_key);
         let mut expected = 1;
         let mut info: Option<CloseInfo> = None;
         let mut close_deadline: Option<tokio::time::Instant> = None;
-        let mut down_alive = true;
         loop {
-            let taking = std::future::poll_fn(|cx| self.conn.outbox().poll_take(cx, &mut taken));
             let deadline = async {
                 match close_deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -1454,18 +1529,16 @@ impl Forwarder {
                 _ = self.peer.dead.cancelled() => break,
                 _ = self.fence.cancelled() => break,
                 _ = deadline => break,
-                _ = taking => {
-                    if !self.send_down(&mut taken, &mut close_deadline).await {
-                        down_alive = false;
-                        break;
-                    }
+                // Our close went down: the entry node answers with CLOSED.
+                _ = closing.cancelled(), if close_deadline.is_none() => {
+                    close_deadline =
+                        Some(tokio::time::Instant::now() + crate::config::CLOSE_TIMEOUT);
                 }
                 msg = up.next() => {
                     let Some(msg) = msg else { break };
                     let Some((kind, seq, data)) = parse(&msg.payload) else { continue };
                     if seq != expected {
                         tracing::warn!(expected, seq, "frames lost between nodes; closing the socket");
-                        self.conn.close(1012, "Service restart");
                         break;
                     }
                     expected += 1;
@@ -1499,20 +1572,18 @@ impl Forwarder {
         }
         // Ended here (a gap, a bad frame, the instance gone) rather than by
         // the entry node (CLOSED) or a close we sent: the client still has
-        // to hear it — whatever the connection still holds (an instance's
-        // own close), else 1012 so that it reconnects.
-        let told = info.is_some() || close_deadline.is_some();
-        if !told && down_alive && !self.peer.dead.is_cancelled() && !self.fence.is_cancelled() {
-            let _ = std::future::poll_fn(|cx| {
-                let _ = self.conn.outbox().poll_take(cx, &mut taken);
-                std::task::Poll::Ready(())
-            })
-            .await;
-            if self.send_down(&mut taken, &mut close_deadline).await && close_deadline.is_none() {
-                let close = close_data(1012, "Service restart");
-                let _ = self.down.send(self.remote_key, kind::CLOSE, close).await;
+        // to hear it — the instance's own close if it queued one (this one
+        // is then ignored), else 1012 so that it reconnects. Wait (a
+        // little) until the downlink took it.
+        if info.is_none() && !self.peer.dead.is_cancelled() && !self.fence.is_cancelled() {
+            self.conn.close(1012, "Service restart");
+            tokio::select! {
+                _ = closing.cancelled() => {}
+                _ = self.peer.dead.cancelled() => {}
+                _ = tokio::time::sleep(crate::config::CLOSE_TIMEOUT) => {}
             }
         }
+        self.down.detach(self.conn.key());
         self.conn.outbox().shut();
         self.peer.unlink();
         if let Some(handle) = handle {
@@ -1540,7 +1611,6 @@ mod tests {
             conn,
             kind,
             data: data.clone(),
-            _budget: None,
         }
     }
 
@@ -1625,29 +1695,101 @@ mod tests {
         assert!(plan(&[], 1 << 20).is_empty());
     }
 
-    #[tokio::test]
-    async fn forwarders_wait_while_the_downlink_budget_is_spent() {
-        use futures_util::FutureExt;
-        let (queue, mut published) = mpsc::channel(16);
-        let link = Downlink {
-            queue,
-            budget: Arc::new(Semaphore::new(DOWNLINK_BYTES)),
+    fn forwarded(key: u64) -> (Connection, Arc<crate::connection::Flow>) {
+        let limits = crate::connection::QueueLimits {
+            frames: 2,
+            bytes: 1 << 20,
         };
-        // A frame as large as the budget takes all of it...
-        let big = Bytes::from(vec![b'x'; DOWNLINK_BYTES]);
-        assert!(link.send(1, kind::TEXT, big).await);
-        // ...so the next waits until it is published (dropped).
-        let mut next = Box::pin(link.send(2, kind::TEXT, Bytes::from_static(b"y")));
-        assert!((&mut next).now_or_never().is_none());
-        let first = published.recv().await.unwrap();
-        assert_eq!(first.conn, 1);
-        assert!((&mut next).now_or_never().is_none());
-        drop(first);
-        assert!(next.await);
-        assert_eq!(published.recv().await.unwrap().conn, 2);
-        // A downlink that is gone refuses.
-        drop(published);
-        assert!(!link.send(3, kind::TEXT, Bytes::from_static(b"z")).await);
+        let conn = Connection::new(key, format!("c{key}"), "/".into(), limits);
+        let flow = Arc::new(crate::connection::Flow::new(Default::default()));
+        conn.outbox().attach(flow.clone());
+        (conn, flow)
+    }
+
+    fn is_ready(link: &Downlink) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        link.poll_ready(&mut cx).is_ready()
+    }
+
+    fn taken(link: &Downlink) -> (Vec<(u64, u8, Bytes)>, Taken) {
+        let (mut batch, mut taken) = (Vec::new(), Taken::new());
+        link.take(&mut batch, &mut taken);
+        let batch = batch
+            .into_iter()
+            .map(|d| (d.conn, d.kind, d.data))
+            .collect();
+        (batch, taken)
+    }
+
+    #[test]
+    fn the_downlink_takes_what_forwarded_connections_queue() {
+        let link = Arc::new(Downlink::default());
+        let (a, flow) = forwarded(1);
+        let closing = link.attach(a.clone(), 10);
+        // Attached with nothing queued: looked at once, nothing taken.
+        assert!(is_ready(&link));
+        assert!(taken(&link).0.is_empty());
+        assert!(!is_ready(&link));
+        // Three frames (over the budget of two) mark it ready once; taken
+        // in order under the entry node's key.
+        for text in ["a", "b", "c"] {
+            a.send(text).unwrap();
+        }
+        assert!(flow.is_behind());
+        assert_eq!(lock(&link.ready).len(), 1);
+        let (batch, written) = taken(&link);
+        let texts: Vec<_> = batch.iter().map(|(c, k, d)| (*c, *k, d.clone())).collect();
+        assert_eq!(
+            texts,
+            [
+                (10, kind::TEXT, Bytes::from_static(b"a")),
+                (10, kind::TEXT, Bytes::from_static(b"b")),
+                (10, kind::TEXT, Bytes::from_static(b"c")),
+            ]
+        );
+        // Still counted in the connection's budget until published.
+        assert!(flow.is_behind());
+        for (conn, frames, bytes) in written {
+            assert_eq!((frames, bytes), (3, 3));
+            conn.outbox().written(frames, bytes);
+        }
+        assert!(!flow.is_behind());
+        // A close is taken like a frame and cancels the token.
+        assert!(!closing.is_cancelled());
+        a.close(4000, "bye");
+        let (batch, _) = taken(&link);
+        assert_eq!(batch, [(10, kind::CLOSE, close_data(4000, "bye"))]);
+        assert!(closing.is_cancelled());
+        // Detached: its frames are no longer taken.
+        let (b, _) = forwarded(2);
+        let _ = link.attach(b.clone(), 20);
+        link.detach(2);
+        b.send("x").unwrap();
+        assert!(taken(&link).0.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_forwarded_connection_goes_down_as_a_drop_once() {
+        let link = Arc::new(Downlink::default());
+        let (conn, _) = forwarded(3);
+        let closing = link.attach(conn.clone(), 30);
+        let _ = taken(&link);
+        // One turn queues far past the hard limit: the connection is dropped.
+        let refused = (0..20).map(|_| conn.send("x")).find_map(Result::err);
+        assert!(matches!(refused, Some(crate::SendError::QueueFull)));
+        let (batch, _) = taken(&link);
+        assert_eq!(batch, [(30, kind::DROP, Bytes::new())]);
+        assert!(closing.is_cancelled());
+        // Woken again, it is not dropped twice.
+        conn.outbox().kill();
+        assert!(taken(&link).0.is_empty());
+        // The entry node drops its socket (no closing handshake).
+        let inbound = Inbound::default();
+        let (entry, _) = forwarded(30);
+        lock(&inbound.conns).insert(30, entry.clone());
+        inbound.deliver(kind::DROP, &[30], Bytes::new());
+        assert!(entry.outbox().is_killed());
+        assert!(lock(&inbound.conns).is_empty());
     }
 
     #[test]
