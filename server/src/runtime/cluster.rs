@@ -32,7 +32,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use async_nats::{HeaderMap, Subscriber};
+use async_nats::{HeaderMap, Subject, Subscriber};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
@@ -543,7 +543,7 @@ impl Node {
         peer.downlink
             .get_or_init(|| {
                 let link = Arc::new(Downlink::default());
-                let subject = format!("agents.{}.down.{}", peer.id, self.id());
+                let subject = Subject::from(format!("agents.{}.down.{}", peer.id, self.id()));
                 let max_payload = self.client.server_info().max_payload;
                 tokio::spawn(downlink(
                     self.client.clone(),
@@ -649,8 +649,8 @@ impl Node {
         lock(&inbound.conns).insert(conn.key(), conn.clone());
         unlink.disarm();
         let link = RemoteLink {
-            client: self.client.clone(),
-            up: format!("agents.{owner}.up.{conn_id}"),
+            client: Arc::new(self.client.clone()),
+            up: Subject::from(format!("agents.{owner}.up.{conn_id}")),
             seq: 0,
             peer,
             inbound,
@@ -1201,7 +1201,7 @@ fn parse_down(payload: &Bytes) -> Option<DownMessage> {
 /// all its sockets). Ends when the peer is gone.
 async fn downlink(
     client: async_nats::Client,
-    subject: String,
+    subject: Subject,
     link: Arc<Downlink>,
     dead: CancellationToken,
     max_payload: usize,
@@ -1211,9 +1211,11 @@ async fn downlink(
     let epoch: u64 = rand::random();
     let mut seq = 0;
     let (mut batch, mut taken) = (Vec::new(), Taken::new());
+    let gone = dead.cancelled();
+    tokio::pin!(gone);
     loop {
         tokio::select! {
-            _ = dead.cancelled() => return,
+            () = &mut gone => return,
             () = std::future::poll_fn(|cx| link.poll_ready(cx)) => {}
         }
         link.take(&mut batch, &mut taken);
@@ -1363,9 +1365,11 @@ impl Inbound {
 /// downlink the owner started anew (another epoch) must begin at 1.
 async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationToken) {
     let mut at: Option<(u64, u64)> = None; // (epoch, next seq)
+    let dead = dead.cancelled();
+    tokio::pin!(dead);
     loop {
         let msg = tokio::select! {
-            _ = dead.cancelled() => {
+            () = &mut dead => {
                 inbound.close_all();
                 return;
             }
@@ -1416,8 +1420,9 @@ impl Drop for Unlink {
 /// to the owner. Dropping it stops the owner's frames coming down.
 #[derive(Debug)]
 pub(crate) struct RemoteLink {
-    client: async_nats::Client,
-    up: String,
+    /// Shared by this socket's sends (one count, not the client's fields).
+    client: Arc<async_nats::Client>,
+    up: Subject,
     seq: u64,
     peer: Arc<Peer>,
     /// Where the owner's frames for this socket arrive.
@@ -1439,7 +1444,7 @@ impl Drop for RemoteLink {
             // opened): the owner would keep the connection until this node
             // goes. Tell it the socket is gone — again after the time an
             // open may take, in case its subscription was not there yet.
-            let (client, up) = (self.client.clone(), std::mem::take(&mut self.up));
+            let (client, up) = (self.client.clone(), self.up.clone());
             let gone = frame(kind::CLOSED, self.seq + 1, &closed_data(1006, false, ""));
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
@@ -1518,6 +1523,13 @@ impl Forwarder {
         let mut expected = 1;
         let mut info: Option<CloseInfo> = None;
         let mut close_deadline: Option<tokio::time::Instant> = None;
+        // Made once, not per message (each registers with its token).
+        let (dead, fenced, closed) = (
+            self.peer.dead.cancelled(),
+            self.fence.cancelled(),
+            closing.cancelled(),
+        );
+        tokio::pin!(dead, fenced, closed);
         loop {
             let deadline = async {
                 match close_deadline {
@@ -1526,11 +1538,11 @@ impl Forwarder {
                 }
             };
             tokio::select! {
-                _ = self.peer.dead.cancelled() => break,
-                _ = self.fence.cancelled() => break,
-                _ = deadline => break,
+                () = &mut dead => break,
+                () = &mut fenced => break,
+                () = deadline => break,
                 // Our close went down: the entry node answers with CLOSED.
-                _ = closing.cancelled(), if close_deadline.is_none() => {
+                () = &mut closed, if close_deadline.is_none() => {
                     close_deadline =
                         Some(tokio::time::Instant::now() + crate::config::CLOSE_TIMEOUT);
                 }
