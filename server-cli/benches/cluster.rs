@@ -59,6 +59,13 @@ struct Args {
     /// Echo round trips of the one-socket run (latency without queueing).
     #[arg(long, default_value_t = 3000)]
     latency_messages: usize,
+    /// Round trips per second of each socket in the paced echo run (latency
+    /// at a load both sides carry, not at saturation).
+    #[arg(long, default_value_t = 50)]
+    paced_rate: u32,
+    /// Round trips per socket of the paced echo run.
+    #[arg(long, default_value_t = 150)]
+    paced_messages: usize,
     /// Echo message size in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
@@ -129,24 +136,30 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
     let pids = pids(&nats, &nodes);
     let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
     let (mut direct_one, mut forwarded_one) = (Vec::new(), Vec::new());
+    let (mut direct_paced, mut forwarded_paced) = (Vec::new(), Vec::new());
+    let every = Duration::from_secs(1) / args.paced_rate.max(1);
     for round in 1..=args.rounds {
         // Alternate which side goes first.
         let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
         for node in order {
             let url = nodes[node].url(path);
             let label = if node == 0 { "direct" } else { "forwarded" };
-            let loaded =
-                timed(echo_run(args, &url, args.connections, args.messages, &pids)).await?;
+            let (n, saturated) = (args.connections, None);
+            let loaded = timed(echo_run(args, &url, n, args.messages, saturated, &pids)).await?;
             report("echo", label, round, &loaded);
-            let one = timed(echo_run(args, &url, 1, args.latency_messages, &pids)).await?;
+            let one = timed(echo_run(args, &url, 1, args.latency_messages, None, &pids)).await?;
             report("echo, one socket", label, round, &one);
-            let (all, single) = if node == 0 {
-                (&mut direct, &mut direct_one)
+            let m = args.paced_messages;
+            let paced = timed(echo_run(args, &url, n, m, Some(every), &pids)).await?;
+            report("echo, paced", label, round, &paced);
+            let (all, single, at_rate) = if node == 0 {
+                (&mut direct, &mut direct_one, &mut direct_paced)
             } else {
-                (&mut forwarded, &mut forwarded_one)
+                (&mut forwarded, &mut forwarded_one, &mut forwarded_paced)
             };
             all.push(loaded);
             single.push(one);
+            at_rate.push(paced);
         }
     }
     anchor.close(1000, "").await;
@@ -158,12 +171,22 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
         "forwarded",
         &forwarded_one,
     ));
+    out.extend(compare(
+        "echo, paced",
+        "direct",
+        &direct_paced,
+        "forwarded",
+        &forwarded_paced,
+    ));
+    let paced = format!("{} sockets at {}/s each", args.connections, args.paced_rate);
+    let saturated = format!("{} sockets, saturated", args.connections);
     for (load, f, d) in [
-        (args.connections, &forwarded, &direct),
-        (1, &forwarded_one, &direct_one),
+        (saturated, &forwarded, &direct),
+        ("1 socket".to_owned(), &forwarded_one, &direct_one),
+        (paced, &forwarded_paced, &direct_paced),
     ] {
         out.push((
-            format!("echo: added latency p50 / p99, {load} socket(s) (forwarded − direct)"),
+            format!("echo: added latency p50 / p99, {load} (forwarded − direct)"),
             format!(
                 "{:+.0} / {:+.0} µs",
                 median(pair(f, d, |f, d| f.p50_us - d.p50_us)),
@@ -174,12 +197,16 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// One echo run: `connections` sockets, each `messages` round trips.
+/// One echo run: `connections` sockets, each `messages` round trips, one
+/// in flight per socket: back to back, or one every `every` (sockets
+/// spread evenly over the interval; a late reply delays only that
+/// socket's next send).
 async fn echo_run(
     args: &Args,
     url: &str,
     connections: usize,
     messages: usize,
+    every: Option<Duration>,
     pids: &[u32],
 ) -> Result<Run> {
     let mut sockets = Vec::new();
@@ -193,13 +220,20 @@ async fn echo_run(
     }
     let payload = "x".repeat(args.size);
     measure(pids, sockets.len() * messages, || {
+        let start = tokio::time::Instant::now();
+        let count = sockets.len() as u32;
         sockets
             .into_iter()
-            .map(|mut ws| {
+            .enumerate()
+            .map(|(i, mut ws)| {
                 let payload = payload.clone();
                 async move {
                     let mut latencies = Vec::with_capacity(messages);
-                    for _ in 0..messages {
+                    for k in 0..messages {
+                        if let Some(every) = every {
+                            let phase = every * i as u32 / count;
+                            tokio::time::sleep_until(start + phase + every * k as u32).await;
+                        }
                         let sent = Instant::now();
                         ws.send(Ws::text(payload.clone())).await?;
                         while next_text(&mut ws).await? != payload {}
