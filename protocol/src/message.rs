@@ -162,14 +162,17 @@ impl<'de: 'a, 'a, St: Deserialize<'de>> Deserialize<'de> for Envelope<'a, St> {
     }
 }
 
+/// Cheap pre-check: protocol frames are JSON objects (`{` after JSON
+/// whitespace); other text is the user's without a parse.
+fn looks_like_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+}
+
 impl<'a, St: Deserialize<'a>> Envelope<'a, St> {
     /// Parses `text` if it is a JSON object; anything else is not protocol.
     fn parse(text: &'a str) -> Option<Self> {
-        // Cheap pre-check: protocol frames are JSON objects.
-        if !text
-            .trim_start_matches([' ', '\t', '\n', '\r'])
-            .starts_with('{')
-        {
+        if !looks_like_object(text) {
             return None;
         }
         serde_json::from_str(text).ok()
@@ -375,6 +378,9 @@ impl<S: DeserializeOwned> TypedClientMessage<S> {
     /// parsed from its own slice; so a state over the limit is never parsed,
     /// and errors read as they would for the state alone.
     pub fn decode(text: &str, max_state: usize) -> Incoming<'_, TypedClientMessage<S>> {
+        if !looks_like_object(text) {
+            return Incoming::Raw(text);
+        }
         if text.len() <= max_state.saturating_add(STATE_FRAME_MIN_OVERHEAD)
             && text.contains(STATE_TYPE_LITERAL)
         {

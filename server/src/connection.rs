@@ -42,6 +42,32 @@ pub const HARD_LIMIT_FACTOR: usize = 4;
 /// Longest close reason the WebSocket protocol allows, in bytes.
 pub(crate) const MAX_CLOSE_REASON: usize = 123;
 
+/// A map by connection key. Keys are the server's own counter, never chosen
+/// by a client (nothing to flood), so they are hashed with one multiply
+/// (Fx's) rather than SipHash: the instance looks one up per message.
+pub(crate) type KeyMap<V> =
+    std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// The hasher of [`KeyMap`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 /// One client socket, as the agent sees it. Cheap to clone; all clones refer
 /// to the same socket.
 #[derive(Clone)]

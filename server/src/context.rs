@@ -1,7 +1,6 @@
 //! What hooks get besides the connection: the agent-wide [`AgentContext`]
 //! and the per-connect [`ConnectContext`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Weak};
 
@@ -10,7 +9,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::agent::Agent;
-use crate::connection::Connection;
+use crate::connection::{Connection, KeyMap};
 use crate::error::{DuplicateConnectionId, StateError};
 use crate::message::{Message, Utf8Bytes};
 use crate::request::RequestInfo;
@@ -44,7 +43,7 @@ pub enum StateSource {
 pub struct AgentContext<A: Agent> {
     name: Arc<str>,
     agent: Arc<str>,
-    connections: HashMap<u64, Connection>,
+    connections: KeyMap<Connection>,
     state: StateCell<A::State>,
     /// The connection whose event is being handled, if any.
     current: Option<Connection>,
@@ -78,7 +77,7 @@ impl<A: Agent> AgentContext<A> {
             storage,
             name,
             agent,
-            connections: HashMap::new(),
+            connections: KeyMap::default(),
             state: StateCell {
                 value: None,
                 frame: Weak::new(),

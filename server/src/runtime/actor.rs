@@ -17,7 +17,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{mpsc, oneshot, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::{guarded, guarded_sync};
@@ -92,12 +92,13 @@ pub(crate) enum Command {
         request: RequestInfo,
         ack: oneshot::Sender<bool>,
     },
-    /// A data message from a registered socket, holding its share of the
-    /// inbox's byte budget until handled.
+    /// A data message from a registered socket, holding `cost` of the
+    /// inbox's byte budget until handled (the actor gives the budget back
+    /// once per batch, not per message).
     Message {
         key: u64,
         message: Message,
-        _permit: OwnedSemaphorePermit,
+        cost: u32,
     },
     /// A registered socket ended.
     Closed { key: u64, info: CloseInfo },
@@ -183,13 +184,10 @@ impl InstanceHandle {
     pub(crate) fn try_admit(&self, key: u64, message: Message) -> Admit {
         // A message larger than the whole budget still passes, alone.
         let cost = (message.len() + INBOX_OVERHEAD).min(self.inbox_budget) as u32;
-        match self.inbox_bytes.clone().try_acquire_many_owned(cost) {
+        match self.inbox_bytes.try_acquire_many(cost) {
             Ok(permit) => {
-                let cmd = Command::Message {
-                    key,
-                    message,
-                    _permit: permit,
-                };
+                permit.forget();
+                let cmd = Command::Message { key, message, cost };
                 match self.tx.try_send(cmd) {
                     Ok(()) => Admit::Done,
                     Err(mpsc::error::TrySendError::Closed(_)) => Admit::Closed,
@@ -206,11 +204,8 @@ impl InstanceHandle {
                     let Ok(permit) = bytes.acquire_many_owned(cost).await else {
                         return false;
                     };
-                    let cmd = Command::Message {
-                        key,
-                        message,
-                        _permit: permit,
-                    };
+                    permit.forget();
+                    let cmd = Command::Message { key, message, cost };
                     tx.send(cmd).await.is_ok()
                 }))
             }
@@ -271,9 +266,10 @@ pub(crate) fn start<A: Agent>(
             }
         })
     });
+    let inbox_bytes = Arc::new(Semaphore::new(budget));
     let handle = InstanceHandle {
         tx,
-        inbox_bytes: Arc::new(Semaphore::new(budget)),
+        inbox_bytes: inbox_bytes.clone(),
         inbox_budget: budget,
         generation: env.generation,
         control: control.clone(),
@@ -290,6 +286,10 @@ pub(crate) fn start<A: Agent>(
         agent,
         cx,
         rx,
+        inbox: InboxBudget {
+            bytes: inbox_bytes,
+            freed: 0,
+        },
         env,
         flow,
         control,
@@ -308,6 +308,7 @@ struct Actor<A: Agent> {
     agent: A,
     cx: AgentContext<A>,
     rx: mpsc::Receiver<Command>,
+    inbox: InboxBudget,
     env: ActorEnv,
     flow: Arc<Flow>,
     control: Arc<Control>,
@@ -325,6 +326,38 @@ struct Actor<A: Agent> {
     stopping: bool,
     /// Counts the instance live while it exists.
     _metrics: InstanceMetrics,
+}
+
+/// The actor's side of the inbox's byte budget: what handled messages
+/// held, given back once per batch (one lock of the semaphore, not one per
+/// message); closed when the actor goes, so that a socket waiting for room
+/// learns the instance stopped.
+struct InboxBudget {
+    bytes: Arc<Semaphore>,
+    freed: usize,
+}
+
+impl InboxBudget {
+    /// `cmd` is taken from the inbox: its bytes are free after this batch.
+    fn took(&mut self, cmd: &Command) {
+        if let Command::Message { cost, .. } = cmd {
+            self.freed += *cost as usize;
+        }
+    }
+
+    /// The batch is handled: its bytes go back to the budget.
+    fn give_back(&mut self) {
+        let freed = std::mem::take(&mut self.freed);
+        if freed > 0 {
+            self.bytes.add_permits(freed);
+        }
+    }
+}
+
+impl Drop for InboxBudget {
+    fn drop(&mut self) {
+        self.bytes.close();
+    }
 }
 
 /// A client waiting for the outcome of a batch: its reply or state update
@@ -384,6 +417,9 @@ impl<A: Agent> Actor<A> {
             .as_ref()
             .map_or_else(CancellationToken::new, |f| f.token.clone());
         let idle_timeout = self.env.config.idle_timeout;
+        // Made once, not per batch (each registers with its token).
+        let (fenced, evicted, shut) = (fenced.cancelled(), evict.cancelled(), shutdown.cancelled());
+        tokio::pin!(fenced, evicted, shut);
         loop {
             let idle = self.cx.connection_count() == 0;
             let behind = self.flow.is_behind();
@@ -393,8 +429,8 @@ impl<A: Agent> Actor<A> {
             }
             let cmd = tokio::select! {
                 biased;
-                _ = fenced.cancelled() => continue,
-                _ = evict.cancelled() => {
+                () = &mut fenced => continue,
+                () = &mut evicted => {
                     // Chosen while idle; a socket that raced in reconnects
                     // to the instance's next incarnation.
                     for conn in self.cx.connections() {
@@ -404,7 +440,7 @@ impl<A: Agent> Actor<A> {
                     self.env.metrics.evicted("capacity");
                     break;
                 }
-                _ = shutdown.cancelled(), if !self.stopping => {
+                () = &mut shut, if !self.stopping => {
                     self.stopping = true;
                     for conn in self.cx.connections() {
                         conn.close(1001, "Server shutting down");
@@ -425,7 +461,8 @@ impl<A: Agent> Actor<A> {
                     Some(cmd) => cmd,
                     None => break,
                 },
-                _ = tokio::time::sleep(idle_timeout), if idle && !self.stopping => {
+                // (A timer only while idle: made when first polled.)
+                () = async { tokio::time::sleep(idle_timeout).await }, if idle && !self.stopping => {
                     tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicting idle instance");
                     self.env.metrics.evicted("idle");
                     break;
@@ -434,17 +471,22 @@ impl<A: Agent> Actor<A> {
             // Everything already in the inbox is handled before the sockets
             // are woken, so a burst leaves each socket in one write.
             self.flow.begin_batch();
+            self.inbox.took(&cmd);
             self.handle(cmd).await;
             for _ in 1..BATCH_EVENTS {
                 if self.flow.is_behind() {
                     break;
                 }
                 match self.rx.try_recv() {
-                    Ok(cmd) => self.handle(cmd).await,
+                    Ok(cmd) => {
+                        self.inbox.took(&cmd);
+                        self.handle(cmd).await;
+                    }
                     Err(_) => break,
                 }
             }
             self.flow.end_batch();
+            self.inbox.give_back();
             let idle = self.cx.connection_count() == 0;
             self.control.set_idle(idle);
             if self.stopping && idle {
@@ -566,6 +608,7 @@ impl<A: Agent> Actor<A> {
     async fn stop(&mut self) {
         self.rx.close();
         while let Some(cmd) = self.rx.recv().await {
+            self.inbox.took(&cmd);
             match cmd {
                 Command::Connect { .. } | Command::Message { .. } => {}
                 cmd @ (Command::Closed { .. } | Command::Request { .. }) => self.handle(cmd).await,

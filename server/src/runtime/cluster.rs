@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::actor::{Admit, CloseInfo, Command, InstanceHandle};
 use super::InstanceKey;
-use crate::connection::{Connection, Outbound};
+use crate::connection::{Connection, KeyMap, Outbound};
 use crate::log::Trunc;
 use crate::message::{Message, Utf8Bytes};
 use crate::storage::{bucket_key, NatsStorage, Storage};
@@ -1007,7 +1007,7 @@ struct Down {
 #[derive(Debug, Default)]
 struct Downlink {
     /// The connections, by their key on this node.
-    members: Mutex<HashMap<u64, Member>>,
+    members: Mutex<KeyMap<Member>>,
     /// Keys of members whose queue got frames since the task last looked.
     ready: Mutex<Vec<u64>>,
     /// The downlink task, woken when `ready` gets a key.
@@ -1264,7 +1264,7 @@ async fn downlink(
 fn plan(batch: &[Down], max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
     // Each socket's frames, sockets in the order they first appear.
     let mut queues: Vec<(u64, std::collections::VecDeque<&Down>)> = Vec::new();
-    let mut index: HashMap<u64, usize> = HashMap::new();
+    let mut index: KeyMap<usize> = KeyMap::default();
     let mut left = 0;
     for down in batch {
         let i = *index.entry(down.conn).or_insert_with(|| {
@@ -1311,7 +1311,7 @@ fn plan(batch: &[Down], max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
 /// Entry side: the sockets on this node that one owner's frames go to.
 #[derive(Debug, Default)]
 struct Inbound {
-    conns: Mutex<HashMap<u64, Connection>>,
+    conns: Mutex<KeyMap<Connection>>,
 }
 
 impl Inbound {

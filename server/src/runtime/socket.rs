@@ -578,7 +578,9 @@ impl<T: Transport> Socket<'_, T> {
         match self.decoder.decode(&mut self.rbuf) {
             Ok(Decoded::Frame(frame)) => {
                 self.frame_hint = None;
-                self.last_seen = Instant::now();
+                // Its last bytes came with the last read (one clock read
+                // per read, not per frame).
+                self.last_seen = self.last_read;
                 self.ping_sent = false;
                 self.on_frame(frame);
                 self.recharge();

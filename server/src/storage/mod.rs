@@ -33,7 +33,7 @@ use std::future::Future;
 use std::ops::{Deref, Range};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde::de::DeserializeOwned;
@@ -278,6 +278,8 @@ impl Storage {
                 },
                 max_value,
                 pending: Mutex::new(Pending::default()),
+                in_turn: AtomicBool::new(false),
+                open: AtomicBool::new(false),
                 progress: Arc::default(),
                 settle: OnceLock::new(),
             }),
@@ -302,6 +304,13 @@ struct Inner {
     id: InstanceId,
     max_value: usize,
     pending: Mutex<Pending>,
+    /// A hook is running: its writes go out together when it returns.
+    /// (Outside the lock, with `open`, so that a turn without writes takes
+    /// no lock; both are sequentially consistent: of a write racing the
+    /// end of a turn, one side sees the other and sends the batch.)
+    in_turn: AtomicBool,
+    /// A batch is open (`Pending::turn_seq` is set).
+    open: AtomicBool,
     progress: Arc<WriteProgress>,
     settle: OnceLock<Settle>,
 }
@@ -314,8 +323,6 @@ struct Pending {
     turn_seq: Option<u64>,
     /// This turn's last state (only the last of a turn is written).
     state: Option<SharedJson>,
-    /// A hook is running: its writes go out together when it returns.
-    in_turn: bool,
     /// The latest pending value of each written key (`None`: deleted) and
     /// its batch.
     overlay: BTreeMap<String, (u64, Option<String>)>,
@@ -458,7 +465,8 @@ impl InstanceStorage {
             .turn_seq
             .get_or_insert_with(|| progress.opened.fetch_add(1, Ordering::AcqRel) + 1);
         add(&mut pending, seq);
-        let now = !pending.in_turn;
+        self.inner.open.store(true, Ordering::SeqCst);
+        let now = !self.inner.in_turn.load(Ordering::SeqCst);
         drop(pending);
         if now {
             self.submit();
@@ -477,13 +485,16 @@ impl InstanceStorage {
 
     /// A hook starts: its writes are held until [`end_turn`](Self::end_turn).
     pub(crate) fn begin_turn(&self) {
-        self.pending().in_turn = true;
+        self.inner.in_turn.store(true, Ordering::SeqCst);
     }
 
     /// The hook returned: its writes go out as one batch. Returns the
     /// batch's number, if there were writes.
     pub(crate) fn end_turn(&self) -> Option<u64> {
-        self.pending().in_turn = false;
+        self.inner.in_turn.store(false, Ordering::SeqCst);
+        if !self.inner.open.load(Ordering::SeqCst) {
+            return None;
+        }
         self.submit()
     }
 
@@ -492,6 +503,7 @@ impl InstanceStorage {
         let (seq, state, writes) = {
             let mut pending = self.pending();
             let seq = pending.turn_seq.take()?;
+            self.inner.open.store(false, Ordering::SeqCst);
             (seq, pending.state.take(), std::mem::take(&mut pending.turn))
         };
         let storage = self.clone();
@@ -527,6 +539,7 @@ impl InstanceStorage {
         let mut pending = self.pending();
         pending.turn.clear();
         pending.turn_seq = None;
+        self.inner.open.store(false, Ordering::SeqCst);
         pending.state = None;
         pending.overlay.clear();
         drop(pending);
