@@ -3,10 +3,12 @@
 //! task that owns the agent value, its context, state and connections, and
 //! runs every hook one at a time in arrival order.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use agents_protocol::message::{StateDecodeError, TypedClientMessage};
 use agents_protocol::{
@@ -87,9 +89,11 @@ pub(crate) struct CloseInfo {
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Register a socket; `ack` answers whether it was accepted.
+    /// (Boxed parts keep every command small: one is moved several times
+    /// on its way, and messages are most of them.)
     Connect {
         conn: Connection,
-        request: RequestInfo,
+        request: Box<RequestInfo>,
         ack: oneshot::Sender<bool>,
     },
     /// A data message from a registered socket, holding `cost` of the
@@ -104,7 +108,7 @@ pub(crate) enum Command {
     Closed { key: u64, info: CloseInfo },
     /// A plain HTTP request to the instance.
     Request {
-        request: http::Request<Body>,
+        request: Box<http::Request<Body>>,
         reply: oneshot::Sender<Response>,
     },
 }
@@ -286,6 +290,8 @@ pub(crate) fn start<A: Agent>(
         agent,
         cx,
         rx,
+        queued: VecDeque::new(),
+        got: Vec::new(),
         inbox: InboxBudget {
             bytes: inbox_bytes,
             freed: 0,
@@ -308,6 +314,10 @@ struct Actor<A: Agent> {
     agent: A,
     cx: AgentContext<A>,
     rx: mpsc::Receiver<Command>,
+    /// Events taken from `rx` and not yet handled, in order; `got` is where
+    /// [`Actor::take_inbox`] receives them.
+    queued: VecDeque<Command>,
+    got: Vec<Command>,
     inbox: InboxBudget,
     env: ActorEnv,
     flow: Arc<Flow>,
@@ -427,7 +437,16 @@ impl<A: Agent> Actor<A> {
                 self.leave();
                 break;
             }
-            let cmd = tokio::select! {
+            // Taken from the inbox earlier (a client fell behind mid-batch).
+            let queued = if behind {
+                None
+            } else {
+                self.queued.pop_front()
+            };
+            let cmd = if let Some(cmd) = queued {
+                cmd
+            } else {
+                tokio::select! {
                 biased;
                 () = &mut fenced => continue,
                 () = &mut evicted => {
@@ -457,7 +476,7 @@ impl<A: Agent> Actor<A> {
                 // A client is behind its queue budget: take no input until
                 // it catches up (or its socket gives up on it).
                 _ = self.flow.caught_up(), if behind => continue,
-                cmd = self.rx.recv(), if !behind => match cmd {
+                cmd = self.rx.recv(), if !behind && self.queued.is_empty() => match cmd {
                     Some(cmd) => cmd,
                     None => break,
                 },
@@ -466,6 +485,7 @@ impl<A: Agent> Actor<A> {
                     tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicting idle instance");
                     self.env.metrics.evicted("idle");
                     break;
+                }
                 }
             };
             // Everything already in the inbox is handled before the sockets
@@ -477,13 +497,14 @@ impl<A: Agent> Actor<A> {
                 if self.flow.is_behind() {
                     break;
                 }
-                match self.rx.try_recv() {
-                    Ok(cmd) => {
-                        self.inbox.took(&cmd);
-                        self.handle(cmd).await;
-                    }
-                    Err(_) => break,
+                if self.queued.is_empty() && !self.take_inbox().await {
+                    break;
                 }
+                let Some(cmd) = self.queued.pop_front() else {
+                    break;
+                };
+                self.inbox.took(&cmd);
+                self.handle(cmd).await;
             }
             self.flow.end_batch();
             self.inbox.give_back();
@@ -607,7 +628,10 @@ impl<A: Agent> Actor<A> {
     /// connect gets no ack, so its socket retries on a fresh instance).
     async fn stop(&mut self) {
         self.rx.close();
-        while let Some(cmd) = self.rx.recv().await {
+        while let Some(cmd) = match self.queued.pop_front() {
+            Some(cmd) => Some(cmd),
+            None => self.rx.recv().await,
+        } {
             self.inbox.took(&cmd);
             match cmd {
                 Command::Connect { .. } | Command::Message { .. } => {}
@@ -615,6 +639,22 @@ impl<A: Agent> Actor<A> {
             }
         }
         self.cx.storage().release();
+    }
+
+    /// Moves what the inbox holds now into `queued`, at once (its slots
+    /// are given back to senders in one go, not one lock per event); false
+    /// when it holds nothing.
+    async fn take_inbox(&mut self) -> bool {
+        let (rx, got) = (&mut self.rx, &mut self.got);
+        let n = std::future::poll_fn(|cx| {
+            Poll::Ready(match rx.poll_recv_many(cx, got, BATCH_EVENTS) {
+                Poll::Ready(n) => n,
+                Poll::Pending => 0,
+            })
+        })
+        .await;
+        self.queued.extend(self.got.drain(..));
+        n > 0
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -640,7 +680,9 @@ impl<A: Agent> Actor<A> {
         }
         match cmd {
             Command::Connect { conn, request, ack } => {
-                let accepted = self.connect(conn, request).await;
+                // The rarer events' futures are boxed: every message moves
+                // this future, sized by its largest branch.
+                let accepted = Box::pin(self.connect(conn, *request)).await;
                 let _ = ack.send(accepted);
             }
             Command::Message { key, message, .. } => {
@@ -652,10 +694,10 @@ impl<A: Agent> Actor<A> {
                 self.cx.end_turn();
                 self.after_hook().await;
             }
-            Command::Closed { key, info } => self.closed(key, info).await,
+            Command::Closed { key, info } => Box::pin(self.closed(key, info)).await,
             Command::Request { request, reply } => {
                 let (agent, cx) = (&mut self.agent, &mut self.cx);
-                let result = guarded("on_request", || agent.on_request(cx, request)).await;
+                let result = guarded("on_request", || agent.on_request(cx, *request)).await;
                 let response = match result {
                     Ok(response) => response,
                     Err(err) => {
@@ -750,20 +792,22 @@ impl<A: Agent> Actor<A> {
         let inbound = match &message {
             Message::Text(text) if crate::offload::is_large(text.len()) => {
                 let text = text.clone();
-                crate::offload::json_owned(text.len(), move || {
+                Box::pin(crate::offload::json_owned(text.len(), move || {
                     Inbound::<A::State>::decode(&text, max, readonly)
-                })
+                }))
                 .await
             }
             Message::Text(text) => Inbound::decode(text, max, readonly),
             Message::Binary(_) => Inbound::User,
         };
         match inbound {
-            Inbound::State(state) => self.client_state(conn, state, message.len()).await,
+            Inbound::State(state) => {
+                Box::pin(self.client_state(conn, state, message.len())).await;
+            }
             Inbound::ReadonlyState => {
                 let _ = conn.send(ServerMessage::StateError(READONLY_ERROR.to_owned()).to_json());
             }
-            Inbound::Rpc(call) => self.rpc(&conn, call).await,
+            Inbound::Rpc(call) => Box::pin(self.rpc(&conn, call)).await,
             Inbound::User => {
                 let (agent, cx) = (&mut self.agent, &mut self.cx);
                 let result = guarded("on_message", || agent.on_message(cx, &conn, message)).await;
@@ -911,10 +955,12 @@ impl<A: Agent> Actor<A> {
         if !self.cx.take_state_changed() {
             return;
         }
+        // Boxed (as `report`'s hook): this future is part of every
+        // message's, and most messages change no state.
         let (agent, cx) = (&mut self.agent, &mut self.cx);
-        let result = guarded("on_state_update", || {
+        let result = Box::pin(guarded("on_state_update", || {
             agent.on_state_update(cx, StateSource::Server)
-        })
+        }))
         .await;
         // A change made inside on_state_update is not re-notified.
         self.cx.take_state_changed();
@@ -925,13 +971,13 @@ impl<A: Agent> Actor<A> {
 
     async fn report(&mut self, conn: Option<Connection>, err: HookError) {
         let (agent, cx) = (&mut self.agent, &mut self.cx);
-        let result = guarded("on_error", || {
+        let result = Box::pin(guarded("on_error", || {
             let fut = agent.on_error(cx, conn.as_ref(), err);
             async {
                 fut.await;
                 Ok(())
             }
-        })
+        }))
         .await;
         if let Err(err) = result {
             tracing::error!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), err = %Trunc(&err.to_string()), "on_error failed");

@@ -373,7 +373,7 @@ impl Registry {
             let (ack, accepted) = oneshot::channel();
             let cmd = Command::Connect {
                 conn: conn.clone(),
-                request: request.clone(),
+                request: Box::new(request.clone()),
                 ack,
             };
             if handle.send(cmd).await.is_err() {
@@ -439,7 +439,7 @@ impl Registry {
             let Some(req) = request.take() else { break };
             match handle
                 .send(Command::Request {
-                    request: req,
+                    request: Box::new(req),
                     reply,
                 })
                 .await
@@ -458,7 +458,7 @@ impl Registry {
                 Err(err) => {
                     self.wait_for(&handle.control).await;
                     if let Command::Request { request: r, .. } = err.0 {
-                        request = Some(r);
+                        request = Some(*r);
                     }
                 }
             }

@@ -485,7 +485,9 @@ impl InstanceStorage {
 
     /// A hook starts: its writes are held until [`end_turn`](Self::end_turn).
     pub(crate) fn begin_turn(&self) {
-        self.inner.in_turn.store(true, Ordering::SeqCst);
+        // A write racing this from another task may still go out alone:
+        // harmless, so no ordering is needed here (only at the end).
+        self.inner.in_turn.store(true, Ordering::Relaxed);
     }
 
     /// The hook returned: its writes go out as one batch. Returns the
