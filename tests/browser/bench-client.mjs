@@ -162,7 +162,15 @@ try {
     chromium.kill();
     await exit;
   }
-  if (profile) fs.rmSync(profile, { recursive: true, force: true });
   await new Promise((r) => (site ? site.close(r) : r()));
   await server.stop();
+  // Chromium's helper processes may still write to the profile for a moment
+  // after the browser exits: retry, and never fail the run over a temp dir.
+  if (profile) {
+    try {
+      fs.rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    } catch (err) {
+      console.error(`note: could not remove ${profile}: ${err.message}`);
+    }
+  }
 }
