@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::{guarded, guarded_sync};
+use super::signals::{Signal, Signals};
 use super::InstanceKey;
 use crate::agent::Agent;
 use crate::config::{Config, MAX_TAGS, MAX_TAG_LEN};
@@ -42,6 +43,10 @@ pub(crate) const INBOX_OVERHEAD: usize = 128;
 
 /// Events handled in one batch before the sockets that got frames are woken.
 const BATCH_EVENTS: usize = 64;
+
+/// Batches an instance takes straight from a busy inbox before it looks
+/// at shutdown, eviction and its lease again.
+const QUICK_BATCHES: u32 = 32;
 
 /// Hook and base-class names a client may not call over RPC; the reply is
 /// `Method <m> is not callable`, as the reference answers for its own hooks.
@@ -292,6 +297,7 @@ pub(crate) fn start<A: Agent>(
         rx,
         queued: VecDeque::new(),
         got: Vec::new(),
+        quick: 0,
         inbox: InboxBudget {
             bytes: inbox_bytes,
             freed: 0,
@@ -318,6 +324,8 @@ struct Actor<A: Agent> {
     /// [`Actor::take_inbox`] receives them.
     queued: VecDeque<Command>,
     got: Vec<Command>,
+    /// Batches in a row taken without looking at the other signals.
+    quick: u32,
     inbox: InboxBudget,
     env: ActorEnv,
     flow: Arc<Flow>,
@@ -427,9 +435,7 @@ impl<A: Agent> Actor<A> {
             .as_ref()
             .map_or_else(CancellationToken::new, |f| f.token.clone());
         let idle_timeout = self.env.config.idle_timeout;
-        // Made once, not per batch (each registers with its token).
-        let (fenced, evicted, shut) = (fenced.cancelled(), evict.cancelled(), shutdown.cancelled());
-        tokio::pin!(fenced, evicted, shut);
+        let mut signals = Signals::new(&fenced, &evict, &shutdown);
         loop {
             let idle = self.cx.connection_count() == 0;
             let behind = self.flow.is_behind();
@@ -437,38 +443,46 @@ impl<A: Agent> Actor<A> {
                 self.leave();
                 break;
             }
-            // Taken from the inbox earlier (a client fell behind mid-batch).
-            let queued = if behind {
-                None
-            } else {
-                self.queued.pop_front()
-            };
+            // What the inbox holds (or was taken from it earlier, when a
+            // client fell behind mid-batch), without the select below:
+            // failed writes are checked each time (cheaply), the other
+            // signals every QUICK_BATCHES batches and whenever the inbox
+            // is empty.
+            let quick = !behind && self.quick < QUICK_BATCHES && self.failed.is_empty();
+            if quick && self.queued.is_empty() {
+                self.take_inbox().await;
+            }
+            let queued = if quick { self.queued.pop_front() } else { None };
             let cmd = if let Some(cmd) = queued {
+                self.quick += 1;
                 cmd
             } else {
+                self.quick = 0;
                 tokio::select! {
                 biased;
-                () = &mut fenced => continue,
-                () = &mut evicted => {
-                    // Chosen while idle; a socket that raced in reconnects
-                    // to the instance's next incarnation.
-                    for conn in self.cx.connections() {
-                        conn.close(1013, "Try again later");
-                    }
-                    tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicted to make room");
-                    self.env.metrics.evicted("capacity");
-                    break;
-                }
-                () = &mut shut, if !self.stopping => {
-                    self.stopping = true;
-                    for conn in self.cx.connections() {
-                        conn.close(1001, "Server shutting down");
-                    }
-                    if idle {
+                signal = std::future::poll_fn(|cx| signals.poll_next(cx)) => match signal {
+                    Signal::Fenced => continue,
+                    Signal::Evicted => {
+                        // Chosen while idle; a socket that raced in
+                        // reconnects to the instance's next incarnation.
+                        for conn in self.cx.connections() {
+                            conn.close(1013, "Try again later");
+                        }
+                        tracing::debug!(agent = %Trunc(&self.env.key.agent), name = %Trunc(&self.env.key.name), "evicted to make room");
+                        self.env.metrics.evicted("capacity");
                         break;
                     }
-                    continue;
-                }
+                    Signal::Shutdown => {
+                        self.stopping = true;
+                        for conn in self.cx.connections() {
+                            conn.close(1001, "Server shutting down");
+                        }
+                        if idle {
+                            break;
+                        }
+                        continue;
+                    }
+                },
                 Some((seq, error)) = self.failed.recv() => {
                     self.write_failed(seq, error).await;
                     continue;
@@ -476,6 +490,13 @@ impl<A: Agent> Actor<A> {
                 // A client is behind its queue budget: take no input until
                 // it catches up (or its socket gives up on it).
                 _ = self.flow.caught_up(), if behind => continue,
+                // Taken earlier: next, once the signals above were seen.
+                () = std::future::ready(()), if !behind && !self.queued.is_empty() => {
+                    match self.queued.pop_front() {
+                        Some(cmd) => cmd,
+                        None => continue,
+                    }
+                }
                 cmd = self.rx.recv(), if !behind && self.queued.is_empty() => match cmd {
                     Some(cmd) => cmd,
                     None => break,

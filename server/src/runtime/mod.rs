@@ -11,6 +11,7 @@ pub(crate) mod cluster;
 pub(crate) mod frame;
 pub(crate) mod hooks;
 pub(crate) mod registry;
+pub(crate) mod signals;
 pub(crate) mod socket;
 
 use std::sync::Arc;
