@@ -430,6 +430,15 @@ struct Server {
     tracker: TaskTracker,
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A built server: hands out the router and controls shutdown. Cheap to clone.
 #[derive(Clone)]
 pub struct Agents {
@@ -462,6 +471,27 @@ impl Agents {
     /// [`shutdown_timeout`](AgentServer::shutdown_timeout) whatever the
     /// clients do. Request heads are bounded in size (431) and in time.
     pub async fn serve(
+        &self,
+        listener: TcpListener,
+        app: Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        // The accept loop runs as a task of the runtime: awaited from
+        // `#[tokio::main]`, this future runs on the main thread, not on a
+        // worker, and every connection it accepted was handed across
+        // threads (a context switch per connect on a busy core). Dropping
+        // this future still stops it.
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.accept_loop(listener, app, shutdown).await });
+        let _abort = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(std::io::Error::other(err)),
+        }
+    }
+
+    async fn accept_loop(
         &self,
         listener: TcpListener,
         app: Router,
