@@ -206,7 +206,9 @@ impl AgentServer {
     }
 
     /// Events queued per instance before sockets stop reading. Defaults to
-    /// [`DEFAULT_INBOX_CAPACITY`](crate::DEFAULT_INBOX_CAPACITY).
+    /// [`DEFAULT_INBOX_CAPACITY`](crate::DEFAULT_INBOX_CAPACITY). (An
+    /// instance working through a batch holds up to 64 more, taken from
+    /// the queue at once; the byte budget covers those too.)
     pub fn inbox_capacity(mut self, events: usize) -> Self {
         self.config.inbox_capacity = events;
         self
@@ -480,9 +482,19 @@ impl Agents {
         // `#[tokio::main]`, this future runs on the main thread, not on a
         // worker, and every connection it accepted was handed across
         // threads (a context switch per connect on a busy core). Dropping
-        // this future still stops it.
+        // this future still stops it (the listener closes once the aborted
+        // task is dropped, a moment later).
+        use tracing::Instrument;
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread
+        {
+            // One thread: nothing to cross.
+            return self.accept_loop(listener, app, shutdown).await;
+        }
         let this = self.clone();
-        let task = tokio::spawn(async move { this.accept_loop(listener, app, shutdown).await });
+        let task = tokio::spawn(
+            async move { this.accept_loop(listener, app, shutdown).await }.in_current_span(),
+        );
         let _abort = AbortOnDrop(task.abort_handle());
         match task.await {
             Ok(result) => result,

@@ -193,32 +193,44 @@ impl InstanceHandle {
     pub(crate) fn try_admit(&self, key: u64, message: Message) -> Admit {
         // A message larger than the whole budget still passes, alone.
         let cost = (message.len() + INBOX_OVERHEAD).min(self.inbox_budget) as u32;
+        // The bytes leave the budget (the permit is forgotten) only once
+        // the command is in the inbox: the actor gives them back. A message
+        // that never got in (its socket gave up waiting) returns them.
         match self.inbox_bytes.try_acquire_many(cost) {
             Ok(permit) => {
-                permit.forget();
                 let cmd = Command::Message { key, message, cost };
                 match self.tx.try_send(cmd) {
-                    Ok(()) => Admit::Done,
+                    Ok(()) => {
+                        permit.forget();
+                        Admit::Done
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => Admit::Closed,
                     Err(mpsc::error::TrySendError::Full(cmd)) => {
-                        let tx = self.tx.clone();
-                        Admit::Wait(Box::pin(async move { tx.send(cmd).await.is_ok() }))
+                        drop(permit);
+                        self.admit_later(cmd, cost)
                     }
                 }
             }
             Err(TryAcquireError::Closed) => Admit::Closed,
             Err(TryAcquireError::NoPermits) => {
-                let (tx, bytes) = (self.tx.clone(), self.inbox_bytes.clone());
-                Admit::Wait(Box::pin(async move {
-                    let Ok(permit) = bytes.acquire_many_owned(cost).await else {
-                        return false;
-                    };
-                    permit.forget();
-                    let cmd = Command::Message { key, message, cost };
-                    tx.send(cmd).await.is_ok()
-                }))
+                self.admit_later(Command::Message { key, message, cost }, cost)
             }
         }
+    }
+
+    /// Waits for `cost` bytes of budget and a slot for `cmd`.
+    fn admit_later(&self, cmd: Command, cost: u32) -> Admit {
+        let (tx, bytes) = (self.tx.clone(), self.inbox_bytes.clone());
+        Admit::Wait(Box::pin(async move {
+            let Ok(permit) = bytes.acquire_many_owned(cost).await else {
+                return false;
+            };
+            let sent = tx.send(cmd).await.is_ok();
+            if sent {
+                permit.forget();
+            }
+            sent
+        }))
     }
 }
 
@@ -320,7 +332,9 @@ struct Actor<A: Agent> {
     agent: A,
     cx: AgentContext<A>,
     rx: mpsc::Receiver<Command>,
-    /// Events taken from `rx` and not yet handled, in order; `got` is where
+    /// Events taken from `rx` and not yet handled, in order (at most
+    /// [`BATCH_EVENTS`] beyond the inbox's capacity; their bytes stay in
+    /// the byte budget until handled); `got` is where
     /// [`Actor::take_inbox`] receives them.
     queued: VecDeque<Command>,
     got: Vec<Command>,
@@ -445,10 +459,11 @@ impl<A: Agent> Actor<A> {
             }
             // What the inbox holds (or was taken from it earlier, when a
             // client fell behind mid-batch), without the select below:
-            // failed writes are checked each time (cheaply), the other
-            // signals every QUICK_BATCHES batches and whenever the inbox
-            // is empty.
-            let quick = !behind && self.quick < QUICK_BATCHES && self.failed.is_empty();
+            // failed writes and whether a signal woke us are checked each
+            // time (cheaply), the signals themselves every QUICK_BATCHES
+            // batches and whenever the inbox is empty.
+            let quick =
+                !behind && self.quick < QUICK_BATCHES && self.failed.is_empty() && !signals.woke();
             if quick && self.queued.is_empty() {
                 self.take_inbox().await;
             }
@@ -1082,6 +1097,48 @@ fn validate_tags(id: &str, extra: Vec<String>) -> Result<Box<[String]>, TagError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_message_that_never_got_in_gives_its_bytes_back() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let budget = 1000;
+        let handle = InstanceHandle {
+            tx,
+            inbox_bytes: Arc::new(Semaphore::new(budget)),
+            inbox_budget: budget,
+            generation: 0,
+            control: Arc::default(),
+        };
+        let text = |t: &str| Message::Text(t.into());
+        let cost = "ab".len() + INBOX_OVERHEAD;
+        // In the inbox: its bytes are out of the budget until the actor
+        // gives them back.
+        assert!(matches!(handle.try_admit(1, text("ab")), Admit::Done));
+        assert_eq!(handle.inbox_bytes.available_permits(), budget - cost);
+        // The inbox is full: a socket that stops waiting (it closed) takes
+        // nothing from the budget.
+        let Admit::Wait(waiting) = handle.try_admit(1, text("cd")) else {
+            panic!("the inbox is full")
+        };
+        drop(waiting);
+        assert_eq!(handle.inbox_bytes.available_permits(), budget - cost);
+        // Over the budget: the same while waiting for bytes.
+        let big = "x".repeat(900);
+        let Admit::Wait(mut waiting) = handle.try_admit(1, text(&big)) else {
+            panic!("over the budget")
+        };
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        drop(waiting);
+        assert_eq!(handle.inbox_bytes.available_permits(), budget - cost);
+        // Once a waiting message is in, its bytes are out.
+        let Admit::Wait(waiting) = handle.try_admit(1, text("ef")) else {
+            panic!("the inbox is full")
+        };
+        let taken = tokio::spawn(waiting);
+        assert!(rx.recv().await.is_some());
+        assert!(taken.await.unwrap());
+        assert_eq!(handle.inbox_bytes.available_permits(), budget - 2 * cost);
+    }
 
     #[test]
     fn tags_follow_the_reference_rules() {

@@ -1107,6 +1107,10 @@ impl Downlink {
             let outbox = m.conn.outbox();
             if outbox.is_killed() {
                 if !m.closing.is_cancelled() {
+                    // Its frames will never go: free them now (as a local
+                    // socket does), so that the instance is not held back
+                    // by them until the forwarder ends.
+                    outbox.shut();
                     m.closing.cancel();
                     batch.push(Down {
                         conn: m.remote,
@@ -1783,15 +1787,18 @@ mod tests {
     #[test]
     fn a_dropped_forwarded_connection_goes_down_as_a_drop_once() {
         let link = Arc::new(Downlink::default());
-        let (conn, _) = forwarded(3);
+        let (conn, flow) = forwarded(3);
         let closing = link.attach(conn.clone(), 30);
         let _ = taken(&link);
         // One turn queues far past the hard limit: the connection is dropped.
         let refused = (0..20).map(|_| conn.send("x")).find_map(Result::err);
         assert!(matches!(refused, Some(crate::SendError::QueueFull)));
+        assert!(flow.is_behind());
         let (batch, _) = taken(&link);
         assert_eq!(batch, [(30, kind::DROP, Bytes::new())]);
         assert!(closing.is_cancelled());
+        // Its frames are freed: the instance is not held back by them.
+        assert!(!flow.is_behind());
         // Woken again, it is not dropped twice.
         conn.outbox().kill();
         assert!(taken(&link).0.is_empty());

@@ -75,6 +75,12 @@ impl<'a> Signals<'a> {
         }
     }
 
+    /// Whether a signal may be due (one woke us, or it was not looked at
+    /// yet): the instance then goes through its select.
+    pub(crate) fn woke(&self) -> bool {
+        self.flag.raised.load(Ordering::Acquire)
+    }
+
     /// The next signal; pending without touching the tokens unless one of
     /// them woke us since the last look.
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Signal> {

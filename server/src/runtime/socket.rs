@@ -468,6 +468,9 @@ impl<T: Transport> Socket<'_, T> {
         };
         self.admitting = None;
         self.admitting_len = 0;
+        // Frames still buffered count as seen now, not at the read that
+        // brought them (the wait may have been long).
+        self.last_seen = Instant::now();
         self.recharge();
         if !delivered {
             // The instance is gone (the server is stopping).
