@@ -432,15 +432,6 @@ struct Server {
     tracker: TaskTracker,
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A built server: hands out the router and controls shutdown. Cheap to clone.
 #[derive(Clone)]
 pub struct Agents {
@@ -492,10 +483,9 @@ impl Agents {
             return self.accept_loop(listener, app, shutdown).await;
         }
         let this = self.clone();
-        let task = tokio::spawn(
+        let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             async move { this.accept_loop(listener, app, shutdown).await }.in_current_span(),
-        );
-        let _abort = AbortOnDrop(task.abort_handle());
+        ));
         match task.await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),

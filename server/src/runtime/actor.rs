@@ -118,6 +118,16 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// The bytes of the inbox's budget the command holds.
+    fn cost(&self) -> u32 {
+        match self {
+            Command::Message { cost, .. } => *cost,
+            _ => 0,
+        }
+    }
+}
+
 /// What offering a message to an instance did.
 pub(crate) enum Admit {
     /// It is in the inbox.
@@ -207,20 +217,20 @@ impl InstanceHandle {
                     Err(mpsc::error::TrySendError::Closed(_)) => Admit::Closed,
                     Err(mpsc::error::TrySendError::Full(cmd)) => {
                         drop(permit);
-                        self.admit_later(cmd, cost)
+                        self.admit_later(cmd)
                     }
                 }
             }
             Err(TryAcquireError::Closed) => Admit::Closed,
             Err(TryAcquireError::NoPermits) => {
-                self.admit_later(Command::Message { key, message, cost }, cost)
+                self.admit_later(Command::Message { key, message, cost })
             }
         }
     }
 
-    /// Waits for `cost` bytes of budget and a slot for `cmd`.
-    fn admit_later(&self, cmd: Command, cost: u32) -> Admit {
-        let (tx, bytes) = (self.tx.clone(), self.inbox_bytes.clone());
+    /// Waits for `cmd`'s bytes of budget and a slot for it.
+    fn admit_later(&self, cmd: Command) -> Admit {
+        let (tx, bytes, cost) = (self.tx.clone(), self.inbox_bytes.clone(), cmd.cost());
         Admit::Wait(Box::pin(async move {
             let Ok(permit) = bytes.acquire_many_owned(cost).await else {
                 return false;
@@ -335,7 +345,7 @@ struct Actor<A: Agent> {
     /// Events taken from `rx` and not yet handled, in order (at most
     /// [`BATCH_EVENTS`] beyond the inbox's capacity; their bytes stay in
     /// the byte budget until handled); `got` is where
-    /// [`Actor::take_inbox`] receives them.
+    /// [`Actor::next_queued`] receives them.
     queued: VecDeque<Command>,
     got: Vec<Command>,
     /// Batches in a row taken without looking at the other signals.
@@ -370,11 +380,9 @@ struct InboxBudget {
 }
 
 impl InboxBudget {
-    /// `cmd` is taken from the inbox: its bytes are free after this batch.
+    /// `cmd` is being handled: its bytes are free after this batch.
     fn took(&mut self, cmd: &Command) {
-        if let Command::Message { cost, .. } = cmd {
-            self.freed += *cost as usize;
-        }
+        self.freed += cmd.cost() as usize;
     }
 
     /// The batch is handled: its bytes go back to the budget.
@@ -464,10 +472,11 @@ impl<A: Agent> Actor<A> {
             // batches and whenever the inbox is empty.
             let quick =
                 !behind && self.quick < QUICK_BATCHES && self.failed.is_empty() && !signals.woke();
-            if quick && self.queued.is_empty() {
-                self.take_inbox().await;
-            }
-            let queued = if quick { self.queued.pop_front() } else { None };
+            let queued = if quick {
+                self.next_queued().await
+            } else {
+                None
+            };
             let cmd = if let Some(cmd) = queued {
                 self.quick += 1;
                 cmd
@@ -527,19 +536,14 @@ impl<A: Agent> Actor<A> {
             // Everything already in the inbox is handled before the sockets
             // are woken, so a burst leaves each socket in one write.
             self.flow.begin_batch();
-            self.inbox.took(&cmd);
             self.handle(cmd).await;
             for _ in 1..BATCH_EVENTS {
                 if self.flow.is_behind() {
                     break;
                 }
-                if self.queued.is_empty() && !self.take_inbox().await {
-                    break;
-                }
-                let Some(cmd) = self.queued.pop_front() else {
+                let Some(cmd) = self.next_queued().await else {
                     break;
                 };
-                self.inbox.took(&cmd);
                 self.handle(cmd).await;
             }
             self.flow.end_batch();
@@ -668,7 +672,6 @@ impl<A: Agent> Actor<A> {
             Some(cmd) => Some(cmd),
             None => self.rx.recv().await,
         } {
-            self.inbox.took(&cmd);
             match cmd {
                 Command::Connect { .. } | Command::Message { .. } => {}
                 cmd @ (Command::Closed { .. } | Command::Request { .. }) => self.handle(cmd).await,
@@ -677,23 +680,24 @@ impl<A: Agent> Actor<A> {
         self.cx.storage().release();
     }
 
-    /// Moves what the inbox holds now into `queued`, at once (its slots
-    /// are given back to senders in one go, not one lock per event); false
-    /// when it holds nothing.
-    async fn take_inbox(&mut self) -> bool {
-        let (rx, got) = (&mut self.rx, &mut self.got);
-        let n = std::future::poll_fn(|cx| {
-            Poll::Ready(match rx.poll_recv_many(cx, got, BATCH_EVENTS) {
-                Poll::Ready(n) => n,
-                Poll::Pending => 0,
+    /// The next event already taken, or else in the inbox now (whatever it
+    /// holds is taken at once: its slots go back to senders in one go, not
+    /// one lock per event); `None` when there is none.
+    async fn next_queued(&mut self) -> Option<Command> {
+        if self.queued.is_empty() {
+            let (rx, got) = (&mut self.rx, &mut self.got);
+            std::future::poll_fn(|cx| {
+                let _ = rx.poll_recv_many(cx, got, BATCH_EVENTS);
+                Poll::Ready(())
             })
-        })
-        .await;
-        self.queued.extend(self.got.drain(..));
-        n > 0
+            .await;
+            self.queued.extend(self.got.drain(..));
+        }
+        self.queued.pop_front()
     }
 
     async fn handle(&mut self, cmd: Command) {
+        self.inbox.took(&cmd);
         self.cx.storage().begin_turn();
         self.dispatch(cmd).await;
         self.cx.storage().end_turn();
