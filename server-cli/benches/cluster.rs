@@ -134,57 +134,55 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
     let mut anchor = util::Client::connect(&nodes[0].url(path)).await;
     anchor.handshake().await;
     let pids = pids(&nats, &nodes);
-    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
-    let (mut direct_one, mut forwarded_one) = (Vec::new(), Vec::new());
-    let (mut direct_paced, mut forwarded_paced) = (Vec::new(), Vec::new());
+    let n = args.connections;
     let every = Duration::from_secs(1) / args.paced_rate.max(1);
+    // Each kind of run: its name, its load (for the latency row), sockets,
+    // round trips per socket, and the pace (none: back to back).
+    let kinds = [
+        (
+            "echo",
+            format!("{n} sockets, saturated"),
+            n,
+            args.messages,
+            None,
+        ),
+        (
+            "echo, one socket",
+            "1 socket".to_owned(),
+            1,
+            args.latency_messages,
+            None,
+        ),
+        (
+            "echo, paced",
+            format!("{n} sockets at {}/s each", args.paced_rate),
+            n,
+            args.paced_messages,
+            Some(every),
+        ),
+    ];
+    // Per kind: the direct runs and the forwarded runs.
+    let mut runs: Vec<[Vec<Run>; 2]> = kinds.iter().map(|_| Default::default()).collect();
     for round in 1..=args.rounds {
         // Alternate which side goes first.
         let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
         for node in order {
             let url = nodes[node].url(path);
             let label = if node == 0 { "direct" } else { "forwarded" };
-            let (n, saturated) = (args.connections, None);
-            let loaded = timed(echo_run(args, &url, n, args.messages, saturated, &pids)).await?;
-            report("echo", label, round, &loaded);
-            let one = timed(echo_run(args, &url, 1, args.latency_messages, None, &pids)).await?;
-            report("echo, one socket", label, round, &one);
-            let m = args.paced_messages;
-            let paced = timed(echo_run(args, &url, n, m, Some(every), &pids)).await?;
-            report("echo, paced", label, round, &paced);
-            let (all, single, at_rate) = if node == 0 {
-                (&mut direct, &mut direct_one, &mut direct_paced)
-            } else {
-                (&mut forwarded, &mut forwarded_one, &mut forwarded_paced)
-            };
-            all.push(loaded);
-            single.push(one);
-            at_rate.push(paced);
+            for ((part, _, sockets, messages, pace), runs) in kinds.iter().zip(&mut runs) {
+                let run = echo_run(args, &url, *sockets, *messages, *pace, &pids);
+                let run = timed(run).await?;
+                report(part, label, round, &run);
+                runs[node].push(run);
+            }
         }
     }
     anchor.close(1000, "").await;
-    let mut out = compare("echo", "direct", &direct, "forwarded", &forwarded);
-    out.extend(compare(
-        "echo, one socket",
-        "direct",
-        &direct_one,
-        "forwarded",
-        &forwarded_one,
-    ));
-    out.extend(compare(
-        "echo, paced",
-        "direct",
-        &direct_paced,
-        "forwarded",
-        &forwarded_paced,
-    ));
-    let paced = format!("{} sockets at {}/s each", args.connections, args.paced_rate);
-    let saturated = format!("{} sockets, saturated", args.connections);
-    for (load, f, d) in [
-        (saturated, &forwarded, &direct),
-        ("1 socket".to_owned(), &forwarded_one, &direct_one),
-        (paced, &forwarded_paced, &direct_paced),
-    ] {
+    let mut out = Vec::new();
+    for ((part, ..), [direct, forwarded]) in kinds.iter().zip(&runs) {
+        out.extend(compare(part, "direct", direct, "forwarded", forwarded));
+    }
+    for ((_, load, ..), [d, f]) in kinds.iter().zip(&runs) {
         out.push((
             format!("echo: added latency p50 / p99, {load} (forwarded − direct)"),
             format!(
