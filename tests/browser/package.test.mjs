@@ -153,12 +153,23 @@ test("the client is a real EventTarget and marks protocol frames on its message 
     const seen = [];
     client.addEventListener("message", (e) => seen.push([e.data, e.isProtocol, e instanceof MessageEvent]));
     let viaProperty = 0;
+    let hello = null;
     client.onopen = () => viaProperty++;
     await within(new Promise((resolve) => client.addEventListener("open", resolve, { once: true })), "open");
     client.send("hello");
     await within(
       new Promise((resolve) => {
-        const done = (e) => e.data === "hello" && (client.removeEventListener("message", done), resolve());
+        const done = (e) => {
+          if (e.data !== "hello") return;
+          // The rest of a MessageEvent: the socket event's own fields.
+          hello = {
+            type: e.type, target: e.target === client, origin: e.origin, lastEventId: e.lastEventId,
+            source: e.source, ports: Array.isArray(e.ports) && e.ports.length, tag: Object.prototype.toString.call(e),
+            bubbles: e.bubbles, cancelable: e.cancelable, trusted: e.isTrusted,
+          };
+          client.removeEventListener("message", done);
+          resolve();
+        };
         client.addEventListener("message", done);
       }),
       "the echo",
@@ -175,6 +186,7 @@ test("the client is a real EventTarget and marks protocol frames on its message 
       dispatched,
       custom,
       seen,
+      hello,
     };
   }, server.host);
   assert.equal(result.isTarget, true);
@@ -192,6 +204,10 @@ test("the client is a real EventTarget and marks protocol frames on its message 
     ["cf_agent_mcp_servers", true, true],
     ["hello", false, true],
   ]);
+  assert.deepEqual(result.hello, {
+    type: "message", target: true, origin: `ws://${server.host}`, lastEventId: "", source: null, ports: 0,
+    tag: "[object MessageEvent]", bubbles: false, cancelable: false, trusted: false,
+  });
 });
 
 test("agentFetch reaches the instance's on_request from another origin", async () => {
