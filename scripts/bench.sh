@@ -254,7 +254,7 @@ if [ -z "$COMPARE" ]; then
   step "client size"
   "$ROOT/scripts/size.sh" | tee -a "$OUT/results.log" | grep -v '^{' || true
 
-  step "client throughput in headless Chromium: AgentClient vs native WebSocket"
+  step "client throughput in headless Chromium: AgentClient vs the reference agents client and a native WebSocket"
   need_browser
   # The server on core 0, Node and Chromium (its processes inherit) on core 1.
   printf '#!/bin/sh\nexec taskset -c 0 %s "$@"\n' "$OURS_BIN" >"$OUT/server-core0.sh"
