@@ -42,8 +42,8 @@ pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default [`inbox_capacity`](crate::AgentServer::inbox_capacity): events
-/// queued for one instance; sockets stop reading (TCP back-pressure) when it
-/// is full.
+/// queued for one instance (the messages of one socket read are one event);
+/// sockets stop reading (TCP back-pressure) when it is full.
 pub const DEFAULT_INBOX_CAPACITY: usize = 1024;
 
 /// Default [`inbox_bytes`](crate::AgentServer::inbox_bytes): bytes of

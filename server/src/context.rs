@@ -45,8 +45,11 @@ pub struct AgentContext<A: Agent> {
     agent: Arc<str>,
     connections: KeyMap<Connection>,
     state: StateCell<A::State>,
-    /// The connection whose event is being handled, if any.
+    /// The connection whose event is being handled, if any: itself (its
+    /// connect and close, when it may not be in `connections`), or the key
+    /// of one in `connections` (its messages: no reference count to take).
     current: Option<Connection>,
+    current_key: Option<u64>,
     /// Set by [`set_state`](Self::set_state); the runtime then calls
     /// `on_state_update` with [`StateSource::Server`].
     state_changed: bool,
@@ -85,6 +88,7 @@ impl<A: Agent> AgentContext<A> {
                 last_len: 0,
             },
             current: None,
+            current_key: None,
             state_changed: false,
             state_writes,
         }
@@ -174,7 +178,8 @@ impl<A: Agent> AgentContext<A> {
     /// it does not serialize; [`StateError::Storage`] when it cannot be
     /// stored. On error nothing changes and nothing is sent.
     pub fn set_state(&mut self, state: A::State) -> Result<(), StateError> {
-        if self.current.as_ref().is_some_and(Connection::is_readonly) {
+        let current = (self.current.as_ref()).or_else(|| self.connections.get(&self.current_key?));
+        if current.is_some_and(Connection::is_readonly) {
             return Err(StateError::Readonly);
         }
         let frame = self.replace_state(state)?;
@@ -235,9 +240,16 @@ impl<A: Agent> AgentContext<A> {
         self.current = conn.cloned();
     }
 
+    /// A hook for a message of the connection `key` (one of
+    /// `connections`) begins.
+    pub(crate) fn begin_message_turn(&mut self, key: u64) {
+        self.current_key = Some(key);
+    }
+
     /// The hook returned.
     pub(crate) fn end_turn(&mut self) {
         self.current = None;
+        self.current_key = None;
     }
 
     /// Whether [`set_state`](Self::set_state) ran since the last call.

@@ -206,9 +206,12 @@ impl AgentServer {
     }
 
     /// Events queued per instance before sockets stop reading. Defaults to
-    /// [`DEFAULT_INBOX_CAPACITY`](crate::DEFAULT_INBOX_CAPACITY). (An
-    /// instance working through a batch holds up to 64 more, taken from
-    /// the queue at once; the byte budget covers those too.)
+    /// [`DEFAULT_INBOX_CAPACITY`](crate::DEFAULT_INBOX_CAPACITY). The
+    /// messages one read of a socket brought are one event (up to 32 of
+    /// them; each still its own turn); [`inbox_bytes`](Self::inbox_bytes)
+    /// counts every message. (An instance working through a batch holds up
+    /// to 64 more events, taken from the queue at once; the byte budget
+    /// covers those too.)
     pub fn inbox_capacity(mut self, events: usize) -> Self {
         self.config.inbox_capacity = events;
         self

@@ -277,6 +277,50 @@ async fn a_reading_client_loses_nothing_while_another_stalls() {
     paused.until_hangup().await;
 }
 
+/// Messages that arrive in one read are handed to the instance together,
+/// but a client that falls behind its queue budget still holds the rest
+/// back, message by message: 32 broadcasts in one write, 12 KiB to a
+/// reader whose budget is 1 KiB (dropped at 4 KiB queued), reach it all.
+#[tokio::test]
+async fn a_slow_reader_holds_back_the_rest_of_a_read() {
+    let server =
+        TestServer::start(agents_server_cli::demo::server().outbound_queue_bytes(1024)).await;
+    let path = "/agents/counter-agent/one-read";
+    let (status, mut slow) = Raw::try_connect(server.addr, path, &[], Some(4096)).await;
+    assert_eq!(status, 101);
+    let mut flooder = Raw::connect(server.addr, path, &[]).await;
+    let mut bytes = Vec::new();
+    let filler = "f".repeat(380);
+    for i in 0..32 {
+        bytes.extend(Raw::frame(
+            true,
+            1,
+            format!("broadcast:{i:02}{filler}").as_bytes(),
+        ));
+    }
+    flooder.write(&bytes).await;
+    let want: Vec<String> = (0..32).map(|i| format!("{i:02}")).collect();
+    assert_eq!(broadcasts(&mut flooder, filler.len()).await, want);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(broadcasts(&mut slow, filler.len()).await, want);
+}
+
+/// The two-digit numbers of the first 32 broadcasts of `filler_len` filler
+/// `raw` gets; panics if it is dropped first.
+async fn broadcasts(raw: &mut Raw, filler_len: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < 32 {
+        match raw.next_frame().await {
+            Some((1, text)) if text.len() == 2 + filler_len => {
+                got.push(String::from_utf8(text[..2].to_vec()).unwrap());
+            }
+            Some(_) => {}
+            None => panic!("dropped after {} broadcasts", got.len()),
+        }
+    }
+    got
+}
+
 /// An instance whose inbox is full stops its sockets from reading: a client
 /// pipelining into a busy instance is held back by TCP, and everything it
 /// sent is handled in order once the instance is free again.

@@ -112,6 +112,58 @@ async fn pipelined_calls_are_each_answered_by_id() {
     );
 }
 
+/// Frames that arrive in one read reach the agent in order, each its own
+/// turn (its state before its reply, as when sent alone), across the
+/// batches a read is handed over in; the pings among them are answered
+/// (an unsent pong gives way to the next ping's, as RFC 6455 allows).
+#[tokio::test]
+async fn frames_of_one_read_are_each_their_own_turn() {
+    let server = TestServer::start(agents_server_cli::demo::server()).await;
+    let mut c = Raw::connect(server.addr, "/agents/counter-agent/one-read", &[]).await;
+    let calls = 100;
+    let mut bytes = Vec::new();
+    for i in 1..=calls {
+        let frame = call(&i.to_string(), "increment", json!([1]));
+        bytes.extend(Raw::frame(true, 1, frame.as_bytes()));
+        if i % 30 == 0 {
+            bytes.extend(Raw::frame(true, 9, format!("ping{i}").as_bytes()));
+        }
+    }
+    c.write(&bytes).await;
+    let (mut turns, mut pongs) = (Vec::new(), Vec::new());
+    while turns.len() < 1 + 2 * calls || pongs.last().is_none_or(|p| p != "ping90") {
+        match c.next_frame().await.expect("hung up") {
+            (1, text) => {
+                let frame: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                match frame["type"].as_str() {
+                    Some("cf_agent_state") => {
+                        turns.push(format!("state {}", frame["state"]["count"]))
+                    }
+                    Some("rpc") => turns.push(format!(
+                        "reply {} {}",
+                        frame["id"].as_str().unwrap(),
+                        frame["result"]
+                    )),
+                    _ => {}
+                }
+            }
+            (0xA, payload) => pongs.push(String::from_utf8(payload).unwrap()),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    // The connect frames' state first (count 0), then per call its state and its reply.
+    let want: Vec<String> = std::iter::once("state 0".to_owned())
+        .chain((1..=calls).flat_map(|i| [format!("state {i}"), format!("reply {i} {i}")]))
+        .collect();
+    assert_eq!(turns, want);
+    assert!(
+        ["ping30", "ping60"]
+            .iter()
+            .all(|p| pongs.iter().filter(|&q| q == p).count() <= 1),
+        "{pongs:?}"
+    );
+}
+
 #[tokio::test]
 async fn streaming_sends_chunks_in_order_then_done() {
     let server = TestServer::start(agents_server_cli::demo::server()).await;

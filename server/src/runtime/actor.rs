@@ -109,6 +109,13 @@ pub(crate) enum Command {
         message: Message,
         cost: u32,
     },
+    /// Data messages from one read of a registered socket, in order; each
+    /// is handled as its own [`Command::Message`] would be. `cost` as there.
+    Messages {
+        key: u64,
+        messages: Vec<Message>,
+        cost: u32,
+    },
     /// A registered socket ended.
     Closed { key: u64, info: CloseInfo },
     /// A plain HTTP request to the instance.
@@ -122,7 +129,7 @@ impl Command {
     /// The bytes of the inbox's budget the command holds.
     fn cost(&self) -> u32 {
         match self {
-            Command::Message { cost, .. } => *cost,
+            Command::Message { cost, .. } | Command::Messages { cost, .. } => *cost,
             _ => 0,
         }
     }
@@ -201,30 +208,45 @@ impl InstanceHandle {
 
     /// Offers a socket's message; takes its bytes from the inbox budget.
     pub(crate) fn try_admit(&self, key: u64, message: Message) -> Admit {
-        // A message larger than the whole budget still passes, alone.
-        let cost = (message.len() + INBOX_OVERHEAD).min(self.inbox_budget) as u32;
+        let cost = self.cost(message.len() + INBOX_OVERHEAD);
+        self.offer(Command::Message { key, message, cost })
+    }
+
+    /// Offers messages one read of a socket brought, as one event.
+    pub(crate) fn try_admit_many(&self, key: u64, messages: Vec<Message>) -> Admit {
+        let bytes = messages.iter().map(|m| m.len() + INBOX_OVERHEAD).sum();
+        let cost = self.cost(bytes);
+        self.offer(Command::Messages {
+            key,
+            messages,
+            cost,
+        })
+    }
+
+    /// What `bytes` of messages take from the budget: a message (or read)
+    /// larger than the whole budget still passes, alone.
+    fn cost(&self, bytes: usize) -> u32 {
+        bytes.min(self.inbox_budget) as u32
+    }
+
+    fn offer(&self, cmd: Command) -> Admit {
         // The bytes leave the budget (the permit is forgotten) only once
         // the command is in the inbox: the actor gives them back. A message
         // that never got in (its socket gave up waiting) returns them.
-        match self.inbox_bytes.try_acquire_many(cost) {
-            Ok(permit) => {
-                let cmd = Command::Message { key, message, cost };
-                match self.tx.try_send(cmd) {
-                    Ok(()) => {
-                        permit.forget();
-                        Admit::Done
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => Admit::Closed,
-                    Err(mpsc::error::TrySendError::Full(cmd)) => {
-                        drop(permit);
-                        self.admit_later(cmd)
-                    }
+        match self.inbox_bytes.try_acquire_many(cmd.cost()) {
+            Ok(permit) => match self.tx.try_send(cmd) {
+                Ok(()) => {
+                    permit.forget();
+                    Admit::Done
                 }
-            }
+                Err(mpsc::error::TrySendError::Closed(_)) => Admit::Closed,
+                Err(mpsc::error::TrySendError::Full(cmd)) => {
+                    drop(permit);
+                    self.admit_later(cmd)
+                }
+            },
             Err(TryAcquireError::Closed) => Admit::Closed,
-            Err(TryAcquireError::NoPermits) => {
-                self.admit_later(Command::Message { key, message, cost })
-            }
+            Err(TryAcquireError::NoPermits) => self.admit_later(cmd),
         }
     }
 
@@ -382,7 +404,11 @@ struct InboxBudget {
 impl InboxBudget {
     /// `cmd` is being handled: its bytes are free after this batch.
     fn took(&mut self, cmd: &Command) {
-        self.freed += cmd.cost() as usize;
+        self.took_bytes(cmd.cost());
+    }
+
+    fn took_bytes(&mut self, cost: u32) {
+        self.freed += cost as usize;
     }
 
     /// The batch is handled: its bytes go back to the budget.
@@ -673,7 +699,7 @@ impl<A: Agent> Actor<A> {
             None => self.rx.recv().await,
         } {
             match cmd {
-                Command::Connect { .. } | Command::Message { .. } => {}
+                Command::Connect { .. } | Command::Message { .. } | Command::Messages { .. } => {}
                 cmd @ (Command::Closed { .. } | Command::Request { .. }) => self.handle(cmd).await,
             }
         }
@@ -697,7 +723,46 @@ impl<A: Agent> Actor<A> {
     }
 
     async fn handle(&mut self, cmd: Command) {
-        self.inbox.took(&cmd);
+        let Command::Messages {
+            key,
+            messages,
+            cost,
+        } = cmd
+        else {
+            self.inbox.took(&cmd);
+            return self.turn(cmd).await;
+        };
+        // One read's messages: each its own turn, as if it came alone.
+        let mut messages = messages.into_iter();
+        while let Some(message) = messages.next() {
+            let none = 0; // (the cost is the batch's, below)
+            self.turn(Command::Message {
+                key,
+                message,
+                cost: none,
+            })
+            .await;
+            if messages.len() > 0 && self.flow.is_behind() {
+                // A client fell behind: the rest waits with whatever else
+                // was taken, holding its share of the budget until handled.
+                let rest: Vec<Message> = messages.collect();
+                let bytes: usize = rest.iter().map(|m| m.len() + INBOX_OVERHEAD).sum();
+                let held = u32::try_from(bytes).map_or(cost, |bytes| bytes.min(cost));
+                self.inbox.took_bytes(cost - held);
+                let cost = held;
+                let messages = rest;
+                self.queued.push_front(Command::Messages {
+                    key,
+                    messages,
+                    cost,
+                });
+                return;
+            }
+        }
+        self.inbox.took_bytes(cost);
+    }
+
+    async fn turn(&mut self, cmd: Command) {
         self.cx.storage().begin_turn();
         self.dispatch(cmd).await;
         self.cx.storage().end_turn();
@@ -714,7 +779,7 @@ impl<A: Agent> Actor<A> {
                     let _ = reply
                         .send((StatusCode::INTERNAL_SERVER_ERROR, reason.clone()).into_response());
                 }
-                Command::Message { .. } | Command::Closed { .. } => {}
+                Command::Message { .. } | Command::Messages { .. } | Command::Closed { .. } => {}
             }
             return;
         }
@@ -729,12 +794,14 @@ impl<A: Agent> Actor<A> {
                 let Some(conn) = self.cx.get(key).cloned() else {
                     return;
                 };
-                self.cx.begin_turn(Some(&conn));
+                self.cx.begin_message_turn(key);
                 self.message(conn, message).await;
                 self.cx.end_turn();
                 self.after_hook().await;
             }
             Command::Closed { key, info } => Box::pin(self.closed(key, info)).await,
+            // handle() takes these apart, one turn per message.
+            Command::Messages { .. } => unreachable!("a batch reaches dispatch() as its messages"),
             Command::Request { request, reply } => {
                 let (agent, cx) = (&mut self.agent, &mut self.cx);
                 let result = guarded("on_request", || agent.on_request(cx, *request)).await;
@@ -1102,10 +1169,9 @@ fn validate_tags(id: &str, extra: Vec<String>) -> Result<Box<[String]>, TagError
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_message_that_never_got_in_gives_its_bytes_back() {
-        let (tx, mut rx) = mpsc::channel(1);
-        let budget = 1000;
+    /// A handle whose inbox holds one event and `budget` bytes.
+    fn handle(budget: usize) -> (InstanceHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(1);
         let handle = InstanceHandle {
             tx,
             inbox_bytes: Arc::new(Semaphore::new(budget)),
@@ -1113,6 +1179,13 @@ mod tests {
             generation: 0,
             control: Arc::default(),
         };
+        (handle, rx)
+    }
+
+    #[tokio::test]
+    async fn a_message_that_never_got_in_gives_its_bytes_back() {
+        let budget = 1000;
+        let (handle, mut rx) = handle(budget);
         let text = |t: &str| Message::Text(t.into());
         let cost = "ab".len() + INBOX_OVERHEAD;
         // In the inbox: its bytes are out of the budget until the actor
@@ -1142,6 +1215,35 @@ mod tests {
         assert!(rx.recv().await.is_some());
         assert!(taken.await.unwrap());
         assert_eq!(handle.inbox_bytes.available_permits(), budget - 2 * cost);
+    }
+
+    #[tokio::test]
+    async fn one_read_of_messages_is_one_event_costing_all_their_bytes() {
+        let budget = 1000;
+        let (handle, mut rx) = handle(budget);
+        let text = |t: &str| Message::Text(t.into());
+        let three = vec![text("a"), text("bc"), text("def")];
+        assert!(matches!(handle.try_admit_many(7, three), Admit::Done));
+        let cost = 6 + 3 * INBOX_OVERHEAD;
+        assert_eq!(handle.inbox_bytes.available_permits(), budget - cost);
+        let Some(Command::Messages {
+            key: 7,
+            messages,
+            cost: c,
+        }) = rx.recv().await
+        else {
+            panic!("one event with the three messages")
+        };
+        assert_eq!(c as usize, cost);
+        assert_eq!(
+            messages.iter().map(Message::len).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // More than the whole budget: still passes, alone, costing all of it.
+        let many = (0..20).map(|_| text("xx")).collect();
+        handle.inbox_bytes.add_permits(cost);
+        assert!(matches!(handle.try_admit_many(7, many), Admit::Done));
+        assert_eq!(handle.inbox_bytes.available_permits(), 0);
     }
 
     #[test]

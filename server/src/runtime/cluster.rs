@@ -1481,17 +1481,32 @@ fn closed_data(code: u16, was_clean: bool, reason: &str) -> Vec<u8> {
 impl RemoteLink {
     /// Sends a client message to the owner (in order).
     pub(crate) fn admit(&mut self, message: Message) -> Admit {
+        self.admit_many(vec![message])
+    }
+
+    /// Sends client messages read together to the owner (in order).
+    pub(crate) fn admit_many(&mut self, messages: Vec<Message>) -> Admit {
         if self.peer.dead.is_cancelled() {
             return Admit::Closed;
         }
-        self.seq += 1;
-        let payload = match &message {
-            Message::Text(t) => frame(kind::TEXT, self.seq, t.as_bytes()),
-            Message::Binary(b) => frame(kind::BINARY, self.seq, b),
-        };
+        let payloads: Vec<_> = messages
+            .iter()
+            .map(|message| {
+                self.seq += 1;
+                match message {
+                    Message::Text(t) => frame(kind::TEXT, self.seq, t.as_bytes()),
+                    Message::Binary(b) => frame(kind::BINARY, self.seq, b),
+                }
+            })
+            .collect();
         let (client, up) = (self.client.clone(), self.up.clone());
         Admit::Wait(Box::pin(async move {
-            client.publish(up, payload).await.is_ok()
+            for payload in payloads {
+                if client.publish(up.clone(), payload).await.is_err() {
+                    return false;
+                }
+            }
+            true
         }))
     }
 

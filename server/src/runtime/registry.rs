@@ -483,6 +483,14 @@ impl Link {
         }
     }
 
+    /// Offers client messages read together, in order, as one event.
+    pub(crate) fn admit_many(&mut self, key: u64, messages: Vec<crate::message::Message>) -> Admit {
+        match self {
+            Link::Local(handle) => handle.try_admit_many(key, messages),
+            Link::Remote(remote) => remote.admit_many(messages),
+        }
+    }
+
     /// The socket `key` ended: tells its instance how.
     pub(crate) async fn closed(self, key: u64, info: CloseInfo) {
         match self {

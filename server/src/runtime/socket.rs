@@ -46,6 +46,11 @@ pub(crate) const MAX_DISCARD: usize = 64 * 1024 * 1024;
 /// Rounds of writing and reading before the task yields to others.
 const ROUNDS_PER_POLL: usize = 16;
 
+/// Messages of one socket offered to its instance as one inbox event, at
+/// most: what one read brought is handed over together (one hand-over per
+/// read, not one per frame), in batches of up to this many.
+const READ_BATCH: usize = 32;
+
 /// Bytes read off every socket and not yet accepted by an instance: partial
 /// frames, fragments, and messages waiting for room in an inbox. One per
 /// server; see [`AgentServer::max_unfinished_bytes`](crate::AgentServer::max_unfinished_bytes).
@@ -189,6 +194,40 @@ enum Discard {
     Raw,
 }
 
+/// Messages decoded from what was read, to be offered together.
+#[derive(Default)]
+enum Batch {
+    #[default]
+    Empty,
+    One(Message),
+    Many(Vec<Message>),
+}
+
+impl Batch {
+    fn push(&mut self, message: Message) {
+        match self {
+            Batch::Many(messages) => messages.push(message),
+            Batch::Empty => *self = Batch::One(message),
+            Batch::One(_) => {
+                let Batch::One(first) = std::mem::take(self) else {
+                    return;
+                };
+                let mut messages = Vec::with_capacity(8);
+                messages.extend([first, message]);
+                *self = Batch::Many(messages);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Batch::Empty => 0,
+            Batch::One(_) => 1,
+            Batch::Many(messages) => messages.len(),
+        }
+    }
+}
+
 struct Socket<'a, T> {
     io: T,
     env: &'a SocketEnv,
@@ -213,7 +252,7 @@ struct Socket<'a, T> {
     taken: VecDeque<Outbound>,
     write_stalled_since: Option<Instant>,
     instance: Option<Link>,
-    /// A message waiting for room in its instance's inbox, and its size.
+    /// Messages waiting for room in their instance's inbox, and their size.
     admitting: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
     admitting_len: usize,
     /// What `on_close` will be told.
@@ -486,9 +525,19 @@ impl<T: Transport> Socket<'_, T> {
             return false;
         }
         let mut progress = false;
+        // Messages decoded and not yet offered to the instance. (Their bytes
+        // stay charged to the read budget, as when they were in `rbuf`,
+        // until offered.)
+        let mut batch = Batch::Empty;
         while self.admitting.is_none() && !self.done {
-            if self.handle_buffered() {
+            if self.handle_buffered(&mut batch) {
                 progress = true;
+                continue;
+            }
+            // Everything read is decoded: its messages go to the instance
+            // before anything more is read.
+            if batch.len() > 0 {
+                self.offer(&mut batch);
                 continue;
             }
             // The whole frame in one allocation once its header says how
@@ -533,6 +582,8 @@ impl<T: Transport> Socket<'_, T> {
                 Poll::Pending => break,
             }
         }
+        // What came before the end (or before a wait for room).
+        self.offer(&mut batch);
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
             // Nothing pending: hold no buffer while idle.
             self.rbuf = BytesMut::new();
@@ -541,7 +592,7 @@ impl<T: Transport> Socket<'_, T> {
     }
 
     /// Handles what is already in the buffer; true when it consumed bytes.
-    fn handle_buffered(&mut self) -> bool {
+    fn handle_buffered(&mut self, batch: &mut Batch) -> bool {
         if self.rbuf.is_empty() {
             return false;
         }
@@ -585,8 +636,8 @@ impl<T: Transport> Socket<'_, T> {
                 // per read, not per frame).
                 self.last_seen = self.last_read;
                 self.ping_sent = false;
-                self.on_frame(frame);
-                self.recharge();
+                // (Its bytes are given back once its message is offered.)
+                self.on_frame(frame, batch);
                 true
             }
             Ok(Decoded::Incomplete { frame_len }) => {
@@ -629,10 +680,12 @@ impl<T: Transport> Socket<'_, T> {
         self.recharge();
     }
 
-    fn on_frame(&mut self, frame: Frame) {
+    fn on_frame(&mut self, frame: Frame, batch: &mut Batch) {
         match frame {
-            Frame::Text(bytes) => self.deliver(Message::Text(Utf8Bytes::from_checked(bytes))),
-            Frame::Binary(bytes) => self.deliver(Message::Binary(bytes)),
+            Frame::Text(bytes) => {
+                self.deliver(Message::Text(Utf8Bytes::from_checked(bytes)), batch);
+            }
+            Frame::Binary(bytes) => self.deliver(Message::Binary(bytes), batch),
             Frame::Ping(payload) => self.queue_control(Opcode::Pong, payload),
             Frame::Pong => {}
             Frame::Close(close) => {
@@ -651,32 +704,55 @@ impl<T: Transport> Socket<'_, T> {
         }
     }
 
-    /// Hands a message to the instance, or waits for room in its inbox.
-    fn deliver(&mut self, message: Message) {
-        if self.close_deadline.is_some() {
+    /// Adds a message to those offered to the instance after this read.
+    fn deliver(&mut self, message: Message, batch: &mut Batch) {
+        if self.close_deadline.is_some() || self.instance.is_none() {
             // Closing: messages no longer reach the agent.
             return;
         }
-        let Some(instance) = &mut self.instance else {
-            return;
-        };
-        let len = message.len();
         self.metrics.received.increment(1);
-        self.metrics.received_bytes.increment(len as u64);
-        match instance.admit(self.conn.key(), message) {
-            Admit::Done => {}
-            Admit::Closed => self.done = true,
-            Admit::Wait(waiting) => {
-                self.admitting = Some(waiting);
-                self.admitting_len = len;
+        self.metrics.received_bytes.increment(message.len() as u64);
+        batch.push(message);
+        if batch.len() >= READ_BATCH {
+            self.offer(batch);
+        }
+    }
+
+    /// Hands the decoded messages to the instance as one event, or waits
+    /// for room in its inbox; then gives back the read budget they held.
+    fn offer(&mut self, batch: &mut Batch) {
+        if let Some(instance) = &mut self.instance {
+            let key = self.conn.key();
+            let (admit, len) = match std::mem::take(batch) {
+                Batch::Empty => (Admit::Done, 0),
+                Batch::One(message) => {
+                    let len = message.len();
+                    (instance.admit(key, message), len)
+                }
+                Batch::Many(messages) => {
+                    let len = messages.iter().map(Message::len).sum();
+                    (instance.admit_many(key, messages), len)
+                }
+            };
+            match admit {
+                Admit::Done => {}
+                Admit::Closed => self.done = true,
+                Admit::Wait(waiting) => {
+                    self.admitting = Some(waiting);
+                    self.admitting_len = len;
+                }
             }
         }
+        self.recharge();
     }
 
     /// Brings the read-budget charge in line with what is held; false (and
     /// nothing more charged) when the budget has no room.
     fn recharge(&mut self) -> bool {
         let now = self.rbuf.len() + self.decoder.fragment_bytes() + self.admitting_len;
+        if now == self.held {
+            return true;
+        }
         if now > self.held {
             if !self.env.read_budget.take(now - self.held) {
                 return false;
