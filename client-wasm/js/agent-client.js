@@ -54,10 +54,19 @@ class AgentMessageEvent extends Event {
     return false;
   }
   static {
+    // The standard fields always (some environments, happy-dom among them,
+    // make them instance fields, not accessors), and any other accessor
+    // of this realm's `MessageEvent` that `Event` does not have.
+    const names = new Set(["data", "origin", "lastEventId", "source", "ports"]);
     const proto = globalThis.MessageEvent?.prototype;
-    if (proto) Object.setPrototypeOf(this.prototype, proto);
-    if (proto) for (const [key, d] of Object.entries(Object.getOwnPropertyDescriptors(proto))) {
-      if (d.get) Object.defineProperty(this.prototype, key, { get() { return this.#e[key]; }, configurable: true });
+    if (proto && Event.prototype.isPrototypeOf(proto)) {
+      Object.setPrototypeOf(this.prototype, proto);
+      for (const [key, d] of Object.entries(Object.getOwnPropertyDescriptors(proto))) {
+        if (d.get && !(key in Event.prototype)) names.add(key);
+      }
+    }
+    for (const key of names) {
+      Object.defineProperty(this.prototype, key, { get() { return this.#e[key]; }, configurable: true });
     }
   }
 }

@@ -372,6 +372,9 @@ impl AgentServer {
     pub fn build(self) -> Agents {
         let storage = self.storage.unwrap_or_else(Storage::in_memory);
         let config = Arc::new(self.config);
+        if let Some(cluster) = &self.cluster {
+            cluster.node.check_limits(&config);
+        }
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let registry = Registry::new(

@@ -321,6 +321,49 @@ async fn broadcasts(raw: &mut Raw, filler_len: usize) -> Vec<String> {
     got
 }
 
+/// A message and a close in one read, to an instance whose inbox is full:
+/// the socket waits for room before it hangs up, so the agent sees the
+/// message, then the close.
+#[tokio::test]
+async fn a_message_read_with_the_close_reaches_a_busy_instance() {
+    let log = Log::default();
+    let server = TestServer::start(server_with_probe(&log).inbox_capacity(1)).await;
+    let path = "/agents/probe-agent/closing";
+    let mut raw = Raw::connect(server.addr, &format!("{path}?_pk=raw"), &[]).await;
+    // Registered once its first frame (the identity) is out.
+    assert!(raw.next_frame().await.is_some());
+    let mut busy = server.connect(&format!("{path}?_pk=busy")).await;
+    busy.handshake().await;
+    busy.send("sleep:400").await;
+    // Taken by the instance (asleep), then one more fills the inbox.
+    while !log_lines(&log).iter().any(|l| l == "message sleep:400") {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    busy.send("filler").await;
+    // (Time for "filler" to reach the inbox first; checked below.)
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut bytes = Raw::frame(true, 1, b"bye");
+    bytes.extend(Raw::frame(true, 8, &1000u16.to_be_bytes()));
+    raw.write(&bytes).await;
+    assert_eq!(raw.close_frame().await, (1000, String::new()));
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = log_lines(&log)
+            .into_iter()
+            .filter(|l| l == "message filler" || l == "message bye" || l.starts_with("close raw"))
+            .collect();
+        if seen.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ("filler" first: "bye" did wait for room.)
+    assert_eq!(
+        seen,
+        ["message filler", "message bye", "close raw 1000 \"\" true"]
+    );
+}
+
 /// An instance whose inbox is full stops its sockets from reading: a client
 /// pipelining into a busy instance is held back by TCP, and everything it
 /// sent is handled in order once the instance is free again.

@@ -41,7 +41,9 @@ use crate::storage::InstanceStorage;
 /// queue entry), so that many tiny messages count too.
 pub(crate) const INBOX_OVERHEAD: usize = 128;
 
-/// Events handled in one batch before the sockets that got frames are woken.
+/// Events handled in one batch before the sockets that got frames are woken
+/// (a socket read's messages count one each: the last event may take the
+/// batch up to 31 turns over).
 const BATCH_EVENTS: usize = 64;
 
 /// Batches an instance takes straight from a busy inbox before it looks
@@ -562,15 +564,15 @@ impl<A: Agent> Actor<A> {
             // Everything already in the inbox is handled before the sockets
             // are woken, so a burst leaves each socket in one write.
             self.flow.begin_batch();
-            self.handle(cmd).await;
-            for _ in 1..BATCH_EVENTS {
+            let mut turns = self.handle(cmd).await;
+            while turns < BATCH_EVENTS {
                 if self.flow.is_behind() {
                     break;
                 }
                 let Some(cmd) = self.next_queued().await else {
                     break;
                 };
-                self.handle(cmd).await;
+                turns += self.handle(cmd).await;
             }
             self.flow.end_batch();
             self.inbox.give_back();
@@ -700,7 +702,9 @@ impl<A: Agent> Actor<A> {
         } {
             match cmd {
                 Command::Connect { .. } | Command::Message { .. } | Command::Messages { .. } => {}
-                cmd @ (Command::Closed { .. } | Command::Request { .. }) => self.handle(cmd).await,
+                cmd @ (Command::Closed { .. } | Command::Request { .. }) => {
+                    self.handle(cmd).await;
+                }
             }
         }
         self.cx.storage().release();
@@ -722,7 +726,9 @@ impl<A: Agent> Actor<A> {
         self.queued.pop_front()
     }
 
-    async fn handle(&mut self, cmd: Command) {
+    /// Handles an event; returns the turns it took (a read's messages take
+    /// one each, so that a batch of events stays a batch of turns).
+    async fn handle(&mut self, cmd: Command) -> usize {
         let Command::Messages {
             key,
             messages,
@@ -730,11 +736,14 @@ impl<A: Agent> Actor<A> {
         } = cmd
         else {
             self.inbox.took(&cmd);
-            return self.turn(cmd).await;
+            self.turn(cmd).await;
+            return 1;
         };
         // One read's messages: each its own turn, as if it came alone.
         let mut messages = messages.into_iter();
+        let mut turns = 0;
         while let Some(message) = messages.next() {
+            turns += 1;
             let none = 0; // (the cost is the batch's, below)
             self.turn(Command::Message {
                 key,
@@ -756,10 +765,11 @@ impl<A: Agent> Actor<A> {
                     messages,
                     cost,
                 });
-                return;
+                return turns;
             }
         }
         self.inbox.took_bytes(cost);
+        turns
     }
 
     async fn turn(&mut self, cmd: Command) {

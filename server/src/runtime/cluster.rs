@@ -287,6 +287,19 @@ impl Cluster {
 }
 
 impl Node {
+    /// Warns (once, at startup) when the NATS server's `max_payload` is
+    /// below this server's limits, where cluster mode would fail later.
+    pub(crate) fn check_limits(&self, config: &crate::config::Config) {
+        let max_payload = self.client.server_info().max_payload;
+        if let Some(warning) = payload_warning(max_payload, config.max_state_bytes) {
+            tracing::warn!(
+                max_payload,
+                max_state_bytes = config.max_state_bytes,
+                "{warning}"
+            );
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64 + 1
     }
@@ -1633,9 +1646,43 @@ impl Forwarder {
     }
 }
 
+/// What an operator is told when NATS's `max_payload` (the largest message
+/// it takes) is below `max_state_bytes`: an instance's state and key-value
+/// data are stored as one value, so a state the agent may set (up to
+/// `max_state_bytes`) would fail to store (`StorageError::TooLarge`), where
+/// a single node takes it. `None` when they fit (with room for the
+/// key-value data and encoding).
+fn payload_warning(max_payload: usize, max_state_bytes: usize) -> Option<String> {
+    // The stored value's encoding around the state, and some key-value data.
+    const ROOM: usize = 64 * 1024;
+    (max_payload < max_state_bytes.saturating_add(ROOM)).then(|| {
+        format!(
+            "the NATS server's max_payload ({max_payload} bytes) is below max_state_bytes \
+             ({max_state_bytes}) plus room for key-value data: larger states fail to store, \
+             and forwarded messages over max_payload close their sockets with 1009; raise \
+             max_payload in the NATS configuration (8 MB is NATS's recommended maximum) or \
+             lower --max-state-bytes (docs/cluster.md)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_max_payload_below_the_state_limit_is_reported() {
+        let mib = 1024 * 1024;
+        // NATS's default (1 MiB) against the default state limit (2 MiB).
+        let warning = payload_warning(mib, 2 * mib).expect("1 MiB cannot hold a 2 MiB state");
+        assert!(warning.contains("max_payload (1048576 bytes)"), "{warning}");
+        assert!(warning.contains("max_state_bytes (2097152)"), "{warning}");
+        // The recommended 8 MB holds it; so does 1 MiB with a 512 KiB limit.
+        assert_eq!(payload_warning(8_000_000, 2 * mib), None);
+        assert_eq!(payload_warning(mib, mib / 2), None);
+        // Equal is not enough: the value holds more than the state.
+        assert!(payload_warning(2 * mib, 2 * mib).is_some());
+    }
 
     fn down(conn: u64, kind: u8, data: &Bytes) -> Down {
         Down {

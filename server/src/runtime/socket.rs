@@ -321,9 +321,14 @@ impl<T: Transport> Socket<'_, T> {
                 let wrote = self.poll_writes(cx).is_ready();
                 let admitted = self.poll_admit(cx);
                 let read = self.poll_reads(cx);
-                if self.close_sent && (self.client_closed || self.discard == Some(Discard::Raw)) {
+                if self.close_sent
+                    && (self.client_closed || self.discard == Some(Discard::Raw))
+                    && self.admitting.is_none()
+                {
                     // Both close frames exchanged (or no reply can be read):
-                    // the server hangs up.
+                    // the server hangs up — once the messages read before
+                    // the close are in the inbox (the closing deadline
+                    // bounds that wait).
                     self.done = true;
                 }
                 self.track_assembly();
@@ -525,9 +530,8 @@ impl<T: Transport> Socket<'_, T> {
             return false;
         }
         let mut progress = false;
-        // Messages decoded and not yet offered to the instance. (Their bytes
-        // stay charged to the read budget, as when they were in `rbuf`,
-        // until offered.)
+        // Messages decoded and not yet offered to the instance (at most
+        // until everything read is decoded: no read happens meanwhile).
         let mut batch = Batch::Empty;
         while self.admitting.is_none() && !self.done {
             if self.handle_buffered(&mut batch) {
@@ -582,7 +586,9 @@ impl<T: Transport> Socket<'_, T> {
                 Poll::Pending => break,
             }
         }
-        // What came before the end (or before a wait for room).
+        // What came before the end (a wait for room began with an offer,
+        // which left the batch empty).
+        debug_assert!(self.admitting.is_none() || batch.len() == 0);
         self.offer(&mut batch);
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
             // Nothing pending: hold no buffer while idle.
