@@ -11,7 +11,7 @@
 // the numbers of client-wasm/src/bindings.rs
 // (first in the file, so that esbuild inlines them).
 const START = 0, OPENED = 1, MESSAGE = 2, CLOSED = 3, ERRORED = 4, TIMER = 5;
-const NETWORK = 6, VISIBLE = 7, QUERIED = 8, QUERY_FAILED = 9;
+const NETWORK = 6, VISIBLE = 7, QUERIED = 8, QUERY_FAILED = 9, CLOSED_FOR_GOOD = 10;
 const SEND = 0, CALL = 1, SET_STATE = 2, CLOSE = 3, RECONNECT = 4;
 const READY_STATE = 0, QUEUED = 1, RETRY_COUNT = 2, SHOULD_RECONNECT = 3;
 
@@ -224,7 +224,17 @@ export class AgentClient extends EventTarget {
         this.#emit(new (kind > 1 ? ProtocolMessageEvent : AgentMessageEvent)(e), this.onmessage);
       }
     };
-    ws.onclose = (e) => c.on_(this, CLOSED, gen, e);
+    ws.onclose = (e) => {
+      // The user's predicate is asked here; the core ANDs its answer with
+      // its own rules. (If it throws, reconnecting goes on, and the error
+      // reaches the page.)
+      let again = true;
+      try {
+        again = this.#o.shouldReconnectOnClose?.(e) !== false;
+      } finally {
+        c.on_(this, again ? CLOSED : CLOSED_FOR_GOOD, gen, e);
+      }
+    };
     ws.onerror = () => c.on_(this, ERRORED, gen);
   }
   write_(data) {

@@ -91,7 +91,9 @@ pub(crate) enum Input {
     Start(bool),
     Opened(u32),
     Frame(u32, ServerFrame<String, JsValue>),
-    Closed(u32, u16, String, bool),
+    /// Attempt, code, reason, clean, and whether reconnecting may go on
+    /// (the user's `shouldReconnectOnClose`).
+    Closed(u32, u16, String, bool, bool),
     Errored(u32),
     Timer(u32),
     Network(bool),
@@ -122,7 +124,10 @@ pub(crate) fn run(core: &CoreCell, host: &Host, input: Input) -> Result<bool, Cl
             Input::Start(online) => c.start(online),
             Input::Opened(gen) => c.opened(gen),
             Input::Frame(gen, frame) => out = Ok(c.frame(gen, frame)),
-            Input::Closed(gen, code, reason, clean) => c.closed(gen, code, &reason, clean),
+            Input::Closed(gen, code, reason, clean, true) => c.closed(gen, code, &reason, clean),
+            Input::Closed(gen, code, reason, clean, false) => {
+                c.closed_for_good(gen, code, &reason, clean);
+            }
             Input::Errored(gen) => c.errored(gen),
             Input::Timer(id) => c.timer(id),
             Input::Network(on) => c.network(on),
@@ -172,6 +177,8 @@ mod on {
     pub(super) const VISIBLE: u8 = 7;
     pub(super) const QUERIED: u8 = 8;
     pub(super) const QUERY_FAILED: u8 = 9;
+    /// The socket closed and `shouldReconnectOnClose` answered false.
+    pub(super) const CLOSED_FOR_GOOD: u8 = 10;
 }
 
 /// What [`WasmCore::user`] is asked (the numbers `js/agent-client.js` uses).
@@ -209,11 +216,12 @@ impl WasmCore {
             on::START => Input::Start(on),
             on::OPENED => Input::Opened(n),
             on::MESSAGE => Input::Frame(n, js_value::frame(&a, &self.keys)),
-            on::CLOSED => Input::Closed(
+            on::CLOSED | on::CLOSED_FOR_GOOD => Input::Closed(
                 n,
                 js_value::get(&a, "code").as_f64().unwrap_or(1006.0) as u16,
                 js_value::get(&a, "reason").as_string().unwrap_or_default(),
                 js_value::get(&a, "wasClean").as_bool() == Some(true),
+                kind == on::CLOSED,
             ),
             on::ERRORED => Input::Errored(n),
             on::TIMER => Input::Timer(n),

@@ -208,7 +208,7 @@ impl<V: Clone, H: Clone> Core<V, H> {
     /// An attempt failed before opening: `error`, then a 1006 `close`.
     fn failed_attempt(&mut self, reason: &str) {
         self.act(Action::Emit(Event::Error));
-        self.ended(1006, reason, false);
+        self.ended(1006, reason, false, true);
     }
 
     /// The socket of attempt `gen` opened: flush the queue, then `open`.
@@ -240,23 +240,38 @@ impl<V: Clone, H: Clone> Core<V, H> {
 
     /// The socket of attempt `gen` closed.
     pub fn closed(&mut self, gen: Gen, code: u16, reason: &str, clean: bool) {
+        self.socket_closed(gen, code, reason, clean, true);
+    }
+
+    /// The socket of attempt `gen` closed, and the user's
+    /// `shouldReconnectOnClose` answered false: reconnecting stops as for
+    /// a terminal code (the reference ANDs the two).
+    pub fn closed_for_good(&mut self, gen: Gen, code: u16, reason: &str, clean: bool) {
+        self.socket_closed(gen, code, reason, clean, false);
+    }
+
+    fn socket_closed(&mut self, gen: Gen, code: u16, reason: &str, clean: bool, retry: bool) {
         if gen == self.gen && matches!(self.phase, Phase::Connecting | Phase::Open) {
             self.act(Action::Shut {
                 code: 1000,
                 reason: String::new(),
             });
-            self.ended(code, reason, clean);
+            self.ended(code, reason, clean, retry);
         }
     }
 
     /// The current socket is gone (or never came): reject what it carried,
     /// decide whether and when to try again, then dispatch `close`.
-    fn ended(&mut self, code: u16, reason: &str, clean: bool) {
+    fn ended(&mut self, code: u16, reason: &str, clean: bool, retry: bool) {
         self.phase = Phase::Idle;
         self.cancel(CONNECT);
         self.cancel(UPTIME);
         self.unidentify();
-        let decision = self.reconnect.after_close(code, self.rng.unit());
+        let decision = if retry {
+            self.reconnect.after_close(code, self.rng.unit())
+        } else {
+            self.reconnect.refused()
+        };
         let mut rejected = self.calls.take_sent_on(self.gen);
         match decision {
             AfterClose::Retry(ms) if ms.is_finite() => {

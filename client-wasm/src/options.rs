@@ -116,7 +116,7 @@ enum Rule {
 
 /// Every option the client reads, in the order [`parse`] checks them, with
 /// its rule. The indices below name the ones [`parse`] takes out.
-const OPTIONS: [(&str, Rule); 25] = [
+const OPTIONS: [(&str, Rule); 26] = [
     ("agent", Rule::Str),
     ("name", Rule::Str),
     ("host", Rule::Str),
@@ -142,6 +142,7 @@ const OPTIONS: [(&str, Rule); 25] = [
     ("onIdentityChange", Rule::Func),
     ("onConnectionError", Rule::Func),
     ("onMcpUpdate", Rule::Func),
+    ("shouldReconnectOnClose", Rule::Func),
 ];
 
 /// What each [`Rule`] asks for, in an error message.
@@ -326,6 +327,10 @@ mod tests {
         assert_eq!(
             base(("onIdentity", s("f"))),
             "onIdentity must be a function"
+        );
+        assert_eq!(
+            base(("shouldReconnectOnClose", Raw::Bool(false))),
+            "shouldReconnectOnClose must be a function"
         );
         assert_eq!(
             base(("protocol", s("http"))),

@@ -161,6 +161,15 @@ impl Reconnect {
         AfterClose::Retry(self.options.base_delay(self.retry) * jitter.clamp(0.0, 1.0))
     }
 
+    /// The user's `shouldReconnectOnClose` refused to reconnect: stops as a
+    /// terminal code does (unless already stopped).
+    pub fn refused(&mut self) -> AfterClose {
+        if core::mem::replace(&mut self.stopped, true) {
+            return AfterClose::Stopped;
+        }
+        AfterClose::Terminal
+    }
+
     /// Records the very first attempt (made at once, with no delay).
     pub fn first_attempt(&mut self) {
         self.attempted = true;

@@ -605,6 +605,41 @@ async fn terminal_close_does_not_reconnect() {
     ok.close(None, None);
 }
 
+/// `shouldReconnectOnClose` is asked with the close event; `false` stops
+/// reconnecting as a terminal code does, whatever the code (here the
+/// server going away: 1006).
+#[wasm_bindgen_test]
+async fn should_reconnect_on_close_false_stops_reconnecting() {
+    server_up().await;
+    let asked = Rc::new(RefCell::new(Vec::new()));
+    let a = asked.clone();
+    let predicate = Closure::<dyn FnMut(JsValue) -> JsValue>::new(move |e: JsValue| {
+        a.borrow_mut().push(get(&e, "code"));
+        JsValue::FALSE
+    });
+    let o = options(&format!(
+        r#"{{"agent":"EchoAgent","name":"{}","minReconnectionDelay":10,"maxReconnectionDelay":20}}"#,
+        unique("refuse")
+    ));
+    set_fn(&o, "shouldReconnectOnClose", predicate.as_ref());
+    let c = client(&o);
+    let rec = Recorder::new(&c);
+    ready(&c).await;
+    ctl("kill").await;
+    rec.until("close", |r| r.count("close") == 1).await;
+    ctl("start").await;
+    assert_eq!(*asked.borrow(), [JsValue::from(1006)]);
+    assert!(!c.should_reconnect());
+    assert_eq!(get(&c.connection_error(), "code"), 1006);
+    sentinel().await;
+    assert_eq!(rec.count("open"), 1, "no reconnect once refused");
+    // `reconnect()` starts again.
+    c.reconnect(None, None);
+    ready(&c).await;
+    assert_eq!(rec.count("open"), 2);
+    c.close(None, None);
+}
+
 #[wasm_bindgen_test]
 async fn close_stops_reconnecting_and_dispatches_close_at_once() {
     server_up().await;

@@ -473,6 +473,38 @@ fn terminal_closes_stop_and_report_until_reconnect() {
     }
 }
 
+/// `shouldReconnectOnClose` answering false (the class then reports the
+/// close with `closed_for_good`) stops reconnecting as a terminal code
+/// does, whatever the code; `reconnect()` starts again; after the user's
+/// own `close()` it reports nothing.
+#[test]
+fn a_close_the_user_refuses_to_retry_stops_like_a_terminal_code() {
+    let mut core = open(|_| {});
+    core.call("pending", "[]", Timeout::Ms(0.0), false, 1);
+    core.closed_for_good(1, 1006, "", false);
+    let actions = core.take_actions();
+    assert_eq!(backoff(&actions), None, "no retry");
+    assert!(actions.contains(&Action::ConnectionError(Some(Close::new(1006, "", false)))));
+    assert_eq!(
+        settled(&actions),
+        [(1, Outcome::Error(ClientError::ConnectionClosed))]
+    );
+    assert!(!core.should_reconnect());
+    core.reconnect(1000, "");
+    let actions = core.take_actions();
+    assert!(actions.contains(&Action::ConnectionError(None)));
+    assert_eq!(opens(&actions).len(), 1);
+    // The same answer for a close the user made: no connection error.
+    let mut core = open(|_| {});
+    core.close(1000, "");
+    core.take_actions();
+    core.closed_for_good(1, 1000, "", true);
+    assert!(!core
+        .take_actions()
+        .iter()
+        .any(|a| matches!(a, Action::ConnectionError(_))));
+}
+
 #[test]
 fn max_retries_counts_retries_after_the_first_attempt() {
     let mut core = started(|o| o.reconnect.max_retries = 2.0);

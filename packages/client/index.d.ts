@@ -52,10 +52,17 @@ export interface AgentClientOptions {
   onIdentity?: (name: string, agent: string) => void;
   /** A reconnect reached a different instance than before. */
   onIdentityChange?: (oldName: string, newName: string, oldAgent: string, newAgent: string) => void;
-  /** A terminal close (1008, 4000–4999) or exhausted retries; reconnecting stopped. */
+  /** A terminal close (1008, 4000–4999, or `shouldReconnectOnClose` said no) or exhausted retries; reconnecting stopped. */
   onConnectionError?: (error: AgentConnectionError) => void;
   /** The `cf_agent_mcp_servers` frame. */
   onMcpUpdate?: (mcp: unknown) => void;
+  /**
+   * Asked with each close of the socket (not for a connection timeout);
+   * `false` stops reconnecting as a terminal close code does
+   * (`connectionError`, `onConnectionError`, pending calls rejected) until
+   * `reconnect()`.
+   */
+  shouldReconnectOnClose?: (event: CloseEvent) => boolean;
 }
 
 /** Options of `call`. */

@@ -80,6 +80,8 @@ export function useAgent<State = unknown>(options: UseAgentOptions<State>): UseA
       onStateUpdateError: (error: string) => handlers.current.onStateUpdateError?.(error),
       onConnectionError: (error) => handlers.current.onConnectionError?.(error),
       onMcpUpdate: (mcp: unknown) => handlers.current.onMcpUpdate?.(mcp),
+      shouldReconnectOnClose: (event: CloseEvent) =>
+        handlers.current.shouldReconnectOnClose?.(event) ?? true,
       // Given only when the caller handles it: without one the client warns.
       ...(on.onIdentityChange && {
         onIdentityChange: (...args: [string, string, string, string]) =>
