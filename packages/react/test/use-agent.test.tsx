@@ -201,6 +201,45 @@ describe("useAgent", () => {
     unmount();
   });
 
+  it("stops reconnecting when the latest shouldReconnectOnClose says no", async () => {
+    const server = new AgentsServer();
+    await server.start();
+    try {
+      const asked: number[] = [];
+      const errors: AgentConnectionError[] = [];
+      const room = unique("refuse");
+      const { result, rerender, unmount } = renderHook(
+        ({ again }: { again: boolean }) =>
+          useAgent({
+            agent: "echo-agent",
+            name: room,
+            host: server.host,
+            minReconnectionDelay: 10,
+            maxReconnectionDelay: 50,
+            shouldReconnectOnClose: (e) => (asked.push(e.code), again),
+            onConnectionError: (e) => errors.push(e),
+          }),
+        { initialProps: { again: true } },
+      );
+      await waitFor(() => expect(result.current.readyState).toBe(1), WAIT);
+      const client = result.current;
+      // The latest render's answer counts (the client is not recreated).
+      rerender({ again: false });
+      await server.kill();
+      await waitFor(() => expect(errors).toHaveLength(1), WAIT);
+      expect(asked).toEqual([1006]);
+      expect(errors[0]).toMatchObject({ name: "AgentConnectionError", code: 1006 });
+      expect(result.current).toBe(client);
+      expect(client.shouldReconnect).toBe(false);
+      await server.start();
+      await new Promise((r) => setTimeout(r, 300));
+      expect(client.readyState).toBe(3);
+      unmount();
+    } finally {
+      await server.stop();
+    }
+  });
+
   it("calls onIdentityChange when the server names another instance", async () => {
     const changes: string[][] = [];
     const room = unique("identity");
