@@ -614,3 +614,57 @@ async fn a_stopping_owner_hands_over_at_once() {
     };
     assert_eq!(count, 5);
 }
+
+/// An agent whose `on_request` takes `?ms=` milliseconds (awaiting slow
+/// work, as a call to another service would).
+struct Slow;
+
+impl agents_server::Agent for Slow {
+    type State = Value;
+
+    async fn on_request(
+        &mut self,
+        _cx: &mut agents_server::AgentContext<Self>,
+        request: axum::http::Request<axum::body::Body>,
+    ) -> Result<axum::response::Response, agents_server::BoxError> {
+        use axum::response::IntoResponse;
+        let ms: u64 = request
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .unwrap_or("0")
+            .parse()?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(format!("slept {ms}").into_response())
+    }
+}
+
+/// A plain HTTP request through a node that does not own the instance
+/// waits for the owner's `on_request` as long as it takes, as on one node
+/// (the forwarding gave up after 2 s with 503, while the owner went on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_on_request_answers_through_another_node() {
+    let nats = Nats::start("slow-http").await;
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let options = agents_server::ClusterOptions::new([nats.url()]);
+        let cluster = agents_server::Cluster::connect(options).await.unwrap();
+        let server = agents_server::AgentServer::new()
+            .agent("Slow", |_| Slow)
+            .cluster(cluster);
+        nodes.push(TestServer::start(server).await);
+    }
+    // The first request makes node 0 the owner.
+    let path = "/agents/slow/one";
+    assert_eq!(
+        nodes[0].get(&format!("{path}?ms=0")).await,
+        (200, "slept 0".into())
+    );
+    assert_eq!(
+        nodes[1].get(&format!("{path}?ms=3000")).await,
+        (200, "slept 3000".into())
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -122,7 +122,9 @@ pub use message::{Message, Utf8Bytes};
 pub use offload::LARGE_JSON;
 pub use request::RequestInfo;
 pub use rpc::{Call, CallStream, Reply};
-pub use runtime::cluster::{Cluster, ClusterError, ClusterOptions, DEFAULT_LEASE_TTL};
+pub use runtime::cluster::{
+    Cluster, ClusterError, ClusterOptions, DEFAULT_LEASE_TTL, FORWARDED_REQUEST_TIMEOUT,
+};
 pub use server::{AgentServer, Agents, Route};
 pub use static_files::static_files;
 pub use storage::{InstanceStorage, Storage};

@@ -57,6 +57,12 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// How long a request to another node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a plain HTTP request forwarded to the instance's owner may take
+/// there (its `on_request`, which on one node has no limit, may await slow
+/// work): HTTP 504 after it. An owner that dies meanwhile answers 503 as
+/// soon as it is found dead (three missed pings, 500 ms apart).
+pub const FORWARDED_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Bucket names.
 const NODES: &str = "agents_nodes";
 const OWNERS: &str = "agents_owners";
@@ -713,8 +719,8 @@ impl Node {
 
     /// Forwards a plain HTTP request to the owner.
     pub(crate) async fn http_remote(
-        &self,
-        owner: &str,
+        self: &Arc<Self>,
+        owner: &Arc<str>,
         key: &InstanceKey,
         request: http::Request<axum::body::Body>,
         max_body: usize,
@@ -738,18 +744,29 @@ impl Node {
                 headers.append(format!("h-{}", name.as_str()).as_str(), value);
             }
         }
-        let answer = self
-            .client
-            .send_request(
-                format!("agents.{owner}.http"),
-                async_nats::Request::new()
-                    .headers(headers)
-                    .payload(body)
-                    .timeout(Some(REQUEST_TIMEOUT)),
-            )
-            .await;
-        let Ok(reply) = answer else {
-            return (http::StatusCode::SERVICE_UNAVAILABLE, "Try again later").into_response();
+        let request = self.client.send_request(
+            format!("agents.{owner}.http"),
+            async_nats::Request::new()
+                .headers(headers)
+                .payload(body)
+                .timeout(Some(FORWARDED_REQUEST_TIMEOUT)),
+        );
+        // Watched while it runs: a dead owner never answers.
+        let peer = self.peer(owner);
+        let answer = tokio::select! {
+            answer = request => Some(answer),
+            () = peer.dead.cancelled() => None,
+        };
+        peer.unlink();
+        let reply = match answer {
+            Some(Ok(reply)) => reply,
+            Some(Err(err)) if err.kind() == async_nats::RequestErrorKind::TimedOut => {
+                return (http::StatusCode::GATEWAY_TIMEOUT, "The agent took too long")
+                    .into_response();
+            }
+            Some(Err(_)) | None => {
+                return (http::StatusCode::SERVICE_UNAVAILABLE, "Try again later").into_response();
+            }
         };
         let status = reply
             .headers
