@@ -615,12 +615,23 @@ async fn a_stopping_owner_hands_over_at_once() {
     assert_eq!(count, 5);
 }
 
-/// An agent whose `on_request` takes `?ms=` milliseconds (awaiting slow
-/// work, as a call to another service would).
+/// An agent whose `on_request` and `on_connect` take `?ms=` milliseconds
+/// (awaiting slow work, as a call to another service would).
 struct Slow;
 
 impl agents_server::Agent for Slow {
     type State = Value;
+
+    async fn on_connect(
+        &mut self,
+        _cx: &mut agents_server::AgentContext<Self>,
+        _conn: &agents_server::Connection,
+        ctx: &agents_server::ConnectContext,
+    ) -> Result<(), agents_server::BoxError> {
+        let ms: u64 = ctx.request().query("ms").unwrap_or("0").parse()?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
+    }
 
     async fn on_request(
         &mut self,
@@ -639,11 +650,12 @@ impl agents_server::Agent for Slow {
     }
 }
 
-/// A plain HTTP request through a node that does not own the instance
-/// waits for the owner's `on_request` as long as it takes, as on one node
-/// (the forwarding gave up after 2 s with 503, while the owner went on).
+/// A plain HTTP request, or a socket, through a node that does not own the
+/// instance waits for the owner's `on_request` or `on_connect` as long as
+/// it takes, as on one node (the forwarding gave up after 2 s with 503 or
+/// 1013, while the owner went on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_on_request_answers_through_another_node() {
+async fn slow_hooks_answer_through_another_node() {
     let nats = Nats::start("slow-http").await;
     let mut nodes = Vec::new();
     for _ in 0..2 {
@@ -664,6 +676,10 @@ async fn a_slow_on_request_answers_through_another_node() {
         nodes[1].get(&format!("{path}?ms=3000")).await,
         (200, "slept 3000".into())
     );
+    let mut slow = nodes[1].connect(&format!("{path}?ms=3000")).await;
+    // (Within the client's wait for a frame: 5 s.)
+    assert_eq!(slow.json().await["type"], "cf_agent_identity");
+    drop(slow);
     for node in nodes {
         node.shutdown().await;
     }

@@ -57,10 +57,12 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// How long a request to another node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a plain HTTP request forwarded to the instance's owner may take
-/// there (its `on_request`, which on one node has no limit, may await slow
-/// work): HTTP 504 after it. An owner that dies meanwhile answers 503 as
-/// soon as it is found dead (three missed pings, 500 ms apart).
+/// How long a plain HTTP request or a socket's opening, forwarded to the
+/// instance's owner, may take there (its `on_request` or `on_connect`,
+/// which on one node have no limit, may await slow work): HTTP 504, or
+/// close 1013, after it. An owner that dies meanwhile is noticed as soon
+/// as it is found dead (three missed pings, 500 ms apart): HTTP 503, or
+/// close 1012.
 pub const FORWARDED_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Bucket names.
@@ -688,16 +690,21 @@ impl Node {
                 headers.append(format!("h-{}", name.as_str()).as_str(), value);
             }
         }
-        let answer = self
-            .client
-            .send_request(
-                format!("agents.{owner}.open"),
-                async_nats::Request::new()
-                    .headers(headers)
-                    .payload(Bytes::new())
-                    .timeout(Some(REQUEST_TIMEOUT)),
-            )
-            .await;
+        let open = self.client.send_request(
+            format!("agents.{owner}.open"),
+            async_nats::Request::new()
+                .headers(headers)
+                .payload(Bytes::new())
+                .timeout(Some(FORWARDED_REQUEST_TIMEOUT)),
+        );
+        // (The owner answers once `on_connect` returned; a dead one never.)
+        let answer = tokio::select! {
+            answer = open => answer,
+            () = link.peer.dead.cancelled() => {
+                conn.close(1012, "Service restart");
+                return None;
+            }
+        };
         match answer {
             Ok(reply) if reply.payload.as_ref() == b"ok" => Some(link),
             Ok(_) => {
