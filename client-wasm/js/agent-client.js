@@ -12,6 +12,8 @@
 // (first in the file, so that esbuild inlines them).
 const START = 0, OPENED = 1, MESSAGE = 2, CLOSED = 3, ERRORED = 4, TIMER = 5;
 const NETWORK = 6, VISIBLE = 7, QUERIED = 8, QUERY_FAILED = 9, CLOSED_FOR_GOOD = 10;
+const TIMED_OUT_FOR_GOOD = 11;
+const CONNECT_TIMER = 1; // client-wasm/src/machine.rs, `CONNECT`
 const SEND = 0, CALL = 1, SET_STATE = 2, CLOSE = 3, RECONNECT = 4;
 const READY_STATE = 0, QUEUED = 1, RETRY_COUNT = 2, SHOULD_RECONNECT = 3;
 
@@ -225,15 +227,8 @@ export class AgentClient extends EventTarget {
       }
     };
     ws.onclose = (e) => {
-      // The user's predicate is asked here; the core ANDs its answer with
-      // its own rules. (If it throws, reconnecting goes on, and the error
-      // reaches the page.)
-      let again = true;
-      try {
-        again = this.#o.shouldReconnectOnClose?.(e) !== false;
-      } finally {
-        c.on_(this, again ? CLOSED : CLOSED_FOR_GOOD, gen, e);
-      }
+      const again = this.#again(e);
+      this.#c?.on_(this, again ? CLOSED : CLOSED_FOR_GOOD, gen, e);
     };
     ws.onerror = () => c.on_(this, ERRORED, gen);
   }
@@ -251,6 +246,19 @@ export class AgentClient extends EventTarget {
     const event = kind == 1 ? new CloseEvent(type, { code, reason, wasClean }) : new Event(type);
     this.#emit(event, this["on" + type]);
   }
+  // Whether the user's `shouldReconnectOnClose` lets reconnecting go on
+  // after `event` (the core ANDs it with its own rules). If it throws,
+  // reconnecting goes on, and the error reaches the page.
+  #again(event) {
+    try {
+      return !!(this.#o.shouldReconnectOnClose?.(event) ?? true);
+    } catch (error) {
+      queueMicrotask(() => {
+        throw error;
+      });
+      return true;
+    }
+  }
   #emit(event, handler) {
     handler?.call(this, event);
     this.dispatchEvent(event);
@@ -261,7 +269,11 @@ export class AgentClient extends EventTarget {
     if (ms >= 0) {
       this.#timers.set(id, setTimeout(() => {
         this.#timers.delete(id);
-        this.#c.on_(this, TIMER, id);
+        // A connection timeout is a close for the user's predicate too (the
+        // reference's synthetic one).
+        const again = id != CONNECT_TIMER || !this.#o.shouldReconnectOnClose ||
+          this.#again(new CloseEvent("close", { code: 1000, reason: "timeout" }));
+        this.#c?.on_(this, again ? TIMER : TIMED_OUT_FOR_GOOD, id);
       }, ms));
     }
   }

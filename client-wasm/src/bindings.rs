@@ -96,6 +96,7 @@ pub(crate) enum Input {
     Closed(u32, u16, String, bool, bool),
     Errored(u32),
     Timer(u32),
+    TimedOutForGood,
     Network(bool),
     Visible(bool),
     Queried(u32, Result<Vec<(String, String)>, ()>),
@@ -130,6 +131,7 @@ pub(crate) fn run(core: &CoreCell, host: &Host, input: Input) -> Result<bool, Cl
             }
             Input::Errored(gen) => c.errored(gen),
             Input::Timer(id) => c.timer(id),
+            Input::TimedOutForGood => c.timed_out_for_good(),
             Input::Network(on) => c.network(on),
             Input::Visible(on) => c.visible(on),
             Input::Queried(gen, pairs) => c.queried(gen, pairs),
@@ -179,6 +181,8 @@ mod on {
     pub(super) const QUERY_FAILED: u8 = 9;
     /// The socket closed and `shouldReconnectOnClose` answered false.
     pub(super) const CLOSED_FOR_GOOD: u8 = 10;
+    /// The connection timer fired and `shouldReconnectOnClose` answered false.
+    pub(super) const TIMED_OUT_FOR_GOOD: u8 = 11;
 }
 
 /// What [`WasmCore::user`] is asked (the numbers `js/agent-client.js` uses).
@@ -225,6 +229,7 @@ impl WasmCore {
             ),
             on::ERRORED => Input::Errored(n),
             on::TIMER => Input::Timer(n),
+            on::TIMED_OUT_FOR_GOOD => Input::TimedOutForGood,
             on::NETWORK => Input::Network(on),
             on::VISIBLE => Input::Visible(on),
             on::QUERIED if a.is_object() => Input::Queried(n, Ok(js_value::pairs(&a))),

@@ -179,7 +179,7 @@ impl<V: Clone, H: Clone> Core<V, H> {
             return;
         }
         let Ok(pairs) = pairs else {
-            return self.failed_attempt("query failed");
+            return self.failed_attempt("query failed", true);
         };
         let url = with_query(
             &self.base_url,
@@ -201,14 +201,14 @@ impl<V: Clone, H: Clone> Core<V, H> {
     /// The socket of attempt `gen` could not be created.
     pub fn open_failed(&mut self, gen: Gen) {
         if gen == self.gen && self.phase == Phase::Connecting {
-            self.failed_attempt("invalid url");
+            self.failed_attempt("invalid url", true);
         }
     }
 
     /// An attempt failed before opening: `error`, then a 1006 `close`.
-    fn failed_attempt(&mut self, reason: &str) {
+    fn failed_attempt(&mut self, reason: &str, retry: bool) {
         self.act(Action::Emit(Event::Error));
-        self.ended(1006, reason, false, true);
+        self.ended(1006, reason, false, retry);
     }
 
     /// The socket of attempt `gen` opened: flush the queue, then `open`.
@@ -301,6 +301,17 @@ impl<V: Clone, H: Clone> Core<V, H> {
 
     /// A timer fired.
     pub fn timer(&mut self, id: u32) {
+        self.timer_with(id, true);
+    }
+
+    /// The [`CONNECT`] timer fired, and the user's `shouldReconnectOnClose`,
+    /// asked with the reference's synthetic close (1000 `timeout`),
+    /// answered false: the attempt fails and reconnecting stops.
+    pub fn timed_out_for_good(&mut self) {
+        self.timer_with(CONNECT, false);
+    }
+
+    fn timer_with(&mut self, id: u32, retry: bool) {
         match id {
             BACKOFF if self.phase == Phase::Idle && !self.closed => self.connect(),
             CONNECT if self.phase == Phase::Connecting => {
@@ -308,7 +319,7 @@ impl<V: Clone, H: Clone> Core<V, H> {
                     code: 1000,
                     reason: "timeout".into(),
                 });
-                self.failed_attempt("timeout");
+                self.failed_attempt("timeout", retry);
             }
             UPTIME if self.phase == Phase::Open => self.reconnect.stable(),
             BACKOFF | CONNECT | UPTIME => {}

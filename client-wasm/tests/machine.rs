@@ -494,6 +494,17 @@ fn a_close_the_user_refuses_to_retry_stops_like_a_terminal_code() {
     let actions = core.take_actions();
     assert!(actions.contains(&Action::ConnectionError(None)));
     assert_eq!(opens(&actions).len(), 1);
+    // A connection timeout asks too (the class, with the reference's
+    // synthetic 1000 `timeout`): refused, the attempt fails for good.
+    let mut core = started(|_| {});
+    core.take_actions();
+    core.timed_out_for_good();
+    let actions = core.take_actions();
+    assert_eq!(backoff(&actions), None, "no retry after a refused timeout");
+    assert!(actions.contains(&Action::ConnectionError(Some(Close::new(
+        1006, "timeout", false
+    )))));
+    assert!(!core.should_reconnect());
     // The same answer for a close the user made: no connection error.
     let mut core = open(|_| {});
     core.close(1000, "");

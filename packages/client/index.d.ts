@@ -57,8 +57,9 @@ export interface AgentClientOptions {
   /** The `cf_agent_mcp_servers` frame. */
   onMcpUpdate?: (mcp: unknown) => void;
   /**
-   * Asked with each close of the socket (not for a connection timeout);
-   * `false` stops reconnecting as a terminal close code does
+   * Asked with each close of the socket, and with a close of code 1000,
+   * reason `"timeout"` when an attempt times out (as the reference);
+   * a falsy answer stops reconnecting as a terminal close code does
    * (`connectionError`, `onConnectionError`, pending calls rejected) until
    * `reconnect()`.
    */

@@ -760,11 +760,12 @@ impl Node {
         );
         // Watched while it runs: a dead owner never answers.
         let peer = self.peer(owner);
+        // Unlinked however this ends (the client may go, dropping us).
+        let _unlink = Unlink(Some(peer.clone()));
         let answer = tokio::select! {
             answer = request => Some(answer),
             () = peer.dead.cancelled() => None,
         };
-        peer.unlink();
         let reply = match answer {
             Some(Ok(reply)) => reply,
             Some(Err(err)) if err.kind() == async_nats::RequestErrorKind::TimedOut => {
@@ -1483,8 +1484,9 @@ impl Drop for RemoteLink {
         if !self.told {
             // Dropped without `closed` (the socket went while it was being
             // opened): the owner would keep the connection until this node
-            // goes. Tell it the socket is gone — again after the time an
-            // open may take, in case its subscription was not there yet.
+            // goes. Tell it the socket is gone — and again 2 s later, in
+            // case the owner had not subscribed to it yet (it subscribes
+            // before running `on_connect`, so a slow hook is covered).
             let (client, up) = (self.client.clone(), self.up.clone());
             let gone = frame(kind::CLOSED, self.seq + 1, &closed_data(1006, false, ""));
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
