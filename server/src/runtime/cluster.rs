@@ -1520,7 +1520,23 @@ fn closed_data(code: u16, was_clean: bool, reason: &str) -> Vec<u8> {
 impl RemoteLink {
     /// Sends a client message to the owner (in order).
     pub(crate) fn admit(&mut self, message: Message) -> Admit {
-        self.admit_many(vec![message])
+        if self.peer.dead.is_cancelled() {
+            return Admit::Closed;
+        }
+        let payload = self.up_frame(&message);
+        let (client, up) = (self.client.clone(), self.up.clone());
+        Admit::Wait(Box::pin(async move {
+            client.publish(up, payload).await.is_ok()
+        }))
+    }
+
+    /// The next frame up for a client message.
+    fn up_frame(&mut self, message: &Message) -> Bytes {
+        self.seq += 1;
+        match message {
+            Message::Text(t) => frame(kind::TEXT, self.seq, t.as_bytes()),
+            Message::Binary(b) => frame(kind::BINARY, self.seq, b),
+        }
     }
 
     /// Sends client messages read together to the owner (in order).
@@ -1528,16 +1544,7 @@ impl RemoteLink {
         if self.peer.dead.is_cancelled() {
             return Admit::Closed;
         }
-        let payloads: Vec<_> = messages
-            .iter()
-            .map(|message| {
-                self.seq += 1;
-                match message {
-                    Message::Text(t) => frame(kind::TEXT, self.seq, t.as_bytes()),
-                    Message::Binary(b) => frame(kind::BINARY, self.seq, b),
-                }
-            })
-            .collect();
+        let payloads: Vec<_> = messages.iter().map(|m| self.up_frame(m)).collect();
         let (client, up) = (self.client.clone(), self.up.clone());
         Admit::Wait(Box::pin(async move {
             for payload in payloads {
