@@ -640,6 +640,39 @@ async fn should_reconnect_on_close_false_stops_reconnecting() {
     c.close(None, None);
 }
 
+/// A connection timeout asks `shouldReconnectOnClose` too, with the
+/// reference's synthetic close (1000 `timeout`); `false` stops there.
+#[wasm_bindgen_test]
+async fn should_reconnect_on_close_is_asked_on_a_connection_timeout() {
+    let silent = ctl("silent").await;
+    let asked = Rc::new(RefCell::new(Vec::new()));
+    let a = asked.clone();
+    let predicate = Closure::<dyn FnMut(JsValue) -> JsValue>::new(move |e: JsValue| {
+        a.borrow_mut().push((get(&e, "code"), get(&e, "reason")));
+        JsValue::FALSE
+    });
+    let o = options(&format!(
+        r#"{{"agent":"EchoAgent","name":"{}","connectionTimeout":200,"minReconnectionDelay":10,"maxReconnectionDelay":20}}"#,
+        unique("silent")
+    ));
+    Reflect::set(&o, &"host".into(), &silent.into()).unwrap();
+    set_fn(&o, "shouldReconnectOnClose", predicate.as_ref());
+    let c = client(&o);
+    let rec = Recorder::new(&c);
+    rec.until("close", |r| r.count("close") == 1).await;
+    assert_eq!(
+        *asked.borrow(),
+        [(JsValue::from(1000), JsValue::from("timeout"))]
+    );
+    assert!(!c.should_reconnect());
+    assert_eq!(get(&c.connection_error(), "reason"), "timeout");
+    // No second attempt (it would time out and close again).
+    JsFuture::from(sleep(600.0)).await.unwrap();
+    assert_eq!(rec.count("close"), 1);
+    assert_eq!(asked.borrow().len(), 1);
+    c.close(None, None);
+}
+
 #[wasm_bindgen_test]
 async fn close_stops_reconnecting_and_dispatches_close_at_once() {
     server_up().await;

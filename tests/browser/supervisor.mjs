@@ -4,9 +4,11 @@
 //   node supervisor.mjs <agents-server binary> [data dir]
 //
 // Prints `agents 127.0.0.1:<port>` and `control http://127.0.0.1:<port>` and
-// serves GET /kill (SIGKILL), /start, /restart, /status. Exits on SIGTERM,
-// killing the server.
+// serves GET /kill (SIGKILL), /start, /restart, /status, and /silent: the
+// address of a listener that accepts connections and never answers (for
+// connection timeouts). Exits on SIGTERM, killing the server.
 import http from "node:http";
+import net from "node:net";
 import { AgentsServer } from "../agents-server.mjs";
 
 const [bin, dataDir] = process.argv.slice(2);
@@ -18,6 +20,10 @@ if (!bin) {
 const server = new AgentsServer({ bin, dataDir });
 await server.start();
 
+// Accepts, reads nothing, answers nothing; the sockets end with the process.
+const silent = net.createServer(() => {});
+await new Promise((resolve) => silent.listen(0, "127.0.0.1", resolve));
+
 const control = http.createServer(async (req, res) => {
   res.setHeader("Access-Control-Allow-Origin", "*");
   try {
@@ -26,6 +32,9 @@ const control = http.createServer(async (req, res) => {
     else if (req.url === "/restart") {
       await server.kill();
       await server.start();
+    } else if (req.url === "/silent") {
+      res.end(`127.0.0.1:${silent.address().port}`);
+      return;
     } else if (req.url !== "/status") {
       res.writeHead(404).end("unknown");
       return;
