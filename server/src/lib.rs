@@ -53,7 +53,8 @@
 //!    small environment (its key, the limits, its storage, the shutdown
 //!    signal), not the server.
 //! 5. [`server`]: the [`AgentServer`] builder, the axum router and upgrade,
-//!    serving with bounded heads and shutdown; [`Cors`] for plain HTTP from
+//!    serving with bounded heads and shutdown (`head`: a connection's first
+//!    request head read and answered without hyper, for upgrades); [`Cors`] for plain HTTP from
 //!    other origins; [`static_files`] for a web app.
 //!
 //! # HTTP results
@@ -87,6 +88,7 @@ pub mod connection;
 pub mod context;
 mod cors;
 pub mod error;
+mod head;
 mod log;
 pub mod message;
 pub mod metrics;

@@ -15,24 +15,26 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, StatusCode};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agent::Agent;
 use crate::config::{Config, MAX_NAME_LEN};
 use crate::connection::Connection;
 use crate::cors::Cors;
+use crate::head::{self, Head};
 use crate::log::Trunc;
 use crate::metrics::{Limit, SocketMetrics};
 use crate::request::RequestInfo;
 use crate::runtime::cluster::Cluster;
-use crate::runtime::registry::{Kind, KindOf, Link, Registry};
+use crate::runtime::registry::{Kind, KindOf, Registry};
 use crate::runtime::socket::{self, ReadBudget, SocketEnv};
 use crate::runtime::InstanceKey;
 use crate::storage::Storage;
@@ -453,6 +455,24 @@ impl std::fmt::Debug for Agents {
     }
 }
 
+impl Server {
+    /// Whether a connection's first request is an upgrade to a registered
+    /// agent's path, which [`Agents::serve`] answers without `app`.
+    fn answers_directly(&self, head: &Head) -> bool {
+        if !upgrade::is_upgrade(&head.headers) {
+            return false;
+        }
+        let mut segments = head.uri.path().split('/').filter(|s| !s.is_empty());
+        self.config
+            .prefix
+            .iter()
+            .all(|want| segments.next() == Some(want.as_str()))
+            && segments
+                .next()
+                .is_some_and(|agent| self.registry.kind(agent).is_some())
+    }
+}
+
 impl Agents {
     /// The axum router answering `/<prefix>/…`; merge it into your app.
     /// Paths it does not own are left to your app (or its fallback).
@@ -469,6 +489,19 @@ impl Agents {
     /// connections, 1001 to every socket, and back within
     /// [`shutdown_timeout`](AgentServer::shutdown_timeout) whatever the
     /// clients do. Request heads are bounded in size (431) and in time.
+    ///
+    /// A connection whose first request is a WebSocket upgrade to a
+    /// registered agent (`/<prefix>/<agent>/<name>`) is answered here, not
+    /// by `app`: the head is parsed, checked and answered (the same checks,
+    /// hooks and refusals as [`router`](Self::router)'s) and the socket
+    /// runs in the task that accepted it, which saves hyper's connection
+    /// and a second task per socket. Layers of `app` therefore do not see
+    /// agents' upgrades; put such checks in
+    /// [`on_before_connect`](AgentServer::on_before_connect), or serve
+    /// [`router`](Self::router) with your own loop (e.g. `axum::serve`),
+    /// where every request goes through `app`. Every other request (plain
+    /// HTTP, other paths, a later request on a kept-alive connection) goes
+    /// to `app` through hyper.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -551,18 +584,58 @@ impl Agents {
             };
             let _ = stream.set_nodelay(true);
             let (http, app, stop) = (http.clone(), app.clone(), stop.clone());
-            connections.spawn(async move {
-                let service = TowerToHyperService::new(app);
-                let conn = http
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            let server = self.server.clone();
+            let task = async move {
+                // The first request head is read here: an agent's upgrade
+                // is answered and its socket run in this task; anything
+                // else goes to hyper, with the bytes read put back.
+                let mut stream = stream;
+                let mut buf = BytesMut::new();
+                let config = &server.config;
+                let read = head::read_head(&mut stream, &mut buf, config.max_request_head);
+                let read = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    read = tokio::time::timeout(config.header_read_timeout, read) => read,
+                };
+                match read {
+                    Ok(Ok(Some(len))) => {
+                        let direct =
+                            head::parse(&buf[..len]).filter(|h| server.answers_directly(h));
+                        if let Some(head) = direct {
+                            let read_ahead = buf.split_off(len).freeze();
+                            drop(buf);
+                            // Boxed: its state is gone once the socket runs.
+                            let opened =
+                                Box::pin(upgrade_directly(&server, &mut stream, head)).await;
+                            if let Some((opening, _tracked)) = opened {
+                                opening.run(stream, read_ahead).await;
+                            }
+                            return;
+                        }
+                    }
+                    // Over the size limit: hyper answers 431.
+                    Ok(Ok(None)) if !buf.is_empty() => {}
+                    // Timed out (hyper drops such a connection too), failed,
+                    // or closed before a byte.
+                    _ => return,
                 }
-                let _ = conn.await;
-            });
+                drop(server);
+                let io = TokioIo::new(head::Prefixed::new(buf.freeze(), stream));
+                // Boxed: a socket's task is sized for the direct path.
+                Box::pin(async move {
+                    let service = TowerToHyperService::new(app);
+                    let conn = http.serve_connection(io, service).with_upgrades();
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                })
+                .await
+            };
+            connections.spawn(task);
         }
         self.server.ready.store(false, Ordering::Release);
         drop(listener);
@@ -671,34 +744,13 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
 }
 
 async fn route(server: &Arc<Server>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let path = parts.uri.path();
-    let mut segments = path.split('/').filter(|s| !s.is_empty());
-    for want in &server.config.prefix {
-        if segments.next() != Some(want.as_str()) {
-            return upgrade::refuse(StatusCode::NOT_FOUND, "Not found");
-        }
-    }
-    let (Some(agent), Some(name)) = (segments.next(), segments.next()) else {
-        return upgrade::refuse(StatusCode::NOT_FOUND, "Not found");
-    };
-    let Some(kind) = server.registry.kind(agent).cloned() else {
-        tracing::warn!(agent = %Trunc(agent), "request for an unknown agent");
-        return upgrade::refuse(StatusCode::BAD_REQUEST, "Invalid request");
-    };
-    if name.len() > MAX_NAME_LEN {
-        return upgrade::refuse(StatusCode::BAD_REQUEST, "Invalid request");
-    }
-    let key = InstanceKey {
-        agent: agent.into(),
-        name: name.into(),
-    };
-    let route = Route {
-        class_name: kind.class_name().clone(),
-        agent: key.agent.clone(),
-        name: key.name.clone(),
+    let (mut parts, body) = request.into_parts();
+    let (kind, key) = match resolve(server, parts.uri.path()) {
+        Ok(target) => target,
+        Err((status, why)) => return upgrade::refuse(status, why),
     };
     if !upgrade::is_upgrade(&parts.headers) {
+        let route = route_of(&kind, &key);
         let mut request = http::Request::from_parts(parts, body);
         if let Some(hook) = &server.before_request {
             match hook(request, route).await {
@@ -719,8 +771,80 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
         }
         return server.registry.request(&kind, &key, request).await;
     }
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let head = Head {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+    };
+    let (response, opening, on_upgrade) = match open(server, kind, key, head, on_upgrade).await {
+        Ok(opened) => opened,
+        Err(refusal) => return refusal,
+    };
+    server.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => opening.run(parts.io.into_inner(), parts.read_buf).await,
+                // Not a plain `TcpStream` (a connection served by another
+                // loop than ours); boxed, so it costs the task no room.
+                Err(upgraded) => Box::pin(opening.run(TokioIo::new(upgraded), Bytes::new())).await,
+            },
+            Err(err) => tracing::debug!(cause = %err, "upgrade failed"),
+        }
+    });
+    response
+}
+
+/// The agent type and instance a path names (after the prefix), or the
+/// refusal: 404 when the path is not an agent's, 400 for an unknown agent
+/// or an overlong name.
+fn resolve(server: &Server, path: &str) -> Result<(Arc<dyn Kind>, InstanceKey), upgrade::Refusal> {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    for want in &server.config.prefix {
+        if segments.next() != Some(want.as_str()) {
+            return Err((StatusCode::NOT_FOUND, "Not found"));
+        }
+    }
+    let (Some(agent), Some(name)) = (segments.next(), segments.next()) else {
+        return Err((StatusCode::NOT_FOUND, "Not found"));
+    };
+    let Some(kind) = server.registry.kind(agent).cloned() else {
+        tracing::warn!(agent = %Trunc(agent), "request for an unknown agent");
+        return Err((StatusCode::BAD_REQUEST, "Invalid request"));
+    };
+    if name.len() > MAX_NAME_LEN {
+        return Err((StatusCode::BAD_REQUEST, "Invalid request"));
+    }
+    let key = InstanceKey {
+        agent: agent.into(),
+        name: name.into(),
+    };
+    Ok((kind, key))
+}
+
+/// What the hooks are told a request is for.
+fn route_of(kind: &Arc<dyn Kind>, key: &InstanceKey) -> Route {
+    Route {
+        class_name: kind.class_name().clone(),
+        agent: key.agent.clone(),
+        name: key.name.clone(),
+    }
+}
+
+/// Checks a WebSocket request for an instance — its origin, the
+/// [`on_before_connect`](AgentServer::on_before_connect) hook, the
+/// handshake, that it can be upgraded (`upgrade`: how the socket will be
+/// had), the socket limit — and opens its connection: the `101` answer and
+/// what runs the socket once it is out. Or the refusal to answer instead.
+async fn open<U>(
+    server: &Arc<Server>,
+    kind: Arc<dyn Kind>,
+    key: InstanceKey,
+    head: Head,
+    upgrade: Option<U>,
+) -> Result<(Response, Opening, U), Response> {
     if let Some(allowed) = &server.config.allowed_origins {
-        if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        if let Some(origin) = head.headers.get(header::ORIGIN) {
             let origin = origin
                 .to_str()
                 .unwrap_or("")
@@ -728,42 +852,35 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
                 .to_ascii_lowercase();
             if !allowed.contains(&origin) {
                 tracing::info!(origin = %Trunc(&origin), "upgrade from a refused origin");
-                return upgrade::refuse(StatusCode::FORBIDDEN, "Origin not allowed");
+                return Err(upgrade::refuse(StatusCode::FORBIDDEN, "Origin not allowed"));
             }
         }
     }
-    let mut info = RequestInfo::new(
-        parts.method.clone(),
-        parts.uri.clone(),
-        parts.headers.clone(),
-    );
+    // Worked out on the request as it came; told only after the hook,
+    // which may refuse first.
+    let answer = upgrade::accept(&head.method, &head.headers);
+    let mut info = RequestInfo::new(head.method, head.uri, head.headers);
     if let Some(hook) = &server.before_connect {
-        match hook(info, route).await {
-            Ok(rewritten) => info = rewritten,
-            Err(response) => return response,
-        }
+        info = hook(info, route_of(&kind, &key)).await?;
     }
-    let response = match upgrade::accept(&parts.method, &parts.headers) {
-        Ok(response) => response,
-        Err((status, why)) => return upgrade::refuse(status, why),
-    };
-    let mut request = http::Request::from_parts(parts, body);
-    let Some(on_upgrade) = request
-        .extensions_mut()
-        .remove::<hyper::upgrade::OnUpgrade>()
-    else {
-        return upgrade::refuse(
+    let response = answer.map_err(|(status, why)| upgrade::refuse(status, why))?;
+    let Some(upgrade) = upgrade else {
+        return Err(upgrade::refuse(
             StatusCode::UPGRADE_REQUIRED,
             "WebSocket request couldn't be upgraded since no upgrade state was present",
-        );
+        ));
     };
     // Counted from here, so that a burst of upgrades cannot overshoot.
     let open = server.open_sockets.fetch_add(1, Ordering::AcqRel);
+    let counted = Counted(server.clone());
     if open >= server.config.max_connections || server.shutdown.is_cancelled() {
-        server.open_sockets.fetch_sub(1, Ordering::AcqRel);
+        drop(counted);
         crate::metrics::refused(Limit::Connections);
         tracing::warn!(open, "refusing an upgrade: too many connections");
-        return upgrade::refuse(StatusCode::SERVICE_UNAVAILABLE, "Too many connections");
+        return Err(upgrade::refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many connections",
+        ));
     }
     let id = info
         .query("_pk")
@@ -774,71 +891,91 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let conn = server.registry.new_connection(id, target);
-    let (server, tracker) = (server.clone(), server.tracker.clone());
-    tracker.spawn(async move {
-        let result = match on_upgrade.await {
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    run_socket(
-                        &server,
-                        parts.io.into_inner(),
-                        parts.read_buf,
-                        conn,
-                        &kind,
-                        &key,
-                        info,
-                    )
-                    .await
-                }
-                Err(upgraded) => {
-                    // Not expected (HTTP/1.1 upgrades hand back the
-                    // `TcpStream`); boxed, so it costs the task no room.
-                    Box::pin(run_socket(
-                        &server,
-                        TokioIo::new(upgraded),
-                        Bytes::new(),
-                        conn,
-                        &kind,
-                        &key,
-                        info,
-                    ))
-                    .await
-                }
-            },
-            Err(err) => {
-                tracing::debug!(cause = %err, "upgrade failed");
-                None
-            }
-        };
-        if let Some((link, key, close)) = result {
-            link.closed(key, close).await;
-        }
-        server.open_sockets.fetch_sub(1, Ordering::AcqRel);
-    });
-    response
+    let opening = Opening {
+        counted,
+        conn,
+        kind,
+        key,
+        info: Box::new(info),
+    };
+    Ok((response, opening, upgrade))
 }
 
-/// Runs one upgraded socket; returns the instance to tell about its end.
-async fn run_socket<T>(
-    server: &Arc<Server>,
-    io: T,
-    read_ahead: Bytes,
+/// One of the server's open sockets, from its upgrade's acceptance to its
+/// end: uncounted when dropped.
+struct Counted(Arc<Server>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open_sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An accepted upgrade, whose socket runs once the `101` is out. Small:
+/// the socket's task keeps it for the socket's life.
+struct Opening {
+    counted: Counted,
     conn: Connection,
-    kind: &Arc<dyn Kind>,
-    key: &InstanceKey,
-    info: RequestInfo,
-) -> Option<(Link, u64, crate::runtime::actor::CloseInfo)>
-where
-    T: socket::Transport,
-{
-    let conn_key = conn.key();
-    let metrics = SocketMetrics::open(kind.metrics());
-    // Boxed: its state (large in cluster mode) is freed once registered
-    // instead of taking room in the socket's task for its whole life.
-    let register = Box::pin(server.registry.connect(kind, key, conn.clone(), info));
-    let (link, close) =
-        socket::run(io, read_ahead, conn, metrics, &server.sockets, register).await?;
-    Some((link, conn_key, close))
+    kind: Arc<dyn Kind>,
+    key: InstanceKey,
+    /// Handed to the instance when the socket registers.
+    info: Box<RequestInfo>,
+}
+
+impl Opening {
+    /// Runs the socket to its end and tells the instance about it.
+    async fn run<T: socket::Transport>(self, io: T, read_ahead: Bytes) {
+        let server = &self.counted.0;
+        let conn_key = self.conn.key();
+        let metrics = SocketMetrics::open(self.kind.metrics());
+        // Boxed: its state (large in cluster mode) is freed once
+        // registered instead of taking room in the socket's task for its
+        // whole life.
+        let register = Box::pin(server.registry.connect(
+            &self.kind,
+            &self.key,
+            self.conn.clone(),
+            self.info,
+        ));
+        let ended = socket::run(
+            io,
+            read_ahead,
+            self.conn,
+            metrics,
+            &server.sockets,
+            register,
+        )
+        .await;
+        if let Some((link, close)) = ended {
+            link.closed(conn_key, close).await;
+        }
+    }
+}
+
+/// Answers a WebSocket upgrade that [`Agents::serve`] read itself: the
+/// socket to run (tracked from its acceptance, as one upgraded by hyper
+/// is: a shutdown from here on waits for it), or `None` once a refusal
+/// was written.
+async fn upgrade_directly(
+    server: &Arc<Server>,
+    stream: &mut TcpStream,
+    head: Head,
+) -> Option<(Opening, TaskTrackerToken)> {
+    let opened = match resolve(server, head.uri.path()) {
+        Ok((kind, key)) => open(server, kind, key, head, Some(())).await,
+        Err((status, why)) => Err(upgrade::refuse(status, why)),
+    };
+    match opened {
+        Ok((response, opening, ())) => {
+            let tracked = server.tracker.token();
+            head::write_response(stream, response).await.ok()?;
+            Some((opening, tracked))
+        }
+        Err(refusal) => {
+            let _ = head::write_response(stream, refusal).await;
+            None
+        }
+    }
 }
 
 /// A 21-character URL-safe random id, like the reference's `nanoid()`.

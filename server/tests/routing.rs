@@ -2,6 +2,7 @@
 
 use agents_server::{Agent, AgentServer};
 use axum::response::IntoResponse;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::*;
 
@@ -169,6 +170,100 @@ async fn router_mounts_into_a_users_app() {
     let stopping = tokio::spawn(async move { agents.shutdown().await });
     assert_eq!(c.closed().await.0, 1001);
     stopping.await.unwrap();
+    task.abort();
+}
+
+/// The router served by another loop than `Agents::serve` (here
+/// `axum::serve`): upgrades go through hyper's, and sockets work the same.
+#[tokio::test]
+async fn router_serves_sockets_under_another_loop() {
+    let agents = agents_server_cli::demo::server().build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = agents.router();
+    let task = tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut c = Client::connect(&format!("ws://{addr}/agents/echo-agent/elsewhere")).await;
+    c.handshake().await;
+    c.send("through hyper").await;
+    assert_eq!(c.text().await, "through hyper");
+    assert_eq!(
+        http_get(addr, "/agents/unknown-agent/x", &[]).await,
+        (400, "Invalid request".into())
+    );
+    let stopping = tokio::spawn(async move { agents.shutdown().await });
+    assert_eq!(c.closed().await.0, 1001);
+    stopping.await.unwrap();
+    task.abort();
+}
+
+/// `serve` answers a first request that is an agent's upgrade itself, and
+/// leaves the rest to the app: an upgrade after a plain request on a
+/// kept-alive connection, a frame sent in the same write as the upgrade
+/// request, an upgrade to a path of the app's own.
+#[tokio::test]
+async fn upgrades_with_and_without_the_app() {
+    let agents = agents_server_cli::demo::server().build();
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route("/other-ws", axum::routing::get(|| async { "not a socket" }))
+        .merge(agents.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = agents.clone();
+    let task =
+        tokio::spawn(async move { serving.serve(listener, app, std::future::pending()).await });
+    let echoes = |mut raw: Raw, text: &'static str| async move {
+        raw.write(&Raw::frame(true, 1, text.as_bytes())).await;
+        loop {
+            match raw.next_frame().await {
+                Some((1, p)) if p == text.as_bytes() => return raw,
+                Some(_) => continue,
+                None => panic!("closed before the echo of {text}"),
+            }
+        }
+    };
+
+    // A plain request first, then an upgrade on the same connection.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let mut chunk = [0u8; 1024];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed after the plain request");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let (status, raw) = Raw::try_upgrade(tcp, addr, "/agents/echo-agent/kept", &[], &[]).await;
+    assert_eq!(status, 101);
+    let _kept = echoes(raw, "after a plain request").await;
+
+    // The first frame in the same write as the request.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let first = Raw::frame(true, 1, b"in the same write");
+    let (status, mut raw) =
+        Raw::try_upgrade(tcp, addr, "/agents/echo-agent/eager", &[], &first).await;
+    assert_eq!(status, 101);
+    loop {
+        match raw.next_frame().await {
+            Some((1, p)) if p == b"in the same write" => break,
+            Some(_) => continue,
+            None => panic!("closed before the early frame's echo"),
+        }
+    }
+
+    // Upgrades the agents do not own are the app's (or the router's) to answer.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (status, _) = Raw::try_upgrade(tcp, addr, "/other-ws", &[], &[]).await;
+    assert_eq!(status, 200);
+    let (status, _) = Raw::try_connect(addr, "/agents/unknown-agent/x", &[], None).await;
+    assert_eq!(status, 400);
+    let (status, _) = Raw::try_connect(addr, "/agents/echo-agent", &[], None).await;
+    assert_eq!(status, 404);
+    let long = format!("/agents/echo-agent/{}", "n".repeat(10_000));
+    let (status, _) = Raw::try_connect(addr, &long, &[], None).await;
+    assert_eq!(status, 400);
     task.abort();
 }
 

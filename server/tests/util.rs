@@ -505,7 +505,20 @@ impl Raw {
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();
         }
-        let mut tcp = socket.connect(addr).await.unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        Self::try_upgrade(tcp, addr, path, headers, &[]).await
+    }
+
+    /// Sends an upgrade request on `tcp` (plus `headers`), followed in the
+    /// same write by `then` (e.g. a first frame); returns the status and
+    /// the socket.
+    pub async fn try_upgrade(
+        mut tcp: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        then: &[u8],
+    ) -> (u16, Raw) {
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -514,7 +527,9 @@ impl Raw {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
-        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut req = req.into_bytes();
+        req.extend_from_slice(then);
+        tcp.write_all(&req).await.unwrap();
         let mut buf = Vec::new();
         let head_end = tokio::time::timeout(WAIT, async {
             loop {

@@ -329,7 +329,7 @@ impl Registry {
         kind: &Arc<dyn Kind>,
         key: &InstanceKey,
         conn: Connection,
-        request: RequestInfo,
+        request: Box<RequestInfo>,
     ) -> Option<Link> {
         let token = match self.route(key).await {
             Ok(Route::Here(token)) => token,
@@ -356,7 +356,7 @@ impl Registry {
         key: &InstanceKey,
         token: u64,
         conn: Connection,
-        request: RequestInfo,
+        request: Box<RequestInfo>,
     ) -> Option<InstanceHandle> {
         for _ in 0..CONNECT_ATTEMPTS {
             let handle = match self.instance(kind, key, token) {
@@ -373,7 +373,7 @@ impl Registry {
             let (ack, accepted) = oneshot::channel();
             let cmd = Command::Connect {
                 conn: conn.clone(),
-                request: Box::new(request.clone()),
+                request: request.clone(),
                 ack,
             };
             if handle.send(cmd).await.is_err() {
@@ -515,7 +515,8 @@ impl Runtime for Registry {
                 conn.close(1011, "Unknown agent");
                 return None;
             };
-            self.connect_here(&kind, &key, token, conn, request).await
+            self.connect_here(&kind, &key, token, conn, Box::new(request))
+                .await
         })
     }
 
