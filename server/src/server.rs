@@ -29,7 +29,7 @@ use crate::agent::Agent;
 use crate::config::{Config, MAX_NAME_LEN};
 use crate::connection::Connection;
 use crate::cors::Cors;
-use crate::head::{self, Head};
+use crate::head::{self, First, Head, Prefixed};
 use crate::log::Trunc;
 use crate::metrics::{Limit, SocketMetrics};
 use crate::request::RequestInfo;
@@ -456,20 +456,33 @@ impl std::fmt::Debug for Agents {
 }
 
 impl Server {
-    /// Whether a connection's first request is an upgrade to a registered
-    /// agent's path, which [`Agents::serve`] answers without `app`.
+    /// Whether a connection's first request is one [`Agents::serve`]
+    /// answers without `app`: a `GET` upgrade to a WebSocket, without a
+    /// body, at `/<prefix>/<agent>/…` (the router's own route) for a
+    /// registered agent.
     fn answers_directly(&self, head: &Head) -> bool {
-        if !upgrade::is_upgrade(&head.headers) {
+        if head.method != http::Method::GET
+            || !upgrade::is_upgrade(&head.headers)
+            || head.headers.contains_key(header::CONTENT_LENGTH)
+            || head.headers.contains_key(header::TRANSFER_ENCODING)
+        {
             return false;
         }
-        let mut segments = head.uri.path().split('/').filter(|s| !s.is_empty());
-        self.config
-            .prefix
-            .iter()
-            .all(|want| segments.next() == Some(want.as_str()))
-            && segments
-                .next()
-                .is_some_and(|agent| self.registry.kind(agent).is_some())
+        let mut rest = head.uri.path();
+        for want in &self.config.prefix {
+            match rest
+                .strip_prefix('/')
+                .and_then(|r| r.strip_prefix(want.as_str()))
+            {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        let agent = rest
+            .strip_prefix('/')
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("");
+        self.registry.kind(agent).is_some()
     }
 }
 
@@ -595,33 +608,34 @@ impl Agents {
                 let read = head::read_head(&mut stream, &mut buf, config.max_request_head);
                 let read = tokio::select! {
                     biased;
-                    _ = stop.cancelled() => return,
-                    read = tokio::time::timeout(config.header_read_timeout, read) => read,
+                    _ = stop.cancelled() => None,
+                    read = tokio::time::timeout(config.header_read_timeout, read) => Some(read),
                 };
-                match read {
-                    Ok(Ok(Some(len))) => {
-                        let direct =
-                            head::parse(&buf[..len]).filter(|h| server.answers_directly(h));
-                        if let Some(head) = direct {
-                            let read_ahead = buf.split_off(len).freeze();
-                            drop(buf);
-                            // Boxed: its state is gone once the socket runs.
-                            let opened =
-                                Box::pin(upgrade_directly(&server, &mut stream, head)).await;
-                            if let Some((opening, _tracked)) = opened {
-                                opening.run(stream, read_ahead).await;
-                            }
-                            return;
-                        }
-                    }
-                    // Over the size limit: hyper answers 431.
-                    Ok(Ok(None)) if !buf.is_empty() => {}
-                    // Timed out (hyper drops such a connection too), failed,
-                    // or closed before a byte.
+                let first = match read {
+                    Some(Ok(Ok(first))) => first,
+                    // Asked to stop in the middle of a head: hyper takes
+                    // it, answers it and closes.
+                    None if !buf.is_empty() => First::Other,
+                    // Nothing sent yet when asked to stop, the head timed
+                    // out (hyper drops such a connection too), or failed.
                     _ => return,
+                };
+                match first {
+                    First::Head(head, len) if server.answers_directly(&head) => {
+                        let read_ahead = buf.split_off(len).freeze();
+                        drop(buf);
+                        // Boxed: its state is gone once the socket runs.
+                        let opened = Box::pin(upgrade_directly(&server, &mut stream, *head)).await;
+                        if let Some((opening, _tracked)) = opened {
+                            opening.run(stream, read_ahead).await;
+                        }
+                        return;
+                    }
+                    First::Head(..) | First::Other => {}
+                    First::Closed => return,
                 }
                 drop(server);
-                let io = TokioIo::new(head::Prefixed::new(buf.freeze(), stream));
+                let io = TokioIo::new(Prefixed::new(buf.freeze(), stream));
                 // Boxed: a socket's task is sized for the direct path.
                 Box::pin(async move {
                     let service = TowerToHyperService::new(app);
@@ -785,9 +799,23 @@ async fn route(server: &Arc<Server>, request: Request) -> Response {
         match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => opening.run(parts.io.into_inner(), parts.read_buf).await,
-                // Not a plain `TcpStream` (a connection served by another
-                // loop than ours); boxed, so it costs the task no room.
-                Err(upgraded) => Box::pin(opening.run(TokioIo::new(upgraded), Bytes::new())).await,
+                Err(upgraded) => match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
+                    // From `serve`, which read the connection's first head.
+                    Ok(parts) => {
+                        let (unread, stream) = parts.io.into_inner().into_parts();
+                        let read_ahead = if unread.is_empty() {
+                            parts.read_buf
+                        } else {
+                            [parts.read_buf, unread].concat().into()
+                        };
+                        opening.run(stream, read_ahead).await
+                    }
+                    // Another loop's stream; boxed, so it costs the task
+                    // no room.
+                    Err(upgraded) => {
+                        Box::pin(opening.run(TokioIo::new(upgraded), Bytes::new())).await
+                    }
+                },
             },
             Err(err) => tracing::debug!(cause = %err, "upgrade failed"),
         }
@@ -972,7 +1000,9 @@ async fn upgrade_directly(
             Some((opening, tracked))
         }
         Err(refusal) => {
-            let _ = head::write_response(stream, refusal).await;
+            if head::write_response(stream, refusal).await.is_ok() {
+                head::close_after_refusal(stream).await;
+            }
             None
         }
     }

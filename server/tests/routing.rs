@@ -2,6 +2,9 @@
 
 use agents_server::{Agent, AgentServer};
 use axum::response::IntoResponse;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::*;
@@ -203,10 +206,21 @@ async fn router_serves_sockets_under_another_loop() {
 #[tokio::test]
 async fn upgrades_with_and_without_the_app() {
     let agents = agents_server_cli::demo::server().build();
+    // Counts the upgrade requests that went through the app.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
     let app = axum::Router::new()
         .route("/health", axum::routing::get(|| async { "ok" }))
         .route("/other-ws", axum::routing::get(|| async { "not a socket" }))
-        .merge(agents.router());
+        .merge(agents.router())
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                if request.headers().contains_key("upgrade") {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                next.run(request)
+            },
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let serving = agents.clone();
@@ -238,6 +252,11 @@ async fn upgrades_with_and_without_the_app() {
     let (status, raw) = Raw::try_upgrade(tcp, addr, "/agents/echo-agent/kept", &[], &[]).await;
     assert_eq!(status, 101);
     let _kept = echoes(raw, "after a plain request").await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "the app answers a later upgrade"
+    );
 
     // The first frame in the same write as the request.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -253,18 +272,63 @@ async fn upgrades_with_and_without_the_app() {
         }
     }
 
-    // Upgrades the agents do not own are the app's (or the router's) to answer.
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "answered without the app");
+
+    // Upgrades the agents do not own are the app's (or the router's) to
+    // answer; so are ones with a body or another method.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (status, _) = Raw::try_upgrade(tcp, addr, "/other-ws", &[], &[]).await;
     assert_eq!(status, 200);
     let (status, _) = Raw::try_connect(addr, "/agents/unknown-agent/x", &[], None).await;
     assert_eq!(status, 400);
+    let (status, _) = Raw::try_connect(
+        addr,
+        "/agents/echo-agent/b",
+        &[("content-length", "0")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 101);
+    assert_eq!(seen.load(Ordering::SeqCst), 4);
+    // Refused without the app, as the router would.
     let (status, _) = Raw::try_connect(addr, "/agents/echo-agent", &[], None).await;
     assert_eq!(status, 404);
     let long = format!("/agents/echo-agent/{}", "n".repeat(10_000));
     let (status, _) = Raw::try_connect(addr, &long, &[], None).await;
     assert_eq!(status, 400);
+    assert_eq!(seen.load(Ordering::SeqCst), 4);
     task.abort();
+}
+
+/// A refusal `serve` writes itself is a whole HTTP answer: status, length,
+/// body, then the connection closes cleanly (no reset), even when the
+/// client sent a frame after its request.
+#[tokio::test]
+async fn direct_refusals_are_whole_answers() {
+    let server = TestServer::start(
+        agents_server_cli::demo::server().allowed_origins(["https://good.example"]),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let eager = Raw::frame(true, 1, &[b'x'; 1000]);
+    let (status, mut raw) = Raw::try_upgrade(
+        tcp,
+        server.addr,
+        "/agents/echo-agent/o",
+        &[("origin", "https://evil.example")],
+        &eager,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, raw.tcp.read_to_end(&mut rest))
+        .await
+        .expect("the refused connection was not closed")
+        .expect("the refused connection was reset");
+    let head = raw.head().to_ascii_lowercase();
+    assert!(head.contains("\r\ncontent-length: 18\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert_eq!(raw.body_and(&rest), b"Origin not allowed");
 }
 
 /// The README's limits table states every default the code has.

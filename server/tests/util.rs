@@ -482,6 +482,8 @@ pub async fn start_with_probe() -> (TestServer, Log) {
 pub struct Raw {
     pub tcp: TcpStream,
     buf: Vec<u8>,
+    /// The server's answer to the upgrade request, up to its blank line.
+    head: String,
 }
 
 impl Raw {
@@ -547,7 +549,18 @@ impl Raw {
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
         buf.drain(..head_end);
-        (status, Raw { tcp, buf })
+        (status, Raw { tcp, buf, head })
+    }
+
+    /// The server's answer to the upgrade request, up to its blank line.
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// What came after the answer's head: the bytes already read, then
+    /// `rest`.
+    pub fn body_and(&self, rest: &[u8]) -> Vec<u8> {
+        [&self.buf[..], rest].concat()
     }
 
     /// A masked client frame.
