@@ -35,8 +35,10 @@ use crate::metrics::{Limit, SocketMetrics};
 /// Bytes read per system call when no larger frame is expected.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Frames handed to one vectored write (two slices each).
-const WRITE_FRAMES: usize = 64;
+/// Frames handed to one vectored write (two slices each, within the
+/// kernel's `IOV_MAX` of 1,024): a burst of a few hundred frames goes out
+/// in one system call.
+const WRITE_FRAMES: usize = 512;
 
 /// Bytes read and dropped after our close frame (the rest of an oversized
 /// message, say) before the socket is dropped anyway; the closing deadline
