@@ -40,6 +40,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// in one system call.
 const WRITE_FRAMES: usize = 512;
 
+/// Frames whose slices are gathered on the stack (2 KiB, cleared for each
+/// write); more take a vector of their size.
+const SMALL_WRITE_FRAMES: usize = 64;
+
 /// Bytes read and dropped after our close frame (the rest of an oversized
 /// message, say) before the socket is dropped anyway; the closing deadline
 /// ([`CLOSE_TIMEOUT`]) bounds the time.
@@ -182,6 +186,32 @@ pub(crate) async fn run<T: Transport>(
     crate::metrics::closed(info.code);
     socket.finish();
     socket.instance.take().map(|h| (h, info))
+}
+
+/// Fills `slices` with the first frames of `writes` (header and payload,
+/// the first one less its `head_written` bytes); returns how many it used.
+fn frame_slices<'a>(
+    writes: &'a VecDeque<Write>,
+    head_written: usize,
+    slices: &mut [IoSlice<'a>],
+) -> usize {
+    let mut n = 0;
+    for (i, w) in writes.iter().enumerate() {
+        if n + 2 > slices.len() {
+            break;
+        }
+        let skip = if i == 0 { head_written } else { 0 };
+        let header = &w.header[..usize::from(w.header_len)];
+        if skip < header.len() {
+            slices[n] = IoSlice::new(&header[skip..]);
+            slices[n + 1] = IoSlice::new(&w.payload);
+            n += 2;
+        } else {
+            slices[n] = IoSlice::new(&w.payload[skip - header.len()..]);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// How input is dropped once the server began closing after bad input.
@@ -373,20 +403,18 @@ impl<T: Transport> Socket<'_, T> {
         let mut progress = false;
         let (mut data_frames, mut data_bytes) = (0, 0);
         while !self.writes.is_empty() && !self.done {
-            let mut slices = [IoSlice::new(&[]); 2 * WRITE_FRAMES];
-            let mut n = 0;
-            for (i, w) in self.writes.iter().take(WRITE_FRAMES).enumerate() {
-                let skip = if i == 0 { self.head_written } else { 0 };
-                let header = &w.header[..usize::from(w.header_len)];
-                if skip < header.len() {
-                    slices[n] = IoSlice::new(&header[skip..]);
-                    slices[n + 1] = IoSlice::new(&w.payload);
-                    n += 2;
-                } else {
-                    slices[n] = IoSlice::new(&w.payload[skip - header.len()..]);
-                    n += 1;
-                }
-            }
+            // Up to 64 frames (nearly always) on the stack; a burst in a
+            // vector of its size, not a 16 KiB array cleared every time.
+            let frames = self.writes.len().min(WRITE_FRAMES);
+            let mut small = [IoSlice::new(&[]); 2 * SMALL_WRITE_FRAMES];
+            let mut large = Vec::new();
+            let slices = if frames <= SMALL_WRITE_FRAMES {
+                &mut small[..]
+            } else {
+                large.resize(2 * frames, IoSlice::new(&[]));
+                &mut large[..]
+            };
+            let n = frame_slices(&self.writes, self.head_written, slices);
             match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Ready(Ok(0)) => self.done = true,
                 Poll::Ready(Ok(mut written)) => {
