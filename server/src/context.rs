@@ -38,6 +38,18 @@ pub enum StateSource {
     Client(Connection),
 }
 
+/// The connection whose event a hook handles.
+#[derive(Debug)]
+enum Current {
+    /// None (a scheduled or HTTP event, or no hook running).
+    None,
+    /// This one: its connect and close, when it may not be in the map.
+    Conn(Connection),
+    /// The one in the map with this key: its messages, without a
+    /// reference count to take.
+    Key(u64),
+}
+
 /// The agent-wide view every hook gets: identity, connections, broadcast and
 /// state. Owned by the instance's actor task.
 pub struct AgentContext<A: Agent> {
@@ -45,11 +57,8 @@ pub struct AgentContext<A: Agent> {
     agent: Arc<str>,
     connections: KeyMap<Connection>,
     state: StateCell<A::State>,
-    /// The connection whose event is being handled, if any: itself (its
-    /// connect and close, when it may not be in `connections`), or the key
-    /// of one in `connections` (its messages: no reference count to take).
-    current: Option<Connection>,
-    current_key: Option<u64>,
+    /// The connection whose event is being handled, if any.
+    current: Current,
     /// Set by [`set_state`](Self::set_state); the runtime then calls
     /// `on_state_update` with [`StateSource::Server`].
     state_changed: bool,
@@ -87,8 +96,7 @@ impl<A: Agent> AgentContext<A> {
                 max_bytes: max_state_bytes,
                 last_len: 0,
             },
-            current: None,
-            current_key: None,
+            current: Current::None,
             state_changed: false,
             state_writes,
         }
@@ -178,7 +186,11 @@ impl<A: Agent> AgentContext<A> {
     /// it does not serialize; [`StateError::Storage`] when it cannot be
     /// stored. On error nothing changes and nothing is sent.
     pub fn set_state(&mut self, state: A::State) -> Result<(), StateError> {
-        let current = (self.current.as_ref()).or_else(|| self.connections.get(&self.current_key?));
+        let current = match &self.current {
+            Current::None => None,
+            Current::Conn(conn) => Some(conn),
+            Current::Key(key) => self.connections.get(key),
+        };
         if current.is_some_and(Connection::is_readonly) {
             return Err(StateError::Readonly);
         }
@@ -237,19 +249,18 @@ impl<A: Agent> AgentContext<A> {
 
     /// A hook for `conn`'s event (or no connection's) begins.
     pub(crate) fn begin_turn(&mut self, conn: Option<&Connection>) {
-        self.current = conn.cloned();
+        self.current = conn.map_or(Current::None, |conn| Current::Conn(conn.clone()));
     }
 
     /// A hook for a message of the connection `key` (one of
     /// `connections`) begins.
     pub(crate) fn begin_message_turn(&mut self, key: u64) {
-        self.current_key = Some(key);
+        self.current = Current::Key(key);
     }
 
     /// The hook returned.
     pub(crate) fn end_turn(&mut self) {
-        self.current = None;
-        self.current_key = None;
+        self.current = Current::None;
     }
 
     /// Whether [`set_state`](Self::set_state) ran since the last call.

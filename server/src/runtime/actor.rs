@@ -137,6 +137,28 @@ impl Command {
     }
 }
 
+/// One event as the agent's hooks see it, what [`Actor::turn`] handles:
+/// a command, or one message of a read's [`Command::Messages`].
+enum Turn {
+    Connect {
+        conn: Connection,
+        request: Box<RequestInfo>,
+        ack: oneshot::Sender<bool>,
+    },
+    Message {
+        key: u64,
+        message: Message,
+    },
+    Closed {
+        key: u64,
+        info: CloseInfo,
+    },
+    Request {
+        request: Box<http::Request<Body>>,
+        reply: oneshot::Sender<Response>,
+    },
+}
+
 /// What offering a message to an instance did.
 pub(crate) enum Admit {
     /// It is in the inbox.
@@ -405,10 +427,6 @@ struct InboxBudget {
 
 impl InboxBudget {
     /// `cmd` is being handled: its bytes are free after this batch.
-    fn took(&mut self, cmd: &Command) {
-        self.took_bytes(cmd.cost());
-    }
-
     fn took_bytes(&mut self, cost: u32) {
         self.freed += cost as usize;
     }
@@ -729,28 +747,31 @@ impl<A: Agent> Actor<A> {
     /// Handles an event; returns the turns it took (a read's messages take
     /// one each, so that a batch of events stays a batch of turns).
     async fn handle(&mut self, cmd: Command) -> usize {
-        let Command::Messages {
-            key,
-            messages,
-            cost,
-        } = cmd
-        else {
-            self.inbox.took(&cmd);
-            self.turn(cmd).await;
-            return 1;
+        let turn = match cmd {
+            Command::Messages {
+                key,
+                messages,
+                cost,
+            } => return self.messages(key, messages, cost).await,
+            Command::Message { key, message, cost } => {
+                self.inbox.took_bytes(cost);
+                Turn::Message { key, message }
+            }
+            Command::Connect { conn, request, ack } => Turn::Connect { conn, request, ack },
+            Command::Closed { key, info } => Turn::Closed { key, info },
+            Command::Request { request, reply } => Turn::Request { request, reply },
         };
-        // One read's messages: each its own turn, as if it came alone.
+        self.turn(turn).await;
+        1
+    }
+
+    /// One read's messages: each its own turn, as if it came alone.
+    async fn messages(&mut self, key: u64, messages: Vec<Message>, cost: u32) -> usize {
         let mut messages = messages.into_iter();
         let mut turns = 0;
         while let Some(message) = messages.next() {
             turns += 1;
-            let none = 0; // (the cost is the batch's, below)
-            self.turn(Command::Message {
-                key,
-                message,
-                cost: none,
-            })
-            .await;
+            self.turn(Turn::Message { key, message }).await;
             if messages.len() > 0 && self.flow.is_behind() {
                 // A client fell behind: the rest waits with whatever else
                 // was taken, holding its share of the budget until handled.
@@ -758,12 +779,10 @@ impl<A: Agent> Actor<A> {
                 let bytes: usize = rest.iter().map(|m| m.len() + INBOX_OVERHEAD).sum();
                 let held = u32::try_from(bytes).map_or(cost, |bytes| bytes.min(cost));
                 self.inbox.took_bytes(cost - held);
-                let cost = held;
-                let messages = rest;
                 self.queued.push_front(Command::Messages {
                     key,
-                    messages,
-                    cost,
+                    messages: rest,
+                    cost: held,
                 });
                 return turns;
             }
@@ -772,35 +791,35 @@ impl<A: Agent> Actor<A> {
         turns
     }
 
-    async fn turn(&mut self, cmd: Command) {
+    async fn turn(&mut self, turn: Turn) {
         self.cx.storage().begin_turn();
-        self.dispatch(cmd).await;
+        self.dispatch(turn).await;
         self.cx.storage().end_turn();
     }
 
-    async fn dispatch(&mut self, cmd: Command) {
+    async fn dispatch(&mut self, turn: Turn) {
         if let Some(reason) = &self.broken {
-            match cmd {
-                Command::Connect { conn, ack, .. } => {
+            match turn {
+                Turn::Connect { conn, ack, .. } => {
                     conn.close(1011, reason);
                     let _ = ack.send(false);
                 }
-                Command::Request { reply, .. } => {
+                Turn::Request { reply, .. } => {
                     let _ = reply
                         .send((StatusCode::INTERNAL_SERVER_ERROR, reason.clone()).into_response());
                 }
-                Command::Message { .. } | Command::Messages { .. } | Command::Closed { .. } => {}
+                Turn::Message { .. } | Turn::Closed { .. } => {}
             }
             return;
         }
-        match cmd {
-            Command::Connect { conn, request, ack } => {
+        match turn {
+            Turn::Connect { conn, request, ack } => {
                 // The rarer events' futures are boxed: every message moves
                 // this future, sized by its largest branch.
                 let accepted = Box::pin(self.connect(conn, *request)).await;
                 let _ = ack.send(accepted);
             }
-            Command::Message { key, message, .. } => {
+            Turn::Message { key, message } => {
                 let Some(conn) = self.cx.get(key).cloned() else {
                     return;
                 };
@@ -809,10 +828,8 @@ impl<A: Agent> Actor<A> {
                 self.cx.end_turn();
                 self.after_hook().await;
             }
-            Command::Closed { key, info } => Box::pin(self.closed(key, info)).await,
-            // handle() takes these apart, one turn per message.
-            Command::Messages { .. } => unreachable!("a batch reaches dispatch() as its messages"),
-            Command::Request { request, reply } => {
+            Turn::Closed { key, info } => Box::pin(self.closed(key, info)).await,
+            Turn::Request { request, reply } => {
                 let (agent, cx) = (&mut self.agent, &mut self.cx);
                 let result = guarded("on_request", || agent.on_request(cx, *request)).await;
                 let response = match result {
