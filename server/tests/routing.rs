@@ -302,7 +302,7 @@ async fn upgrades_with_and_without_the_app() {
 
 /// A refusal `serve` writes itself is a whole HTTP answer: status, length,
 /// body, then the connection closes cleanly (no reset), even when the
-/// client sent a frame after its request.
+/// client sends a frame after it.
 #[tokio::test]
 async fn direct_refusals_are_whole_answers() {
     let server = TestServer::start(
@@ -310,16 +310,18 @@ async fn direct_refusals_are_whole_answers() {
     )
     .await;
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let eager = Raw::frame(true, 1, &[b'x'; 1000]);
     let (status, mut raw) = Raw::try_upgrade(
         tcp,
         server.addr,
         "/agents/echo-agent/o",
         &[("origin", "https://evil.example")],
-        &eager,
+        &[],
     )
     .await;
     assert_eq!(status, 403);
+    // A frame sent after the answer: unread at the close, it would make
+    // the close a reset.
+    raw.write(&Raw::frame(true, 1, &[b'x'; 1000])).await;
     let mut rest = Vec::new();
     tokio::time::timeout(WAIT, raw.tcp.read_to_end(&mut rest))
         .await
@@ -329,6 +331,36 @@ async fn direct_refusals_are_whole_answers() {
     assert!(head.contains("\r\ncontent-length: 18\r\n"), "{head}");
     assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     assert_eq!(raw.body_and(&rest), b"Origin not allowed");
+
+    // A frame that arrives while a hook decides, unread when the refusal
+    // goes out: the answer still arrives whole (a reset would lose it).
+    let slow = TestServer::start(agents_server_cli::demo::server().on_before_connect(
+        |_, _| async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            Err((axum::http::StatusCode::UNAUTHORIZED, "no").into_response())
+        },
+    ))
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(slow.addr).await.unwrap();
+    let request = format!(
+        "GET /agents/echo-agent/h HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        slow.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tcp.write_all(&Raw::frame(true, 1, &[b'x'; 1000]))
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the refused connection was not closed")
+        .expect("the refused connection was reset");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nno"), "{answer}");
 }
 
 /// The README's limits table states every default the code has.

@@ -426,7 +426,8 @@ struct InboxBudget {
 }
 
 impl InboxBudget {
-    /// `cmd` is being handled: its bytes are free after this batch.
+    /// Bytes of the budget (a command's `cost`, or part of it) are being
+    /// handled: they are free after this batch.
     fn took_bytes(&mut self, cost: u32) {
         self.freed += cost as usize;
     }

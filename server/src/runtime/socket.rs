@@ -892,3 +892,57 @@ impl<T: Transport> Socket<'_, T> {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writes(n: usize) -> VecDeque<Write> {
+        (0..n)
+            .map(|i| Write::new(Opcode::Text, format!("frame {i}").into(), WriteKind::Data))
+            .collect()
+    }
+
+    fn wire<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for w in writes {
+            out.extend_from_slice(&w.header[..usize::from(w.header_len)]);
+            out.extend_from_slice(&w.payload);
+        }
+        out
+    }
+
+    fn joined(slices: &[IoSlice<'_>]) -> Vec<u8> {
+        slices.iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn frame_slices_start_where_the_last_write_stopped() {
+        let w = writes(3);
+        let all = wire(&w);
+        let header = usize::from(w[0].header_len);
+        for skip in [0, 1, header, header + 2, w[0].len() - 1] {
+            let mut slices = [IoSlice::new(&[]); 6];
+            let n = frame_slices(&w, skip, &mut slices);
+            assert_eq!(joined(&slices[..n]), &all[skip..], "skip {skip}");
+        }
+    }
+
+    #[test]
+    fn frame_slices_take_whole_frames_while_they_fit() {
+        let w = writes(5);
+        for room in [2, 3, 5, 9, 10, 11, 64] {
+            let mut slices = vec![IoSlice::new(&[]); room];
+            let n = frame_slices(&w, 0, &mut slices);
+            let frames = (room / 2).min(5);
+            assert_eq!(n, 2 * frames, "room {room}");
+            assert_eq!(joined(&slices[..n]), wire(w.iter().take(frames)));
+        }
+        // A first frame whose header is out takes one slice.
+        let skip = usize::from(w[0].header_len) + 1;
+        let mut slices = [IoSlice::new(&[]); 4];
+        let n = frame_slices(&w, skip, &mut slices);
+        assert_eq!(n, 3);
+        assert_eq!(joined(&slices[..n]), &wire(w.iter().take(2))[skip..]);
+    }
+}
