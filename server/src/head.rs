@@ -19,6 +19,10 @@ const HEAD_CHUNK: usize = 2048;
 /// Most header lines parsed here; a head with more goes to hyper (whose
 /// limit is 100).
 const MAX_HEADERS: usize = 64;
+/// Bytes of blank lines taken before a request line.
+const MAX_LEADING_BLANK: usize = 16;
+/// How long writing an answer may take.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a refused connection waits for the client to close.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most bytes read and dropped from a refused connection.
@@ -56,6 +60,17 @@ where
             Some(at) => memchr::memchr(b'\n', &buf[at..]).is_some(),
         };
         if try_now {
+            // Blank lines before a request are allowed (and skipped), but
+            // each would mean another parse from the start: a few are
+            // taken, more go to hyper.
+            if buf
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count()
+                > MAX_LEADING_BLANK
+            {
+                return Ok(First::Other);
+            }
             match parse(buf) {
                 Parsed::Head(head, len) if len <= max => return Ok(First::Head(head, len)),
                 Parsed::Head(..) | Parsed::Other => return Ok(First::Other),
@@ -203,7 +218,12 @@ where
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
-    io.write_all(&out).await
+    // A client that does not read (a refusal's body can be large) does
+    // not keep the task.
+    match tokio::time::timeout(WRITE_TIMEOUT, io.write_all(&out)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Ends a connection after a refusal was written: our side shut down,
@@ -385,6 +405,25 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(got, First::Closed), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn takes_a_few_blank_lines_before_a_request_not_many() {
+        let few = b"\r\n\r\nGET /a HTTP/1.1\r\n\r\n";
+        assert_eq!(head_of(first(few, 8192).await.0).1, few.len());
+        let many = format!(
+            "{}GET /a HTTP/1.1\r\n\r\n",
+            "\n".repeat(MAX_LEADING_BLANK + 1)
+        );
+        assert!(matches!(first(many.as_bytes(), 8192).await.0, First::Other));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_on_a_client_that_does_not_read() {
+        let (_client, mut server) = tokio::io::duplex(64);
+        let response = (StatusCode::UNAUTHORIZED, "x".repeat(4096)).into_response();
+        let err = write_response(&mut server, response).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]
