@@ -95,14 +95,6 @@ pub(crate) struct CloseInfo {
 /// Events for an instance, handled one at a time in arrival order.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Register a socket; `ack` answers whether it was accepted.
-    /// (Boxed parts keep every command small: one is moved several times
-    /// on its way, and messages are most of them.)
-    Connect {
-        conn: Connection,
-        request: Box<RequestInfo>,
-        ack: oneshot::Sender<bool>,
-    },
     /// A data message from a registered socket, holding `cost` of the
     /// inbox's byte budget until handled (the actor gives the budget back
     /// once per batch, not per message).
@@ -118,6 +110,21 @@ pub(crate) enum Command {
         messages: Vec<Message>,
         cost: u32,
     },
+    /// Anything else, handled as it comes.
+    Event(Event),
+}
+
+/// The events besides data messages. (Boxed parts keep every command
+/// small: one is moved several times on its way, and messages are most of
+/// them.)
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// Register a socket; `ack` answers whether it was accepted.
+    Connect {
+        conn: Connection,
+        request: Box<RequestInfo>,
+        ack: oneshot::Sender<bool>,
+    },
     /// A registered socket ended.
     Closed { key: u64, info: CloseInfo },
     /// A plain HTTP request to the instance.
@@ -132,31 +139,16 @@ impl Command {
     fn cost(&self) -> u32 {
         match self {
             Command::Message { cost, .. } | Command::Messages { cost, .. } => *cost,
-            _ => 0,
+            Command::Event(_) => 0,
         }
     }
 }
 
-/// One event as the agent's hooks see it, what [`Actor::turn`] handles:
-/// a command, or one message of a read's [`Command::Messages`].
+/// What [`Actor::turn`] handles: one message (alone, or one of a read's
+/// [`Command::Messages`]) or another event.
 enum Turn {
-    Connect {
-        conn: Connection,
-        request: Box<RequestInfo>,
-        ack: oneshot::Sender<bool>,
-    },
-    Message {
-        key: u64,
-        message: Message,
-    },
-    Closed {
-        key: u64,
-        info: CloseInfo,
-    },
-    Request {
-        request: Box<http::Request<Body>>,
-        reply: oneshot::Sender<Response>,
-    },
+    Message { key: u64, message: Message },
+    Event(Event),
 }
 
 /// What offering a message to an instance did.
@@ -720,10 +712,12 @@ impl<A: Agent> Actor<A> {
             None => self.rx.recv().await,
         } {
             match cmd {
-                Command::Connect { .. } | Command::Message { .. } | Command::Messages { .. } => {}
-                cmd @ (Command::Closed { .. } | Command::Request { .. }) => {
-                    self.handle(cmd).await;
+                Command::Event(event @ (Event::Closed { .. } | Event::Request { .. })) => {
+                    self.turn(Turn::Event(event)).await;
                 }
+                Command::Event(Event::Connect { .. })
+                | Command::Message { .. }
+                | Command::Messages { .. } => {}
             }
         }
         self.cx.storage().release();
@@ -758,9 +752,7 @@ impl<A: Agent> Actor<A> {
                 self.inbox.took_bytes(cost);
                 Turn::Message { key, message }
             }
-            Command::Connect { conn, request, ack } => Turn::Connect { conn, request, ack },
-            Command::Closed { key, info } => Turn::Closed { key, info },
-            Command::Request { request, reply } => Turn::Request { request, reply },
+            Command::Event(event) => Turn::Event(event),
         };
         self.turn(turn).await;
         1
@@ -801,20 +793,20 @@ impl<A: Agent> Actor<A> {
     async fn dispatch(&mut self, turn: Turn) {
         if let Some(reason) = &self.broken {
             match turn {
-                Turn::Connect { conn, ack, .. } => {
+                Turn::Event(Event::Connect { conn, ack, .. }) => {
                     conn.close(1011, reason);
                     let _ = ack.send(false);
                 }
-                Turn::Request { reply, .. } => {
+                Turn::Event(Event::Request { reply, .. }) => {
                     let _ = reply
                         .send((StatusCode::INTERNAL_SERVER_ERROR, reason.clone()).into_response());
                 }
-                Turn::Message { .. } | Turn::Closed { .. } => {}
+                Turn::Message { .. } | Turn::Event(Event::Closed { .. }) => {}
             }
             return;
         }
         match turn {
-            Turn::Connect { conn, request, ack } => {
+            Turn::Event(Event::Connect { conn, request, ack }) => {
                 // The rarer events' futures are boxed: every message moves
                 // this future, sized by its largest branch.
                 let accepted = Box::pin(self.connect(conn, *request)).await;
@@ -829,8 +821,8 @@ impl<A: Agent> Actor<A> {
                 self.cx.end_turn();
                 self.after_hook().await;
             }
-            Turn::Closed { key, info } => Box::pin(self.closed(key, info)).await,
-            Turn::Request { request, reply } => {
+            Turn::Event(Event::Closed { key, info }) => Box::pin(self.closed(key, info)).await,
+            Turn::Event(Event::Request { request, reply }) => {
                 let (agent, cx) = (&mut self.agent, &mut self.cx);
                 let result = guarded("on_request", || agent.on_request(cx, *request)).await;
                 let response = match result {

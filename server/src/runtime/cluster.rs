@@ -38,7 +38,7 @@ use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::actor::{Admit, CloseInfo, Command, InstanceHandle};
+use super::actor::{Admit, CloseInfo, Command, Event, InstanceHandle};
 use super::InstanceKey;
 use crate::connection::{Connection, KeyMap, Outbound};
 use crate::log::Trunc;
@@ -1670,10 +1670,10 @@ impl Forwarder {
                 was_clean: false,
             });
             let _ = handle
-                .send(Command::Closed {
+                .send(Command::Event(Event::Closed {
                     key: self.conn.key(),
                     info,
-                })
+                }))
                 .await;
         }
     }

@@ -15,7 +15,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::actor::{self, ActorEnv, Admit, CloseInfo, Command, Control, Fence, InstanceHandle};
+use super::actor::{
+    self, ActorEnv, Admit, CloseInfo, Command, Control, Event, Fence, InstanceHandle,
+};
 use super::cluster::{Node, Owner, RemoteLink, Runtime};
 use super::InstanceKey;
 use crate::agent::{not_implemented, Agent, DefaultOnRequest};
@@ -371,11 +373,11 @@ impl Registry {
                 }
             };
             let (ack, accepted) = oneshot::channel();
-            let cmd = Command::Connect {
+            let cmd = Command::Event(Event::Connect {
                 conn: conn.clone(),
                 request: request.clone(),
                 ack,
-            };
+            });
             if handle.send(cmd).await.is_err() {
                 self.wait_for(&handle.control).await;
                 continue;
@@ -438,10 +440,10 @@ impl Registry {
             let (reply, response) = oneshot::channel();
             let Some(req) = request.take() else { break };
             match handle
-                .send(Command::Request {
+                .send(Command::Event(Event::Request {
                     request: Box::new(req),
                     reply,
-                })
+                }))
                 .await
             {
                 Ok(()) => {
@@ -457,7 +459,7 @@ impl Registry {
                 }
                 Err(err) => {
                     self.wait_for(&handle.control).await;
-                    if let Command::Request { request: r, .. } = err.0 {
+                    if let Command::Event(Event::Request { request: r, .. }) = err.0 {
                         request = Some(*r);
                     }
                 }
@@ -495,7 +497,9 @@ impl Link {
     pub(crate) async fn closed(self, key: u64, info: CloseInfo) {
         match self {
             Link::Local(handle) => {
-                let _ = handle.send(Command::Closed { key, info }).await;
+                let _ = handle
+                    .send(Command::Event(Event::Closed { key, info }))
+                    .await;
             }
             Link::Remote(remote) => remote.closed(info).await,
         }
