@@ -342,13 +342,8 @@ async fn direct_refusals_are_whole_answers() {
     ))
     .await;
     let mut tcp = tokio::net::TcpStream::connect(slow.addr).await.unwrap();
-    let request = format!(
-        "GET /agents/echo-agent/h HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        slow.addr
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    let request = Raw::upgrade_request(slow.addr, "/agents/echo-agent/h", &[]);
+    tcp.write_all(&request).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     tcp.write_all(&Raw::frame(true, 1, &[b'x'; 1000]))
         .await

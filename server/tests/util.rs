@@ -511,6 +511,19 @@ impl Raw {
         Self::try_upgrade(tcp, addr, path, headers, &[]).await
     }
 
+    /// An upgrade request's head for `path` (plus `headers`).
+    pub fn upgrade_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.into_bytes()
+    }
+
     /// Sends an upgrade request on `tcp` (plus `headers`), followed in the
     /// same write by `then` (e.g. a first frame); returns the status and
     /// the socket.
@@ -521,15 +534,7 @@ impl Raw {
         headers: &[(&str, &str)],
         then: &[u8],
     ) -> (u16, Raw) {
-        let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        let mut req = req.into_bytes();
+        let mut req = Self::upgrade_request(addr, path, headers);
         req.extend_from_slice(then);
         tcp.write_all(&req).await.unwrap();
         let mut buf = Vec::new();
