@@ -650,6 +650,20 @@ impl agents_server::Agent for Slow {
     }
 }
 
+/// Two in-process nodes serving [`Slow`] on `nats`, with lease `ttl`.
+async fn slow_nodes(nats: &Nats, ttl: Duration) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let options = agents_server::ClusterOptions::new([nats.url()]).lease_ttl(ttl);
+        let cluster = agents_server::Cluster::connect(options).await.unwrap();
+        let server = agents_server::AgentServer::new()
+            .agent("Slow", |_| Slow)
+            .cluster(cluster);
+        nodes.push(TestServer::start(server).await);
+    }
+    nodes
+}
+
 /// A plain HTTP request, or a socket, through a node that does not own the
 /// instance waits for the owner's `on_request` or `on_connect` as long as
 /// it takes, as on one node (the forwarding gave up after 2 s with 503 or
@@ -657,15 +671,7 @@ impl agents_server::Agent for Slow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_hooks_answer_through_another_node() {
     let nats = Nats::start("slow-http").await;
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let options = agents_server::ClusterOptions::new([nats.url()]);
-        let cluster = agents_server::Cluster::connect(options).await.unwrap();
-        let server = agents_server::AgentServer::new()
-            .agent("Slow", |_| Slow)
-            .cluster(cluster);
-        nodes.push(TestServer::start(server).await);
-    }
+    let nodes = slow_nodes(&nats, agents_server::DEFAULT_LEASE_TTL).await;
     // The first request makes node 0 the owner.
     let path = "/agents/slow/one";
     assert_eq!(
@@ -683,4 +689,52 @@ async fn slow_hooks_answer_through_another_node() {
     for node in nodes {
         node.shutdown().await;
     }
+}
+
+/// A short NATS outage, well within the lease: messages between nodes may
+/// have been lost where no later message would show it (a gap is seen
+/// only when something follows), so what crosses nodes ends — a forwarded
+/// socket is closed with 1012, a forwarded HTTP request answers 503 and a
+/// socket still opening is closed with 1012, rather than waiting for the
+/// owner's 10 s hooks, whose answers may never come. The owner's own
+/// socket and the instance go on, and new forwarded sockets work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_ends_what_crosses_nodes_and_nothing_else() {
+    let mut nats = Nats::start("outage").await;
+    // A lease far longer than the outage: nothing is fenced.
+    let nodes = slow_nodes(&nats, Duration::from_secs(60)).await;
+    // Node 0 owns both instances: the first touch is there. The slow
+    // hooks run on the second one (an instance runs its hooks one at a
+    // time, so it is busy for a while).
+    let (path, busy) = ("/agents/slow/outage", "/agents/slow/busy");
+    let mut local = nodes[0].connect(path).await;
+    local.handshake().await;
+    assert_eq!(nodes[0].get(busy).await.0, 200);
+    let mut forwarded = nodes[1].connect(path).await;
+    forwarded.handshake().await;
+    let entry = nodes[1].addr;
+    let request =
+        tokio::spawn(async move { http_get(entry, &format!("{busy}?ms=10000"), &[]).await });
+    let mut opening = nodes[1].connect(&format!("{busy}?ms=10000")).await;
+    // Both have reached the owner.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.kill().await;
+    nats.restart().await;
+    assert_eq!(forwarded.closed().await, (1012, "Service restart".into()));
+    assert_eq!(opening.closed().await, (1012, "Service restart".into()));
+    let answer = tokio::time::timeout(WAIT, request)
+        .await
+        .expect("request hangs");
+    assert_eq!(answer.unwrap(), (503, "Try again later".into()));
+    // Forwarding works again, and the owner's socket was left alone.
+    let mut again = nodes[1].connect(path).await;
+    again.handshake().await;
+    local
+        .send(r#"{"type":"cf_agent_state","state":{"after":"outage"}}"#)
+        .await;
+    assert_eq!(
+        again.json().await,
+        json!({"type":"cf_agent_state","state":{"after":"outage"}})
+    );
+    // (No graceful shutdown: the busy instance's hooks would hold it up.)
 }

@@ -23,7 +23,9 @@
 //!   broadcast) is published once with their ids, not once per socket.
 //!
 //! Correctness never depends on a watch or on pub/sub delivery: leases and
-//! fencing tokens decide who owns what; lost frames end a socket.
+//! fencing tokens decide who owns what; lost frames end a socket — a gap
+//! in a sequence, or a lost NATS connection or slow subscription, after
+//! which a lost last frame would go unseen (every forwarded link ends).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -166,6 +168,9 @@ pub(crate) struct Node {
     started: Instant,
     /// Set by a graceful shutdown: no new lease after this one.
     leaving: AtomicBool,
+    /// Cancelled (and replaced) when messages between nodes may have been
+    /// lost unseen: see [`Node::break_links`].
+    links: Mutex<CancellationToken>,
 }
 
 /// What the cluster needs from the server runtime on this node.
@@ -224,8 +229,14 @@ impl Cluster {
     /// When no server is reachable or JetStream refuses.
     pub async fn connect(options: ClusterOptions) -> Result<Cluster, ClusterError> {
         let ttl = options.lease_ttl;
+        // The connection's events, for the node once it exists.
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .name("agents-server")
+            .event_callback(move |event| {
+                let _ = events_tx.send(event);
+                std::future::ready(())
+            })
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(REQUEST_TIMEOUT))
             .reconnect_delay_callback(|attempts| {
@@ -282,9 +293,11 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             started: Instant::now(),
             leaving: AtomicBool::new(false),
+            links: Mutex::new(CancellationToken::new()),
         });
         node.acquire().await?;
         tokio::spawn(Node::keep_lease(Arc::downgrade(&node)));
+        tokio::spawn(Node::on_events(Arc::downgrade(&node), events));
         Ok(Cluster { node })
     }
 
@@ -457,6 +470,53 @@ impl Node {
         tracing::info!(node = %lease.id, "left the cluster");
     }
 
+    /// Reacts to the NATS connection's events: a lost connection, or a
+    /// subscription that could not keep up, may have lost messages between
+    /// nodes that no later message reveals (a gap in a sequence is noticed
+    /// only when something follows it), so every forwarded link ends.
+    async fn on_events(
+        node: Weak<Node>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    ) {
+        while let Some(event) = events.recv().await {
+            let Some(this) = node.upgrade() else { return };
+            match event {
+                async_nats::Event::Disconnected | async_nats::Event::SlowConsumer(_) => {
+                    this.break_links(&event);
+                }
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                _ => tracing::debug!(%event, "NATS event"),
+            }
+        }
+    }
+
+    /// Ends everything in flight between this node and others, because
+    /// messages may have been lost (`why`): forwarded sockets on both ends
+    /// are closed with 1012 (*Service restart*; the clients reconnect),
+    /// forwarded HTTP requests still waiting answer 503 and sockets still
+    /// opening close with 1012, as when the owner is found dead. Instances
+    /// and their local sockets go on.
+    fn break_links(&self, why: &async_nats::Event) {
+        let broken = std::mem::take(&mut *lock(&self.links));
+        broken.cancel();
+        let peers: Vec<Arc<Peer>> = lock(&self.peers).values().cloned().collect();
+        if peers.is_empty() {
+            return;
+        }
+        tracing::warn!(%why, "messages between nodes may have been lost: closing forwarded sockets");
+        for peer in peers {
+            if let Some(inbound) = peer.inbound.get() {
+                inbound.close_all();
+                inbound.restart.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Cancelled when the links between nodes as they are now break.
+    fn links(&self) -> CancellationToken {
+        lock(&self.links).clone()
+    }
+
     /// Whether node `id`'s lease exists.
     async fn alive(&self, id: &str) -> Result<bool, ClusterError> {
         let entry = self.nodes.entry(format!("n.{id}")).await.map_err(js_err)?;
@@ -560,18 +620,22 @@ impl Node {
 
     /// Owner side: `peer`'s forwarded connections (its downlink task
     /// starts with the first).
-    fn downlink(&self, peer: &Peer) -> Arc<Downlink> {
+    fn downlink(&self, peer: &Peer, packs: bool) -> Arc<Downlink> {
         peer.downlink
             .get_or_init(|| {
                 let link = Arc::new(Downlink::default());
                 let subject = Subject::from(format!("agents.{}.down.{}", peer.id, self.id()));
-                let max_payload = self.client.server_info().max_payload;
+                let packer = Packer {
+                    epoch: rand::random(),
+                    max_payload: self.client.server_info().max_payload,
+                    packs,
+                };
                 tokio::spawn(downlink(
                     self.client.clone(),
                     subject,
                     link.clone(),
                     peer.dead.clone(),
-                    max_payload,
+                    packer,
                 ));
                 link
             })
@@ -655,6 +719,7 @@ impl Node {
     ) -> Option<RemoteLink> {
         let me = self.id();
         let conn_id = format!("{me}.{}", conn.key());
+        let links = self.links();
         let peer = self.peer(&owner);
         // Unlinks the peer if this future ends (or is dropped) before the
         // link below takes that over.
@@ -680,6 +745,7 @@ impl Node {
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-agents-conn", conn_id.as_str());
+        headers.insert(PACKS, "1");
         headers.insert("x-agents-agent", &*key.agent);
         headers.insert("x-agents-name", &*key.name);
         headers.insert("x-agents-id", conn.id());
@@ -697,10 +763,15 @@ impl Node {
                 .payload(Bytes::new())
                 .timeout(Some(FORWARDED_REQUEST_TIMEOUT)),
         );
-        // (The owner answers once `on_connect` returned; a dead one never.)
+        // (The owner answers once `on_connect` returned; a dead one never,
+        // and the answer may be lost when the links break.)
         let answer = tokio::select! {
             answer = open => answer,
             () = link.peer.dead.cancelled() => {
+                conn.close(1012, "Service restart");
+                return None;
+            }
+            () = links.cancelled() => {
                 conn.close(1012, "Service restart");
                 return None;
             }
@@ -758,13 +829,16 @@ impl Node {
                 .payload(body)
                 .timeout(Some(FORWARDED_REQUEST_TIMEOUT)),
         );
-        // Watched while it runs: a dead owner never answers.
+        // Watched while it runs: a dead owner never answers, and the
+        // answer may be lost when the links break.
+        let links = self.links();
         let peer = self.peer(owner);
         // Unlinked however this ends (the client may go, dropping us).
         let _unlink = Unlink(Some(peer.clone()));
         let answer = tokio::select! {
             answer = request => Some(answer),
             () = peer.dead.cancelled() => None,
+            () = links.cancelled() => None,
         };
         let reply = match answer {
             Some(Ok(reply)) => reply,
@@ -851,6 +925,7 @@ impl Node {
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
         let conn = runtime.new_connection(id, target);
+        let links = self.links();
         let Ok(up) = self
             .client
             .subscribe(format!("agents.{}.up.{conn_id}", self.id()))
@@ -864,10 +939,11 @@ impl Node {
         // down from the start.
         let forward = Forwarder {
             conn: conn.clone(),
-            down: self.downlink(&peer),
+            down: self.downlink(&peer, headers.get(PACKS).is_some()),
             remote_key,
             peer,
             fence,
+            links,
         };
         let handle = runtime.connect_local(key, token, conn, request).await;
         answer(handle.is_some()).await;
@@ -1006,7 +1082,16 @@ mod kind {
     ///
     /// [`SendError::QueueFull`]: crate::SendError::QueueFull
     pub(super) const DROP: u8 = 10;
+    /// Down: several frames in one message, each `[kind u8][n u16][n ×
+    /// conn key u64][len u32][data]` (sent to entry nodes that said they
+    /// read it: [`PACKS`](super::PACKS)).
+    pub(super) const PACK: u8 = 11;
 }
+
+/// The header an entry node's open request carries when it reads
+/// [`kind::PACK`] downlink messages (an owner sends others one frame per
+/// message, as before packing existed).
+const PACKS: &str = "x-agents-packs";
 
 fn frame(kind: u8, seq: u64, data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(9 + data.len());
@@ -1246,11 +1331,8 @@ async fn downlink(
     subject: Subject,
     link: Arc<Downlink>,
     dead: CancellationToken,
-    max_payload: usize,
+    packer: Packer,
 ) {
-    // This downlink's id, so that the entry node tells a new one (after the
-    // peer was dropped and taken up again) from frames lost in this one.
-    let epoch: u64 = rand::random();
     let mut seq = 0;
     let (mut batch, mut taken) = (Vec::new(), Taken::new());
     let gone = dead.cancelled();
@@ -1261,24 +1343,12 @@ async fn downlink(
             () = std::future::poll_fn(|cx| link.poll_ready(cx)) => {}
         }
         link.take(&mut batch, &mut taken);
-        for (kind, conns, data) in plan(&batch, max_payload) {
+        let planned = plan(&batch, packer.max_payload);
+        for payload in packer.messages(planned, &mut seq) {
             // Once the peer is gone (or no socket links it any more) these
             // frames are for sockets that are gone too.
             if dead.is_cancelled() {
                 return;
-            }
-            seq += 1;
-            let mut payload = down_frame(kind, epoch, seq, &conns, &data);
-            if payload.len() > max_payload {
-                // Larger than NATS carries: those sockets are closed as
-                // for a message over the limit, the others go on.
-                tracing::warn!(
-                    bytes = data.len(),
-                    max_payload,
-                    "frame too large for NATS; closing its forwarded sockets"
-                );
-                let close = close_data(1009, "Message too big");
-                payload = down_frame(kind::CLOSE, epoch, seq, &conns, &close);
             }
             if let Err(err) = client.publish(subject.clone(), payload).await {
                 // The peer's sockets can no longer hear from us: end them
@@ -1296,6 +1366,109 @@ async fn downlink(
     }
 }
 
+/// A frame as planned for the downlink: its kind, the sockets (their keys
+/// on the entry node) and its data.
+type Planned = (u8, Vec<u64>, Bytes);
+
+/// Bytes of a [`kind::PACK`] record besides its socket keys and data.
+const RECORD_HEADER: usize = 7;
+
+/// Owner side: how one downlink puts planned frames into NATS messages.
+#[derive(Debug)]
+struct Packer {
+    /// This downlink's id, so that the entry node tells a new one (after
+    /// the peer was dropped and taken up again) from frames lost in this one.
+    epoch: u64,
+    /// The largest message NATS takes.
+    max_payload: usize,
+    /// Whether the entry node reads [`kind::PACK`] messages.
+    packs: bool,
+}
+
+impl Packer {
+    /// The messages for `planned` frames, in order, numbered from `seq`
+    /// on: as many frames per message as fit in `max_payload` when the
+    /// entry node reads packs (a lone frame goes as itself), else one each.
+    /// A frame larger than NATS carries becomes a close (1009, as for a
+    /// message over the limit) for its sockets; the others go on.
+    fn messages(&self, planned: Vec<Planned>, seq: &mut u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut group = Vec::new();
+        let mut size = DOWN_HEADER;
+        for (kind, conns, data) in planned {
+            let (kind, data) = if DOWN_HEADER + 8 * conns.len() + data.len() > self.max_payload {
+                tracing::warn!(
+                    bytes = data.len(),
+                    max_payload = self.max_payload,
+                    "frame too large for NATS; closing its forwarded sockets"
+                );
+                (kind::CLOSE, close_data(1009, "Message too big"))
+            } else {
+                (kind, data)
+            };
+            let record = RECORD_HEADER + 8 * conns.len() + data.len();
+            if !group.is_empty() && (!self.packs || size + record > self.max_payload) {
+                out.push(self.message(std::mem::take(&mut group), seq));
+                size = DOWN_HEADER;
+            }
+            size += record;
+            group.push((kind, conns, data));
+        }
+        if !group.is_empty() {
+            out.push(self.message(group, seq));
+        }
+        out
+    }
+
+    /// One message with `group`'s frames: the next number in `seq`.
+    fn message(&self, mut group: Vec<Planned>, seq: &mut u64) -> Bytes {
+        *seq += 1;
+        if group.len() == 1 {
+            let (kind, conns, data) = group.pop().unwrap_or_default();
+            return down_frame(kind, self.epoch, *seq, &conns, &data);
+        }
+        let size = group
+            .iter()
+            .map(|(_, conns, data)| RECORD_HEADER + 8 * conns.len() + data.len())
+            .sum();
+        let mut records = BytesMut::with_capacity(size);
+        for (kind, conns, data) in group {
+            records.put_u8(kind);
+            records.put_u16(conns.len() as u16);
+            for conn in conns {
+                records.put_u64(conn);
+            }
+            records.put_u32(data.len() as u32);
+            records.put_slice(&data);
+        }
+        down_frame(kind::PACK, self.epoch, *seq, &[], &records)
+    }
+}
+
+/// The frames of a [`kind::PACK`] message's data; `None` when it is
+/// malformed.
+fn unpack(mut data: Bytes) -> Option<Vec<Planned>> {
+    use bytes::Buf;
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 3 {
+            return None;
+        }
+        let kind = data.get_u8();
+        let n = usize::from(data.get_u16());
+        if data.len() < 8 * n + 4 {
+            return None;
+        }
+        let conns = (0..n).map(|_| data.get_u64()).collect();
+        let len = data.get_u32() as usize;
+        if data.len() < len {
+            return None;
+        }
+        out.push((kind, conns, data.split_to(len)));
+    }
+    Some(out)
+}
+
 /// The downlink messages for a batch of frames: each frame once, each
 /// socket's frames in their order, and a frame that several sockets have
 /// next with the very same bytes (one shared buffer: a broadcast) sent once
@@ -1303,7 +1476,7 @@ async fn downlink(
 /// close or drop always goes alone. (The downlink takes each socket's
 /// frames at once, so a run of broadcasts arrives socket by socket, not
 /// broadcast by broadcast.)
-fn plan(batch: &[Down], max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
+fn plan(batch: &[Down], max_payload: usize) -> Vec<Planned> {
     // Each socket's frames, sockets in the order they first appear.
     let mut queues: Vec<(u64, std::collections::VecDeque<&Down>)> = Vec::new();
     let mut index: KeyMap<usize> = KeyMap::default();
@@ -1354,6 +1527,10 @@ fn plan(batch: &[Down], max_payload: usize) -> Vec<(u8, Vec<u64>, Bytes)> {
 #[derive(Debug, Default)]
 struct Inbound {
     conns: Mutex<KeyMap<Connection>>,
+    /// Set when the links broke ([`Node::break_links`]): the sockets that
+    /// may have missed frames are closed, so the downlink's sequence
+    /// starts over with the next message.
+    restart: AtomicBool,
 }
 
 impl Inbound {
@@ -1403,8 +1580,10 @@ impl Inbound {
 /// in the sequence means frames were lost: the sockets linked at that
 /// moment are closed (1012), later ones are served. The first message read
 /// sets the sequence (the owner's downlink may be older than this
-/// subscription: its earlier frames were for sockets gone before); a
-/// downlink the owner started anew (another epoch) must begin at 1.
+/// subscription: its earlier frames were for sockets gone before), and so
+/// does the first after the links broke (the sockets that may have missed
+/// frames were closed then); a downlink the owner started anew (another
+/// epoch) must begin at 1.
 async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationToken) {
     let mut at: Option<(u64, u64)> = None; // (epoch, next seq)
     let dead = dead.cancelled();
@@ -1424,6 +1603,9 @@ async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationTo
         let Some(m) = parse_down(&msg.payload) else {
             continue;
         };
+        if inbound.restart.swap(false, Ordering::AcqRel) {
+            at = None;
+        }
         let lost = match at {
             None => false,
             Some((epoch, next)) if epoch == m.epoch => m.seq != next,
@@ -1437,7 +1619,18 @@ async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationTo
             inbound.close_all();
         }
         at = Some((m.epoch, m.seq + 1));
-        inbound.deliver(m.kind, &m.conns, m.data);
+        if m.kind != kind::PACK {
+            inbound.deliver(m.kind, &m.conns, m.data);
+            continue;
+        }
+        let Some(frames) = unpack(m.data) else {
+            tracing::warn!(seq = m.seq, "bad frame from the owner; closing the sockets");
+            inbound.close_all();
+            continue;
+        };
+        for (kind, conns, data) in frames {
+            inbound.deliver(kind, &conns, data);
+        }
     }
 }
 
@@ -1578,6 +1771,8 @@ struct Forwarder {
     remote_key: u64,
     peer: Arc<Peer>,
     fence: CancellationToken,
+    /// Cancelled when messages between the nodes may have been lost.
+    links: CancellationToken,
 }
 
 impl Forwarder {
@@ -1589,12 +1784,13 @@ impl Forwarder {
         let mut info: Option<CloseInfo> = None;
         let mut close_deadline: Option<tokio::time::Instant> = None;
         // Made once, not per message (each registers with its token).
-        let (dead, fenced, closed) = (
+        let (dead, fenced, closed, broken) = (
             self.peer.dead.cancelled(),
             self.fence.cancelled(),
             closing.cancelled(),
+            self.links.cancelled(),
         );
-        tokio::pin!(dead, fenced, closed);
+        tokio::pin!(dead, fenced, closed, broken);
         loop {
             let deadline = async {
                 match close_deadline {
@@ -1605,6 +1801,8 @@ impl Forwarder {
             tokio::select! {
                 () = &mut dead => break,
                 () = &mut fenced => break,
+                // Ends as below: the client hears 1012 and reconnects.
+                () = &mut broken => break,
                 () = deadline => break,
                 // Our close went down: the entry node answers with CLOSED.
                 () = &mut closed, if close_deadline.is_none() => {
@@ -1647,7 +1845,8 @@ impl Forwarder {
                 }
             }
         }
-        // Ended here (a gap, a bad frame, the instance gone) rather than by
+        // Ended here (a gap, a bad frame, the instance gone, the links
+        // broken) rather than by
         // the entry node (CLOSED) or a close we sent: the client still has
         // to hear it — the instance's own close if it queued one (this one
         // is then ignored), else 1012 so that it reconnects. Wait (a
@@ -1732,7 +1931,7 @@ mod tests {
         let reply = Bytes::from(b"{\"type\":\"rpc\"}".to_vec());
         // Equal text in another buffer is another frame (not a broadcast).
         let lookalike = Bytes::from(state.to_vec());
-        let conns = |plan: &[(u8, Vec<u64>, Bytes)]| -> Vec<Vec<u64>> {
+        let conns = |plan: &[Planned]| -> Vec<Vec<u64>> {
             plan.iter().map(|(_, c, _)| c.clone()).collect()
         };
         // Socket by socket, as forwarders queue them: two broadcasts, a
@@ -1792,8 +1991,7 @@ mod tests {
                 .map(|c| down(c, kind::TEXT, &state))
                 .collect::<Vec<_>>()
         };
-        let sizes =
-            |p: Vec<(u8, Vec<u64>, Bytes)>| p.iter().map(|(_, c, _)| c.len()).collect::<Vec<_>>();
+        let sizes = |p: Vec<Planned>| p.iter().map(|(_, c, _)| c.len()).collect::<Vec<_>>();
         assert_eq!(
             sizes(plan(&many(1100), 1 << 20)),
             [MAX_GROUP, MAX_GROUP, 76]
@@ -1904,6 +2102,98 @@ mod tests {
         inbound.deliver(kind::DROP, &[30], Bytes::new());
         assert!(entry.outbox().is_killed());
         assert!(lock(&inbound.conns).is_empty());
+    }
+
+    #[test]
+    fn frames_go_down_packed_as_they_fit() {
+        let frame = |kind, conns: &[u64], data: &'static [u8]| {
+            (kind, conns.to_vec(), Bytes::from_static(data))
+        };
+        let planned = vec![
+            frame(kind::TEXT, &[1], b"one"),
+            frame(kind::BINARY, &[2, 3], b"two"),
+            frame(kind::CLOSE, &[1], b"\x03\xe8bye"),
+        ];
+        let read = |payloads: Vec<Bytes>| -> Vec<(u64, Vec<Planned>)> {
+            payloads
+                .iter()
+                .map(|p| {
+                    let m = parse_down(p).unwrap();
+                    assert_eq!(m.epoch, 9);
+                    let frames = match m.kind {
+                        kind::PACK => unpack(m.data).unwrap(),
+                        kind => vec![(kind, m.conns, m.data)],
+                    };
+                    (m.seq, frames)
+                })
+                .collect()
+        };
+        let mut packer = Packer {
+            epoch: 9,
+            max_payload: 1 << 20,
+            packs: true,
+        };
+        // All in one message, numbered on from `seq`.
+        let mut seq = 4;
+        let payloads = packer.messages(planned.clone(), &mut seq);
+        assert_eq!(parse_down(&payloads[0]).unwrap().kind, kind::PACK);
+        assert_eq!(read(payloads), [(5, planned.clone())]);
+        assert_eq!(seq, 5);
+        // A lone frame goes as itself.
+        let one = vec![planned[0].clone()];
+        let payloads = packer.messages(one.clone(), &mut seq);
+        assert_eq!(parse_down(&payloads[0]).unwrap().kind, kind::TEXT);
+        assert_eq!(read(payloads), [(6, one)]);
+        // As many as fit: the first two (header 19 + records 7+8+3 and
+        // 7+16+3) fit in 63 bytes, the third not.
+        packer.max_payload = 63;
+        let payloads = packer.messages(planned.clone(), &mut seq);
+        assert!(payloads.iter().all(|p| p.len() <= 63));
+        assert_eq!(
+            read(payloads),
+            [(7, planned[..2].to_vec()), (8, planned[2..].to_vec())]
+        );
+        // Too large for NATS alone: a close (1009) for its sockets instead.
+        packer.max_payload = DOWN_HEADER + 8 + 2;
+        let big = vec![frame(kind::TEXT, &[4], b"too long")];
+        assert_eq!(
+            read(packer.messages(big, &mut seq)),
+            [(
+                9,
+                vec![(kind::CLOSE, vec![4], close_data(1009, "Message too big"))]
+            )]
+        );
+        // An entry node that does not read packs gets one frame a message.
+        let mut seq = 0;
+        let old = Packer {
+            epoch: 9,
+            max_payload: 1 << 20,
+            packs: false,
+        };
+        let payloads = old.messages(planned.clone(), &mut seq);
+        assert!(payloads
+            .iter()
+            .all(|p| parse_down(p).unwrap().kind != kind::PACK));
+        let frames: Vec<_> = read(payloads).into_iter().flat_map(|(_, f)| f).collect();
+        assert_eq!(frames, planned);
+        // Malformed packs are refused, not half read.
+        let whole = packer_records(&planned);
+        for cut in [1, 5, whole.len() - 1] {
+            assert!(unpack(whole.slice(..cut)).is_none(), "cut at {cut}");
+        }
+        assert_eq!(unpack(whole).unwrap(), planned);
+    }
+
+    /// The records of a pack of `planned`, as the data of its message.
+    fn packer_records(planned: &[Planned]) -> Bytes {
+        let packer = Packer {
+            epoch: 0,
+            max_payload: 1 << 20,
+            packs: true,
+        };
+        parse_down(&packer.messages(planned.to_vec(), &mut 0)[0])
+            .unwrap()
+            .data
     }
 
     #[test]
