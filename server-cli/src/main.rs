@@ -55,6 +55,11 @@ struct Args {
     /// creates them (3 on a 3-server NATS cluster).
     #[arg(long, env = "AGENTS_NATS_REPLICAS", default_value_t = 1)]
     nats_replicas: usize,
+    /// Cluster mode: seconds an HTTP request or a socket's opening that
+    /// landed on another node waits for the owner's on_request or
+    /// on_connect (then HTTP 504, or close 1013).
+    #[arg(long, env = "AGENTS_FORWARD_TIMEOUT", default_value_t = secs(agents_server::FORWARDED_REQUEST_TIMEOUT))]
+    forward_timeout: f64,
     /// Check health and exit: GET this URL (e.g.
     /// http://127.0.0.1:9787/healthz); exit 0 on 200, 1 otherwise.
     #[arg(long, value_name = "URL")]
@@ -217,7 +222,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(urls) = &args.nats {
         let options = agents_server::ClusterOptions::new([urls])
             .lease_ttl(duration("lease-ttl", args.lease_ttl)?)
-            .replicas(args.nats_replicas);
+            .replicas(args.nats_replicas)
+            .forward_timeout(duration("forward-timeout", args.forward_timeout)?);
         let cluster = agents_server::Cluster::connect(options)
             .await
             .with_context(|| format!("cannot join the cluster at --nats {urls}"))?;

@@ -650,11 +650,14 @@ impl agents_server::Agent for Slow {
     }
 }
 
-/// Two in-process nodes serving [`Slow`] on `nats`, with lease `ttl`.
-async fn slow_nodes(nats: &Nats, ttl: Duration) -> Vec<TestServer> {
+/// Two in-process nodes serving [`Slow`] on `nats`, with lease `ttl` and
+/// `forward_timeout`.
+async fn slow_nodes(nats: &Nats, ttl: Duration, forward_timeout: Duration) -> Vec<TestServer> {
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let options = agents_server::ClusterOptions::new([nats.url()]).lease_ttl(ttl);
+        let options = agents_server::ClusterOptions::new([nats.url()])
+            .lease_ttl(ttl)
+            .forward_timeout(forward_timeout);
         let cluster = agents_server::Cluster::connect(options).await.unwrap();
         let server = agents_server::AgentServer::new()
             .agent("Slow", |_| Slow)
@@ -671,7 +674,12 @@ async fn slow_nodes(nats: &Nats, ttl: Duration) -> Vec<TestServer> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_hooks_answer_through_another_node() {
     let nats = Nats::start("slow-http").await;
-    let nodes = slow_nodes(&nats, agents_server::DEFAULT_LEASE_TTL).await;
+    let nodes = slow_nodes(
+        &nats,
+        agents_server::DEFAULT_LEASE_TTL,
+        agents_server::FORWARDED_REQUEST_TIMEOUT,
+    )
+    .await;
     // The first request makes node 0 the owner.
     let path = "/agents/slow/one";
     assert_eq!(
@@ -691,6 +699,34 @@ async fn slow_hooks_answer_through_another_node() {
     }
 }
 
+/// Owner hooks slower than `forward_timeout`: a request through another
+/// node answers 504 and a socket opening there closes with 1013 once it
+/// has passed, while the owner's own requests wait for the hooks as long
+/// as they take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_hooks_give_up_after_the_forward_timeout() {
+    let nats = Nats::start("forward-timeout").await;
+    let nodes = slow_nodes(
+        &nats,
+        agents_server::DEFAULT_LEASE_TTL,
+        Duration::from_secs(1),
+    )
+    .await;
+    let path = "/agents/slow/late";
+    // The first request makes node 0 the owner.
+    assert_eq!(
+        nodes[0].get(&format!("{path}?ms=1500")).await,
+        (200, "slept 1500".into())
+    );
+    assert_eq!(
+        nodes[1].get(&format!("{path}?ms=3000")).await,
+        (504, "The agent took too long".into())
+    );
+    let mut late = nodes[1].connect(&format!("{path}?ms=3000")).await;
+    assert_eq!(late.closed().await, (1013, "Try again later".into()));
+    // (No graceful shutdown: the instance is still in those hooks.)
+}
+
 /// A short NATS outage, well within the lease: messages between nodes may
 /// have been lost where no later message would show it (a gap is seen
 /// only when something follows), so what crosses nodes ends — a forwarded
@@ -702,7 +738,12 @@ async fn slow_hooks_answer_through_another_node() {
 async fn a_nats_outage_ends_what_crosses_nodes_and_nothing_else() {
     let mut nats = Nats::start("outage").await;
     // A lease far longer than the outage: nothing is fenced.
-    let nodes = slow_nodes(&nats, Duration::from_secs(60)).await;
+    let nodes = slow_nodes(
+        &nats,
+        Duration::from_secs(60),
+        agents_server::FORWARDED_REQUEST_TIMEOUT,
+    )
+    .await;
     // Node 0 owns both instances: the first touch is there. The slow
     // hooks run on the second one (an instance runs its hooks one at a
     // time, so it is busy for a while).

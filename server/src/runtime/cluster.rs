@@ -59,12 +59,12 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// How long a request to another node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a plain HTTP request or a socket's opening, forwarded to the
-/// instance's owner, may take there (its `on_request` or `on_connect`,
-/// which on one node have no limit, may await slow work): HTTP 504, or
-/// close 1013, after it. An owner that dies meanwhile is noticed as soon
-/// as it is found dead (three missed pings, 500 ms apart): HTTP 503, or
-/// close 1012.
+/// Default [`ClusterOptions::forward_timeout`]: how long a plain HTTP
+/// request or a socket's opening, forwarded to the instance's owner, may
+/// take there (its `on_request` or `on_connect`, which on one node have no
+/// limit, may await slow work): HTTP 504, or close 1013, after it. An
+/// owner that dies meanwhile is noticed as soon as it is found dead (three
+/// missed pings, 500 ms apart): HTTP 503, or close 1012.
 pub const FORWARDED_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Bucket names.
@@ -78,6 +78,7 @@ pub struct ClusterOptions {
     urls: Vec<String>,
     lease_ttl: Duration,
     replicas: usize,
+    forward_timeout: Duration,
 }
 
 impl ClusterOptions {
@@ -101,6 +102,7 @@ impl ClusterOptions {
                 .collect(),
             lease_ttl: DEFAULT_LEASE_TTL,
             replicas: 1,
+            forward_timeout: FORWARDED_REQUEST_TIMEOUT,
         }
     }
 
@@ -118,6 +120,17 @@ impl ClusterOptions {
     /// (5 s); at least 1 s.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
+    /// How long a plain HTTP request, or a socket's opening, that landed on
+    /// another node waits for the owner's `on_request` or `on_connect`:
+    /// after it the client gets HTTP 504 (*The agent took too long*) or
+    /// close 1013 (*Try again later*), though the hook may still finish on
+    /// the owner. Defaults to [`FORWARDED_REQUEST_TIMEOUT`] (5 minutes); at
+    /// least 100 ms.
+    pub fn forward_timeout(mut self, timeout: Duration) -> Self {
+        self.forward_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 }
@@ -157,6 +170,8 @@ pub(crate) struct Node {
     owners: kv::Store,
     pub(crate) storage: Storage,
     ttl: Duration,
+    /// [`ClusterOptions::forward_timeout`].
+    forward_timeout: Duration,
     lease: Mutex<Lease>,
     /// Monotonic milliseconds until which the lease is surely ours.
     valid_until: AtomicU64,
@@ -282,6 +297,7 @@ impl Cluster {
             owners,
             storage,
             ttl,
+            forward_timeout: options.forward_timeout,
             lease: Mutex::new(Lease {
                 id: "".into(),
                 rev: 0,
@@ -761,7 +777,7 @@ impl Node {
             async_nats::Request::new()
                 .headers(headers)
                 .payload(Bytes::new())
-                .timeout(Some(FORWARDED_REQUEST_TIMEOUT)),
+                .timeout(Some(self.forward_timeout)),
         );
         // (The owner answers once `on_connect` returned; a dead one never,
         // and the answer may be lost when the links break.)
@@ -827,7 +843,7 @@ impl Node {
             async_nats::Request::new()
                 .headers(headers)
                 .payload(body)
-                .timeout(Some(FORWARDED_REQUEST_TIMEOUT)),
+                .timeout(Some(self.forward_timeout)),
         );
         // Watched while it runs: a dead owner never answers, and the
         // answer may be lost when the links break.
