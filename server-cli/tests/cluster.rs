@@ -779,3 +779,30 @@ async fn a_nats_outage_ends_what_crosses_nodes_and_nothing_else() {
     );
     // (No graceful shutdown: the busy instance's hooks would hold it up.)
 }
+
+/// Messages a forwarded client sends in one write (read together, they go
+/// up as one pack) and the owner's replies (taken together, they come
+/// down packed) arrive whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_read_together_cross_nodes_whole_and_in_order() {
+    const BURST: usize = 300;
+    let (_nats, nodes) = cluster("packs", 2).await;
+    let path = "/agents/echo-agent/packs";
+    let mut owner = Client::connect(&nodes[0].url(path)).await;
+    owner.handshake().await;
+    let mut raw = Raw::connect(nodes[1].addr, path, &[]).await;
+    while raw.next_frame().await.expect("connect frames").1 != MCP_FRAME.as_bytes() {}
+    let mut burst = Vec::new();
+    for i in 0..BURST {
+        burst.extend(Raw::frame(true, 0x1, format!("m{i}").as_bytes()));
+    }
+    raw.write(&burst).await;
+    for i in 0..BURST {
+        let (opcode, payload) = raw.next_frame().await.expect("echo");
+        assert_eq!(
+            (opcode, String::from_utf8(payload).unwrap()),
+            (0x1, format!("m{i}"))
+        );
+    }
+    owner.sentinel().await;
+}

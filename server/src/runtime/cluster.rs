@@ -754,6 +754,8 @@ impl Node {
             client: Arc::new(self.client.clone()),
             up: Subject::from(format!("agents.{owner}.up.{conn_id}")),
             seq: 0,
+            packs: false,
+            max_payload: self.client.server_info().max_payload,
             peer,
             inbound,
             conn: conn.clone(),
@@ -793,7 +795,11 @@ impl Node {
             }
         };
         match answer {
-            Ok(reply) if reply.payload.as_ref() == b"ok" => Some(link),
+            Ok(reply) if reply.payload.as_ref() == b"ok" => {
+                let mut link = link;
+                link.packs = reply.headers.is_some_and(|h| h.get(PACKS).is_some());
+                Some(link)
+            }
             Ok(_) => {
                 // Refused: the owner's close (with its code and reason) is
                 // on its way down; let it arrive.
@@ -905,7 +911,11 @@ impl Node {
             let reply = reply.clone();
             async move {
                 let body: &'static [u8] = if ok { b"ok" } else { b"refused" };
-                let _ = client.publish(reply, Bytes::from_static(body)).await;
+                let mut headers = HeaderMap::new();
+                headers.insert(PACKS, "1");
+                let _ = client
+                    .publish_with_headers(reply, headers, Bytes::from_static(body))
+                    .await;
             }
         };
         let (Some(headers), Some(runtime)) = (msg.headers.as_ref(), self.runtime()) else {
@@ -1098,15 +1108,16 @@ mod kind {
     ///
     /// [`SendError::QueueFull`]: crate::SendError::QueueFull
     pub(super) const DROP: u8 = 10;
-    /// Down: several frames in one message, each `[kind u8][n u16][n ×
-    /// conn key u64][len u32][data]` (sent to entry nodes that said they
-    /// read it: [`PACKS`](super::PACKS)).
+    /// Several frames in one message, each `[kind u8][n u16][n × conn key
+    /// u64][len u32][data]` (no keys up): down, what one wake of a downlink
+    /// took; up, client messages read together. Sent only to a node that
+    /// said it reads them ([`PACKS`](super::PACKS)).
     pub(super) const PACK: u8 = 11;
 }
 
-/// The header an entry node's open request carries when it reads
-/// [`kind::PACK`] downlink messages (an owner sends others one frame per
-/// message, as before packing existed).
+/// The header with which an entry node's open request, and an owner's
+/// answer to it, say that this node reads [`kind::PACK`] messages (a node
+/// from before packing gets one frame per message).
 const PACKS: &str = "x-agents-packs";
 
 fn frame(kind: u8, seq: u64, data: &[u8]) -> Bytes {
@@ -1449,16 +1460,21 @@ impl Packer {
             .sum();
         let mut records = BytesMut::with_capacity(size);
         for (kind, conns, data) in group {
-            records.put_u8(kind);
-            records.put_u16(conns.len() as u16);
-            for conn in conns {
-                records.put_u64(conn);
-            }
-            records.put_u32(data.len() as u32);
-            records.put_slice(&data);
+            put_record(&mut records, kind, &conns, &data);
         }
         down_frame(kind::PACK, self.epoch, *seq, &[], &records)
     }
+}
+
+/// Appends one record of a [`kind::PACK`] message.
+fn put_record(buf: &mut BytesMut, kind: u8, conns: &[u64], data: &[u8]) {
+    buf.put_u8(kind);
+    buf.put_u16(conns.len() as u16);
+    for conn in conns {
+        buf.put_u64(*conn);
+    }
+    buf.put_u32(data.len() as u32);
+    buf.put_slice(data);
 }
 
 /// The frames of a [`kind::PACK`] message's data; `None` when it is
@@ -1675,6 +1691,10 @@ pub(crate) struct RemoteLink {
     client: Arc<async_nats::Client>,
     up: Subject,
     seq: u64,
+    /// Whether the owner reads [`kind::PACK`] messages.
+    packs: bool,
+    /// The largest message NATS takes.
+    max_payload: usize,
     peer: Arc<Peer>,
     /// Where the owner's frames for this socket arrive.
     inbound: Arc<Inbound>,
@@ -1706,6 +1726,56 @@ impl Drop for RemoteLink {
                 });
             }
         }
+    }
+}
+
+/// The frames up for client messages read together, numbered on from
+/// `seq`: as many per NATS message as fit in `max_payload` when the owner
+/// reads packs (a lone one goes as itself), else one each.
+fn up_frames(messages: &[Message], seq: &mut u64, packs: bool, max_payload: usize) -> Vec<Bytes> {
+    let record = |m: &Message| RECORD_HEADER + m.len();
+    let mut out = Vec::with_capacity(if packs { 1 } else { messages.len() });
+    let mut start = 0;
+    while start < messages.len() {
+        let (mut end, mut size) = (start + 1, 9 + record(&messages[start]));
+        while packs && end < messages.len() && size + record(&messages[end]) <= max_payload {
+            size += record(&messages[end]);
+            end += 1;
+        }
+        *seq += 1;
+        if end - start == 1 {
+            let (kind, data) = message_parts(&messages[start]);
+            out.push(frame(kind, *seq, data));
+        } else {
+            let mut b = BytesMut::with_capacity(size);
+            b.put_u8(kind::PACK);
+            b.put_u64(*seq);
+            for message in &messages[start..end] {
+                let (kind, data) = message_parts(message);
+                put_record(&mut b, kind, &[], data);
+            }
+            out.push(b.freeze());
+        }
+        start = end;
+    }
+    out
+}
+
+/// A client message's frame kind and bytes.
+fn message_parts(message: &Message) -> (u8, &[u8]) {
+    match message {
+        Message::Text(t) => (kind::TEXT, t.as_bytes()),
+        Message::Binary(b) => (kind::BINARY, b),
+    }
+}
+
+/// The client message of a `TEXT` or `BINARY` frame; `None` for anything
+/// else, or text that is not UTF-8.
+fn client_message(kind: u8, data: Bytes) -> Option<Message> {
+    match kind {
+        kind::TEXT => Utf8Bytes::try_from(data).ok().map(Message::Text),
+        kind::BINARY => Some(Message::Binary(data)),
+        _ => None,
     }
 }
 
@@ -1742,10 +1812,8 @@ impl RemoteLink {
     /// The next frame up for a client message.
     fn up_frame(&mut self, message: &Message) -> Bytes {
         self.seq += 1;
-        match message {
-            Message::Text(t) => frame(kind::TEXT, self.seq, t.as_bytes()),
-            Message::Binary(b) => frame(kind::BINARY, self.seq, b),
-        }
+        let (kind, data) = message_parts(message);
+        frame(kind, self.seq, data)
     }
 
     /// Sends client messages read together to the owner (in order).
@@ -1753,7 +1821,7 @@ impl RemoteLink {
         if self.peer.dead.is_cancelled() {
             return Admit::Closed;
         }
-        let payloads: Vec<_> = messages.iter().map(|m| self.up_frame(m)).collect();
+        let payloads = up_frames(&messages, &mut self.seq, self.packs, self.max_payload);
         let (client, up) = (self.client.clone(), self.up.clone());
         Admit::Wait(Box::pin(async move {
             for payload in payloads {
@@ -1775,6 +1843,12 @@ impl RemoteLink {
             .publish(self.up.clone(), frame(kind::CLOSED, self.seq, &data))
             .await;
     }
+}
+
+/// What one up frame brought: a client message, or several (a pack).
+enum Up {
+    One(Message),
+    Many(Vec<Message>),
 }
 
 /// The owner's end of a forwarded socket: hands the client's messages to
@@ -1833,12 +1907,23 @@ impl Forwarder {
                         break;
                     }
                     expected += 1;
-                    let message = match kind {
-                        kind::TEXT => match Utf8Bytes::try_from(data) {
-                            Ok(t) => Message::Text(t),
-                            Err(_) => break,
+                    let up = match kind {
+                        kind::TEXT | kind::BINARY => match client_message(kind, data) {
+                            Some(message) => Up::One(message),
+                            None => break,
                         },
-                        kind::BINARY => Message::Binary(data),
+                        kind::PACK => {
+                            let messages = unpack(data).and_then(|records| {
+                                records
+                                    .into_iter()
+                                    .map(|(kind, _, data)| client_message(kind, data))
+                                    .collect::<Option<Vec<_>>>()
+                            });
+                            match messages {
+                                Some(messages) => Up::Many(messages),
+                                None => break,
+                            }
+                        }
                         kind::CLOSED if data.len() >= 3 => {
                             info = Some(CloseInfo {
                                 code: u16::from_be_bytes([data[0], data[1]]),
@@ -1850,7 +1935,11 @@ impl Forwarder {
                         _ => continue,
                     };
                     let Some(handle) = &handle else { continue };
-                    let delivered = match handle.try_admit(self.conn.key(), message) {
+                    let admit = match up {
+                        Up::One(message) => handle.try_admit(self.conn.key(), message),
+                        Up::Many(messages) => handle.try_admit_many(self.conn.key(), messages),
+                    };
+                    let delivered = match admit {
                         Admit::Done => true,
                         Admit::Wait(waiting) => waiting.await,
                         Admit::Closed => false,
@@ -2198,6 +2287,53 @@ mod tests {
             assert!(unpack(whole.slice(..cut)).is_none(), "cut at {cut}");
         }
         assert_eq!(unpack(whole).unwrap(), planned);
+    }
+
+    #[test]
+    fn client_messages_read_together_go_up_packed_as_they_fit() {
+        let messages = vec![
+            Message::Text("one".into()),
+            Message::Binary(Bytes::from_static(b"\x00\x01")),
+            Message::Text("three".into()),
+        ];
+        // What the owner makes of them: (seq, messages).
+        let read = |frames: Vec<Bytes>| -> Vec<(u64, Vec<Message>)> {
+            frames
+                .iter()
+                .map(|f| {
+                    let (kind, seq, data) = parse(f).unwrap();
+                    let messages = match kind {
+                        kind::PACK => unpack(data)
+                            .unwrap()
+                            .into_iter()
+                            .map(|(kind, conns, data)| {
+                                assert!(conns.is_empty());
+                                client_message(kind, data).unwrap()
+                            })
+                            .collect(),
+                        kind => vec![client_message(kind, data).unwrap()],
+                    };
+                    (seq, messages)
+                })
+                .collect()
+        };
+        let mut seq = 2;
+        let frames = up_frames(&messages, &mut seq, true, 1 << 20);
+        assert_eq!(read(frames), [(3, messages.clone())]);
+        // As many as fit: header 9 + records 7+3 and 7+2 = 28 bytes.
+        let frames = up_frames(&messages, &mut seq, true, 28);
+        assert!(frames.iter().all(|f| f.len() <= 28));
+        assert_eq!(
+            read(frames),
+            [(4, messages[..2].to_vec()), (5, messages[2..].to_vec())]
+        );
+        // An owner that does not read packs: one a message.
+        let frames = up_frames(&messages, &mut seq, false, 1 << 20);
+        let singles: Vec<_> = messages.iter().map(|m| vec![m.clone()]).collect();
+        assert_eq!(read(frames), (6..=8).zip(singles).collect::<Vec<_>>());
+        // Text that is not UTF-8 is no client message.
+        assert!(client_message(kind::TEXT, Bytes::from_static(b"\xff")).is_none());
+        assert!(client_message(kind::CLOSED, Bytes::new()).is_none());
     }
 
     /// The records of a pack of `planned`, as the data of its message.
