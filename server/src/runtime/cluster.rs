@@ -24,8 +24,8 @@
 //!
 //! Correctness never depends on a watch or on pub/sub delivery: leases and
 //! fencing tokens decide who owns what; lost frames end a socket — a gap
-//! in a sequence, or a lost NATS connection or slow subscription, after
-//! which a lost last frame would go unseen (every forwarded link ends).
+//! in a sequence, or a lost NATS connection, after which a lost last frame
+//! would go unseen (every forwarded link ends).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -486,21 +486,30 @@ impl Node {
         tracing::info!(node = %lease.id, "left the cluster");
     }
 
-    /// Reacts to the NATS connection's events: a lost connection, or a
-    /// subscription that could not keep up, may have lost messages between
-    /// nodes that no later message reveals (a gap in a sequence is noticed
-    /// only when something follows it), so every forwarded link ends.
+    /// Reacts to the NATS connection's events: a lost connection may have
+    /// lost messages between nodes that no later message reveals (a gap in
+    /// a sequence is noticed only when something follows it), so every
+    /// forwarded link ends. A subscription that could not keep up (a
+    /// socket's messages arriving faster than its instance takes them)
+    /// drops messages of that socket only, which its sequence reveals at
+    /// the next message: logged, at most once a second, not acted on here
+    /// (async-nats does not say whose subscription it was).
     async fn on_events(
         node: Weak<Node>,
         mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
     ) {
+        let mut slow_logged: Option<Instant> = None;
         while let Some(event) = events.recv().await {
             let Some(this) = node.upgrade() else { return };
             match event {
-                async_nats::Event::Disconnected | async_nats::Event::SlowConsumer(_) => {
-                    this.break_links(&event);
-                }
+                async_nats::Event::Disconnected => this.break_links(&event),
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::SlowConsumer(_) => {
+                    if slow_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        slow_logged = Some(Instant::now());
+                        tracing::warn!("a NATS subscription fell behind and lost messages");
+                    }
+                }
                 _ => tracing::debug!(%event, "NATS event"),
             }
         }
@@ -1655,7 +1664,13 @@ async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationTo
             inbound.deliver(m.kind, &m.conns, m.data);
             continue;
         }
-        let Some(frames) = unpack(m.data) else {
+        // A pack holds frames for sockets only (no pack in a pack).
+        let frames = unpack(m.data).filter(|frames| {
+            frames.iter().all(|(kind, ..)| {
+                matches!(*kind, kind::TEXT | kind::BINARY | kind::CLOSE | kind::DROP)
+            })
+        });
+        let Some(frames) = frames else {
             tracing::warn!(seq = m.seq, "bad frame from the owner; closing the sockets");
             inbound.close_all();
             continue;
@@ -1920,8 +1935,8 @@ impl Forwarder {
                                     .collect::<Option<Vec<_>>>()
                             });
                             match messages {
-                                Some(messages) => Up::Many(messages),
-                                None => break,
+                                Some(messages) if !messages.is_empty() => Up::Many(messages),
+                                _ => break,
                             }
                         }
                         kind::CLOSED if data.len() >= 3 => {
@@ -2259,10 +2274,12 @@ mod tests {
             [(7, planned[..2].to_vec()), (8, planned[2..].to_vec())]
         );
         // Too large for NATS alone: a close (1009) for its sockets instead.
-        packer.max_payload = DOWN_HEADER + 8 + 2;
-        let big = vec![frame(kind::TEXT, &[4], b"too long")];
+        packer.max_payload = DOWN_HEADER + 8 + 20;
+        let big = vec![frame(kind::TEXT, &[4], b"far too long for NATS here")];
+        let payloads = packer.messages(big, &mut seq);
+        assert!(payloads.iter().all(|p| p.len() <= packer.max_payload));
         assert_eq!(
-            read(packer.messages(big, &mut seq)),
+            read(payloads),
             [(
                 9,
                 vec![(kind::CLOSE, vec![4], close_data(1009, "Message too big"))]
