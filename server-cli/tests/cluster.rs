@@ -617,10 +617,28 @@ async fn a_stopping_owner_hands_over_at_once() {
 
 /// An agent whose `on_request` and `on_connect` take `?ms=` milliseconds
 /// (awaiting slow work, as a call to another service would).
-struct Slow;
+#[derive(Default)]
+struct Slow {
+    /// Messages received; the message `count` is answered with it.
+    received: usize,
+}
 
 impl agents_server::Agent for Slow {
     type State = Value;
+
+    async fn on_message(
+        &mut self,
+        _cx: &mut agents_server::AgentContext<Self>,
+        conn: &agents_server::Connection,
+        message: agents_server::Message,
+    ) -> Result<(), agents_server::BoxError> {
+        if message.as_text() == Some("count") {
+            conn.send(self.received.to_string())?;
+        } else {
+            self.received += 1;
+        }
+        Ok(())
+    }
 
     async fn on_connect(
         &mut self,
@@ -660,7 +678,7 @@ async fn slow_nodes(nats: &Nats, ttl: Duration, forward_timeout: Duration) -> Ve
             .forward_timeout(forward_timeout);
         let cluster = agents_server::Cluster::connect(options).await.unwrap();
         let server = agents_server::AgentServer::new()
-            .agent("Slow", |_| Slow)
+            .agent("Slow", |_| Slow::default())
             .cluster(cluster);
         nodes.push(TestServer::start(server).await);
     }
@@ -805,4 +823,65 @@ async fn messages_read_together_cross_nodes_whole_and_in_order() {
         );
     }
     owner.sentinel().await;
+}
+
+/// A client flooding a busy instance through another node is held back
+/// as on the instance's own node — the entry node stops reading its socket
+/// while a window of its messages waits on the owner — rather than piling
+/// them up on the owner as fast as NATS carries them; once the instance is
+/// free, every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_a_busy_instance_through_another_node_is_held_back() {
+    // 50 MiB: far more than the window, the instance's inbox (8 MiB) and
+    // the sockets' kernel buffers together.
+    const MESSAGES: usize = 800;
+    let nats = Nats::start("flood").await;
+    let nodes = slow_nodes(
+        &nats,
+        agents_server::DEFAULT_LEASE_TTL,
+        agents_server::FORWARDED_REQUEST_TIMEOUT,
+    )
+    .await;
+    let path = "/agents/slow/flood";
+    // The first request makes node 0 the owner.
+    assert_eq!(nodes[0].get(path).await.0, 200);
+    let mut client = nodes[1].connect(path).await;
+    client.handshake().await;
+    let (mut sink, mut stream) = futures_util::StreamExt::split(client.ws);
+    // The instance is busy for 4 s in its owner's `on_request`.
+    let owner = nodes[0].addr;
+    let busy = tokio::spawn(async move { http_get(owner, &format!("{path}?ms=4000"), &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flood = tokio::spawn(async move {
+        let chunk = "x".repeat(64 * 1024);
+        for _ in 0..MESSAGES {
+            futures_util::SinkExt::send(&mut sink, Ws::text(chunk.clone()))
+                .await
+                .unwrap();
+        }
+        futures_util::SinkExt::send(&mut sink, Ws::text("count"))
+            .await
+            .unwrap();
+        sink
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!flood.is_finished(), "the flood was not held back");
+    assert_eq!(busy.await.unwrap(), (200, "slept 4000".into()));
+    let _sink = tokio::time::timeout(FAILOVER, flood)
+        .await
+        .expect("the flood never got through")
+        .unwrap();
+    let count = loop {
+        let frame = tokio::time::timeout(FAILOVER, futures_util::StreamExt::next(&mut stream))
+            .await
+            .expect("no count")
+            .expect("stream ended")
+            .unwrap();
+        if let Ws::Text(t) = frame {
+            if let Ok(n) = t.as_str().parse::<usize>() {
+                break n;
+            }
+        }
+    };
+    assert_eq!(count, MESSAGES);
 }

@@ -14,7 +14,9 @@
 //! - **Forwarding**: a socket that lands on another node is served there as
 //!   usual (WebSocket framing, limits) and its messages travel over NATS to
 //!   the owner, which holds the connection like a local one. Frames carry a
-//!   sequence number (a gap closes the socket). Peers ping each other every
+//!   sequence number (a gap closes the socket), and a socket's messages
+//!   are flow-controlled ([`UP_WINDOW`]): the owner grants more as its
+//!   instance takes them. Peers ping each other every
 //!   [`PING_INTERVAL`]; a dead peer's sockets are closed with 1012, and the
 //!   client's reconnect is the recovery path. Plain HTTP is forwarded too.
 //! - **Downlinks**: everything an owner sends to the sockets of one entry
@@ -758,6 +760,8 @@ impl Node {
         // unregisters the socket and unlinks the peer when dropped, also
         // if this future is.
         lock(&inbound.conns).insert(conn.key(), conn.clone());
+        let credit = Arc::new(Credit::new());
+        lock(&inbound.credits).insert(conn.key(), credit.clone());
         unlink.disarm();
         let link = RemoteLink {
             client: Arc::new(self.client.clone()),
@@ -765,6 +769,8 @@ impl Node {
             seq: 0,
             packs: false,
             max_payload: self.client.server_info().max_payload,
+            credit,
+            sent: 0,
             peer,
             inbound,
             conn: conn.clone(),
@@ -772,7 +778,7 @@ impl Node {
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-agents-conn", conn_id.as_str());
-        headers.insert(PACKS, "1");
+        headers.insert(LINK, "1");
         headers.insert("x-agents-agent", &*key.agent);
         headers.insert("x-agents-name", &*key.name);
         headers.insert("x-agents-id", conn.id());
@@ -806,7 +812,7 @@ impl Node {
         match answer {
             Ok(reply) if reply.payload.as_ref() == b"ok" => {
                 let mut link = link;
-                link.packs = reply.headers.is_some_and(|h| h.get(PACKS).is_some());
+                link.packs = reply.headers.is_some_and(|h| h.get(LINK).is_some());
                 Some(link)
             }
             Ok(_) => {
@@ -921,7 +927,7 @@ impl Node {
             async move {
                 let body: &'static [u8] = if ok { b"ok" } else { b"refused" };
                 let mut headers = HeaderMap::new();
-                headers.insert(PACKS, "1");
+                headers.insert(LINK, "1");
                 let _ = client
                     .publish_with_headers(reply, headers, Bytes::from_static(body))
                     .await;
@@ -961,6 +967,7 @@ impl Node {
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
         let conn = runtime.new_connection(id, target);
         let links = self.links();
+        let grants = headers.get(LINK).is_some();
         let Ok(up) = self
             .client
             .subscribe(format!("agents.{}.up.{conn_id}", self.id()))
@@ -974,11 +981,12 @@ impl Node {
         // down from the start.
         let forward = Forwarder {
             conn: conn.clone(),
-            down: self.downlink(&peer, headers.get(PACKS).is_some()),
+            down: self.downlink(&peer, grants),
             remote_key,
             peer,
             fence,
             links,
+            grants,
         };
         let handle = runtime.connect_local(key, token, conn, request).await;
         answer(handle.is_some()).await;
@@ -1120,14 +1128,40 @@ mod kind {
     /// Several frames in one message, each `[kind u8][n u16][n × conn key
     /// u64][len u32][data]` (no keys up): down, what one wake of a downlink
     /// took; up, client messages read together. Sent only to a node that
-    /// said it reads them ([`PACKS`](super::PACKS)).
+    /// said it reads them ([`LINK`](super::LINK)).
     pub(super) const PACK: u8 = 11;
+    /// Down: `[upto u64]`, how much of client messages the socket may
+    /// have sent up in all ([`UP_WINDOW`](super::UP_WINDOW)).
+    pub(super) const CREDIT: u8 = 12;
 }
 
 /// The header with which an entry node's open request, and an owner's
-/// answer to it, say that this node reads [`kind::PACK`] messages (a node
-/// from before packing gets one frame per message).
-const PACKS: &str = "x-agents-packs";
+/// answer to it, say that this node reads [`kind::PACK`] messages and
+/// keeps to [`kind::CREDIT`] (a node from before them gets one frame per
+/// message, and its sockets' messages are not held back).
+const LINK: &str = "x-agents-link";
+
+/// How many bytes of a forwarded socket's messages ([`up_cost`]) may be
+/// on their way to the owner and not yet taken by its instance: the entry node reads no more from the
+/// socket until the owner grants more ([`kind::CREDIT`]), as a socket on
+/// its instance's own node waits for room in the instance's inbox. A
+/// message larger than this goes alone, once everything before it was
+/// taken. Without it a client could pile messages up on the owner as fast
+/// as NATS carries them.
+pub(crate) const UP_WINDOW: u64 = 1024 * 1024;
+
+/// What a message costs of [`UP_WINDOW`] on top of its bytes, so that a
+/// window holds at most 16,384 messages, well below the 65,536 that
+/// async-nats keeps per subscription.
+const UP_MESSAGE_COST: u64 = 64;
+
+/// What client messages cost of [`UP_WINDOW`].
+fn up_cost<'a>(messages: impl IntoIterator<Item = &'a Message>) -> u64 {
+    messages
+        .into_iter()
+        .map(|m| m.len() as u64 + UP_MESSAGE_COST)
+        .sum()
+}
 
 fn frame(kind: u8, seq: u64, data: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(9 + data.len());
@@ -1171,6 +1205,8 @@ struct Downlink {
     ready: Mutex<Vec<u64>>,
     /// The downlink task, woken when `ready` gets a key.
     task: AtomicWaker,
+    /// Credits to send: (socket key on the entry node, bytes it may send).
+    credits: Mutex<Vec<(u64, u64)>>,
 }
 
 /// A connection on a downlink.
@@ -1237,6 +1273,13 @@ impl Downlink {
         closing
     }
 
+    /// Lets the entry node's socket `remote` send up to `upto` bytes of
+    /// client messages in all.
+    fn credit(&self, remote: u64, upto: u64) {
+        lock(&self.credits).push((remote, upto));
+        self.task.wake();
+    }
+
     /// Removes a connection: nothing more of it goes down.
     fn detach(&self, key: u64) {
         lock(&self.members).remove(&key);
@@ -1245,7 +1288,7 @@ impl Downlink {
     /// Whether a member's queue woke the task since it last took.
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.task.register(cx.waker());
-        if lock(&self.ready).is_empty() {
+        if lock(&self.ready).is_empty() && lock(&self.credits).is_empty() {
             Poll::Pending
         } else {
             Poll::Ready(())
@@ -1257,6 +1300,13 @@ impl Downlink {
     /// connection its instance dropped (queue far over budget) goes down as
     /// a [`kind::DROP`].
     fn take(&self, batch: &mut Vec<Down>, taken: &mut Taken) {
+        for (conn, upto) in lock(&self.credits).drain(..) {
+            batch.push(Down {
+                conn,
+                kind: kind::CREDIT,
+                data: Bytes::copy_from_slice(&upto.to_be_bytes()),
+            });
+        }
         let keys = std::mem::take(&mut *lock(&self.ready));
         let members = lock(&self.members);
         let mut frames = std::collections::VecDeque::new();
@@ -1568,6 +1618,8 @@ fn plan(batch: &[Down], max_payload: usize) -> Vec<Planned> {
 #[derive(Debug, Default)]
 struct Inbound {
     conns: Mutex<KeyMap<Connection>>,
+    /// What the owner lets each socket send (sockets whose owner grants).
+    credits: Mutex<KeyMap<Arc<Credit>>>,
     /// Set when the links broke ([`Node::break_links`]): the sockets that
     /// may have missed frames are closed, so the downlink's sequence
     /// starts over with the next message.
@@ -1585,6 +1637,16 @@ impl Inbound {
 
     /// Hands one frame to each of `keys`' sockets.
     fn deliver(&self, kind: u8, keys: &[u64], data: Bytes) {
+        if kind == kind::CREDIT {
+            let upto = data.as_ref().try_into().map(u64::from_be_bytes);
+            let credits = lock(&self.credits);
+            for (key, upto) in keys.iter().zip(std::iter::repeat(upto)) {
+                if let (Some(credit), Ok(upto)) = (credits.get(key), upto) {
+                    credit.grant(upto);
+                }
+            }
+            return;
+        }
         let text = match kind {
             kind::TEXT => Utf8Bytes::try_from(data.clone()).ok(),
             _ => None,
@@ -1667,7 +1729,10 @@ async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationTo
         // A pack holds frames for sockets only (no pack in a pack).
         let frames = unpack(m.data).filter(|frames| {
             frames.iter().all(|(kind, ..)| {
-                matches!(*kind, kind::TEXT | kind::BINARY | kind::CLOSE | kind::DROP)
+                matches!(
+                    *kind,
+                    kind::TEXT | kind::BINARY | kind::CLOSE | kind::DROP | kind::CREDIT
+                )
             })
         });
         let Some(frames) = frames else {
@@ -1677,6 +1742,44 @@ async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationTo
         };
         for (kind, conns, data) in frames {
             inbound.deliver(kind, &conns, data);
+        }
+    }
+}
+
+/// Entry side: how many bytes of client messages a forwarded socket may
+/// have sent up in all, as its owner grants ([`UP_WINDOW`] to start).
+#[derive(Debug)]
+struct Credit {
+    granted: AtomicU64,
+    /// The socket's admission waiting for more.
+    waker: AtomicWaker,
+}
+
+impl Credit {
+    fn new() -> Self {
+        Credit {
+            granted: AtomicU64::new(UP_WINDOW),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn grant(&self, upto: u64) {
+        self.granted.fetch_max(upto, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Ready once `len` more bytes may go after `sent`: while at most
+    /// [`UP_WINDOW`] are in flight, and a larger message once nothing is.
+    fn poll_room(&self, cx: &mut Context<'_>, sent: u64, len: u64) -> Poll<()> {
+        let needed = sent + len.min(UP_WINDOW);
+        if self.granted.load(Ordering::Acquire) >= needed {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.granted.load(Ordering::Acquire) >= needed {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -1706,10 +1809,14 @@ pub(crate) struct RemoteLink {
     client: Arc<async_nats::Client>,
     up: Subject,
     seq: u64,
-    /// Whether the owner reads [`kind::PACK`] messages.
+    /// Whether the owner reads [`kind::PACK`] messages and grants
+    /// [`kind::CREDIT`].
     packs: bool,
     /// The largest message NATS takes.
     max_payload: usize,
+    /// What the owner lets this socket send, and what it sent (bytes).
+    credit: Arc<Credit>,
+    sent: u64,
     peer: Arc<Peer>,
     /// Where the owner's frames for this socket arrive.
     inbound: Arc<Inbound>,
@@ -1720,6 +1827,7 @@ pub(crate) struct RemoteLink {
 
 impl Drop for RemoteLink {
     fn drop(&mut self) {
+        lock(&self.inbound.credits).remove(&self.conn.key());
         let linked = lock(&self.inbound.conns).remove(&self.conn.key());
         if linked.is_some() {
             self.conn.close(1012, "Service restart");
@@ -1817,11 +1925,23 @@ impl RemoteLink {
         if self.peer.dead.is_cancelled() {
             return Admit::Closed;
         }
+        let room = self.room(up_cost([&message]));
         let payload = self.up_frame(&message);
         let (client, up) = (self.client.clone(), self.up.clone());
         Admit::Wait(Box::pin(async move {
+            if let Some((credit, sent, len)) = room {
+                std::future::poll_fn(|cx| credit.poll_room(cx, sent, len)).await;
+            }
             client.publish(up, payload).await.is_ok()
         }))
+    }
+
+    /// What sending messages costing `len` waits for: the owner's credit,
+    /// when it grants (else nothing).
+    fn room(&mut self, len: u64) -> Option<(Arc<Credit>, u64, u64)> {
+        let sent = self.sent;
+        self.sent += len;
+        self.packs.then(|| (self.credit.clone(), sent, len))
     }
 
     /// The next frame up for a client message.
@@ -1836,9 +1956,13 @@ impl RemoteLink {
         if self.peer.dead.is_cancelled() {
             return Admit::Closed;
         }
+        let room = self.room(up_cost(&messages));
         let payloads = up_frames(&messages, &mut self.seq, self.packs, self.max_payload);
         let (client, up) = (self.client.clone(), self.up.clone());
         Admit::Wait(Box::pin(async move {
+            if let Some((credit, sent, len)) = room {
+                std::future::poll_fn(|cx| credit.poll_room(cx, sent, len)).await;
+            }
             for payload in payloads {
                 if client.publish(up.clone(), payload).await.is_err() {
                     return false;
@@ -1878,6 +2002,8 @@ struct Forwarder {
     fence: CancellationToken,
     /// Cancelled when messages between the nodes may have been lost.
     links: CancellationToken,
+    /// Whether the entry node keeps to credits ([`UP_WINDOW`]).
+    grants: bool,
 }
 
 impl Forwarder {
@@ -1886,6 +2012,9 @@ impl Forwarder {
         // down first thing.
         let closing = self.down.attach(self.conn.clone(), self.remote_key);
         let mut expected = 1;
+        // Bytes of client messages the instance took, and when the last
+        // credit went down.
+        let (mut consumed, mut credited) = (0u64, 0u64);
         let mut info: Option<CloseInfo> = None;
         let mut close_deadline: Option<tokio::time::Instant> = None;
         // Made once, not per message (each registers with its token).
@@ -1950,9 +2079,15 @@ impl Forwarder {
                         _ => continue,
                     };
                     let Some(handle) = &handle else { continue };
-                    let admit = match up {
-                        Up::One(message) => handle.try_admit(self.conn.key(), message),
-                        Up::Many(messages) => handle.try_admit_many(self.conn.key(), messages),
+                    let (admit, len) = match up {
+                        Up::One(message) => {
+                            let len = up_cost([&message]);
+                            (handle.try_admit(self.conn.key(), message), len)
+                        }
+                        Up::Many(messages) => {
+                            let len = up_cost(&messages);
+                            (handle.try_admit_many(self.conn.key(), messages), len)
+                        }
                     };
                     let delivered = match admit {
                         Admit::Done => true,
@@ -1961,6 +2096,13 @@ impl Forwarder {
                     };
                     if !delivered {
                         break;
+                    }
+                    // Taken: the entry node may send as much again (told
+                    // in quarters of the window, not per message).
+                    consumed += len;
+                    if self.grants && consumed - credited >= UP_WINDOW / 4 {
+                        credited = consumed;
+                        self.down.credit(self.remote_key, consumed + UP_WINDOW);
                     }
                 }
             }
@@ -2363,6 +2505,57 @@ mod tests {
         parse_down(&packer.messages(planned.to_vec(), &mut 0)[0])
             .unwrap()
             .data
+    }
+
+    #[test]
+    fn a_forwarded_socket_sends_within_its_credit() {
+        // Tiny messages cost more than their bytes: a window holds far
+        // fewer than async-nats keeps per subscription.
+        assert_eq!(up_cost(&[Message::Text("ab".into())]), 2 + UP_MESSAGE_COST);
+        assert!(UP_WINDOW / UP_MESSAGE_COST <= 65_536 / 4);
+        let credit = Credit::new();
+        let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        struct Count(Arc<std::sync::atomic::AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let waker = Waker::from(Arc::new(Count(woken.clone())));
+        let mut cx = Context::from_waker(&waker);
+        // A window's worth goes at once, not a byte more.
+        assert!(credit.poll_room(&mut cx, 0, UP_WINDOW).is_ready());
+        assert!(credit.poll_room(&mut cx, UP_WINDOW, 1).is_pending());
+        // The owner took some: as much again may go, and the wait ends.
+        credit.grant(UP_WINDOW + 10);
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        assert!(credit.poll_room(&mut cx, UP_WINDOW, 10).is_ready());
+        assert!(credit.poll_room(&mut cx, UP_WINDOW, 11).is_pending());
+        // Credits only grow (a late, smaller one changes nothing).
+        credit.grant(5);
+        assert!(credit.poll_room(&mut cx, UP_WINDOW, 10).is_ready());
+        // A message larger than the window goes alone, once all before it
+        // was taken.
+        let big = 3 * UP_WINDOW;
+        assert!(credit.poll_room(&mut cx, 20, big).is_pending());
+        credit.grant(20 + UP_WINDOW);
+        assert!(credit.poll_room(&mut cx, 20, big).is_ready());
+        // The owner's credits go down on the downlink, as the entry node
+        // reads them.
+        let link = Arc::new(Downlink::default());
+        let upto = UP_WINDOW + 1234;
+        link.credit(7, upto);
+        assert!(is_ready(&link));
+        let (batch, _) = taken(&link);
+        assert_eq!(
+            batch,
+            [(7, kind::CREDIT, Bytes::copy_from_slice(&upto.to_be_bytes()))]
+        );
+        let inbound = Inbound::default();
+        let credit = Arc::new(Credit::new());
+        lock(&inbound.credits).insert(7, credit.clone());
+        inbound.deliver(kind::CREDIT, &[7, 8], batch[0].2.clone());
+        assert_eq!(credit.granted.load(Ordering::SeqCst), upto);
     }
 
     #[test]
