@@ -867,7 +867,7 @@ async fn a_client_flooding_a_busy_instance_through_another_node_is_held_back() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!flood.is_finished(), "the flood was not held back");
     assert_eq!(busy.await.unwrap(), (200, "slept 4000".into()));
-    let _sink = tokio::time::timeout(FAILOVER, flood)
+    let mut sink = tokio::time::timeout(FAILOVER, flood)
         .await
         .expect("the flood never got through")
         .unwrap();
@@ -884,4 +884,18 @@ async fn a_client_flooding_a_busy_instance_through_another_node_is_held_back() {
         }
     };
     assert_eq!(count, MESSAGES);
+    // A message larger than three quarters of the window, after small
+    // ones the owner has not yet granted for, still goes (alone).
+    let big = "y".repeat(1 << 20);
+    for text in [big.as_str(), "count"] {
+        futures_util::SinkExt::send(&mut sink, Ws::text(text))
+            .await
+            .unwrap();
+    }
+    let frame = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut stream))
+        .await
+        .expect("the large message is stuck")
+        .expect("stream ended")
+        .unwrap();
+    assert_eq!(frame, Ws::text((MESSAGES + 1).to_string()));
 }

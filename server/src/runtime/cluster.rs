@@ -771,6 +771,7 @@ impl Node {
             max_payload: self.client.server_info().max_payload,
             credit,
             sent: 0,
+            waited: None,
             peer,
             inbound,
             conn: conn.clone(),
@@ -1633,6 +1634,9 @@ impl Inbound {
         for conn in conns {
             conn.close(1012, "Service restart");
         }
+        for credit in lock(&self.credits).values() {
+            credit.close();
+        }
     }
 
     /// Hands one frame to each of `keys`' sockets.
@@ -1673,6 +1677,9 @@ impl Inbound {
             }
             if !conn.is_open() {
                 conns.remove(key);
+                if let Some(credit) = lock(&self.credits).get(key) {
+                    credit.close();
+                }
             }
         }
     }
@@ -1751,14 +1758,23 @@ async fn demux(mut down: Subscriber, inbound: Arc<Inbound>, dead: CancellationTo
 #[derive(Debug)]
 struct Credit {
     granted: AtomicU64,
+    /// Set when the socket is being closed: nothing more goes up.
+    closed: AtomicBool,
     /// The socket's admission waiting for more.
     waker: AtomicWaker,
 }
+
+/// The most of [`UP_WINDOW`] one message (or read) waits for: the owner
+/// grants once a quarter window was taken since its last grant, so when it
+/// has taken everything up to three quarters are surely free — a larger
+/// message goes then, alone.
+const UP_ALONE: u64 = UP_WINDOW - UP_WINDOW / 4;
 
 impl Credit {
     fn new() -> Self {
         Credit {
             granted: AtomicU64::new(UP_WINDOW),
+            closed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
@@ -1768,19 +1784,32 @@ impl Credit {
         self.waker.wake();
     }
 
-    /// Ready once `len` more bytes may go after `sent`: while at most
-    /// [`UP_WINDOW`] are in flight, and a larger message once nothing is.
-    fn poll_room(&self, cx: &mut Context<'_>, sent: u64, len: u64) -> Poll<()> {
-        let needed = sent + len.min(UP_WINDOW);
-        if self.granted.load(Ordering::Acquire) >= needed {
-            return Poll::Ready(());
+    /// The socket is being closed: a wait for room ends (with nothing sent).
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether messages costing `len` may go after `sent`: while at most
+    /// [`UP_WINDOW`] is in flight (a message costing more than
+    /// [`UP_ALONE`] once no more than a quarter is).
+    fn has_room(&self, sent: u64, len: u64) -> bool {
+        self.granted.load(Ordering::Acquire) >= sent + len.min(UP_ALONE)
+    }
+
+    /// Ready with true once messages costing `len` may go after `sent`,
+    /// with false once the socket is being closed.
+    fn poll_room(&self, cx: &mut Context<'_>, sent: u64, len: u64) -> Poll<bool> {
+        for _ in 0..2 {
+            if self.closed.load(Ordering::Acquire) {
+                return Poll::Ready(false);
+            }
+            if self.has_room(sent, len) {
+                return Poll::Ready(true);
+            }
+            self.waker.register(cx.waker());
         }
-        self.waker.register(cx.waker());
-        if self.granted.load(Ordering::Acquire) >= needed {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        Poll::Pending
     }
 }
 
@@ -1817,6 +1846,10 @@ pub(crate) struct RemoteLink {
     /// What the owner lets this socket send, and what it sent (bytes).
     credit: Arc<Credit>,
     sent: u64,
+    /// The last send that waited for credit: how many of its frames went
+    /// out, and the sequence number before them (a socket that ends while
+    /// it waits numbers its `CLOSED` after what really went).
+    waited: Option<(Arc<AtomicU64>, u64)>,
     peer: Arc<Peer>,
     /// Where the owner's frames for this socket arrive.
     inbound: Arc<Inbound>,
@@ -1840,7 +1873,7 @@ impl Drop for RemoteLink {
             // case the owner had not subscribed to it yet (it subscribes
             // before running `on_connect`, so a slow hook is covered).
             let (client, up) = (self.client.clone(), self.up.clone());
-            let gone = frame(kind::CLOSED, self.seq + 1, &closed_data(1006, false, ""));
+            let gone = frame(kind::CLOSED, self.next_seq(), &closed_data(1006, false, ""));
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     let _ = client.publish(up.clone(), gone.clone()).await;
@@ -1922,65 +1955,114 @@ fn closed_data(code: u16, was_clean: bool, reason: &str) -> Vec<u8> {
 impl RemoteLink {
     /// Sends a client message to the owner (in order).
     pub(crate) fn admit(&mut self, message: Message) -> Admit {
-        if self.peer.dead.is_cancelled() {
-            return Admit::Closed;
-        }
-        let room = self.room(up_cost([&message]));
-        let payload = self.up_frame(&message);
-        let (client, up) = (self.client.clone(), self.up.clone());
-        Admit::Wait(Box::pin(async move {
-            if let Some((credit, sent, len)) = room {
-                std::future::poll_fn(|cx| credit.poll_room(cx, sent, len)).await;
-            }
-            client.publish(up, payload).await.is_ok()
-        }))
-    }
-
-    /// What sending messages costing `len` waits for: the owner's credit,
-    /// when it grants (else nothing).
-    fn room(&mut self, len: u64) -> Option<(Arc<Credit>, u64, u64)> {
-        let sent = self.sent;
-        self.sent += len;
-        self.packs.then(|| (self.credit.clone(), sent, len))
-    }
-
-    /// The next frame up for a client message.
-    fn up_frame(&mut self, message: &Message) -> Bytes {
-        self.seq += 1;
-        let (kind, data) = message_parts(message);
-        frame(kind, self.seq, data)
+        self.send_up(std::slice::from_ref(&message))
     }
 
     /// Sends client messages read together to the owner (in order).
     pub(crate) fn admit_many(&mut self, messages: Vec<Message>) -> Admit {
+        self.send_up(&messages)
+    }
+
+    /// Publishes `messages` up in order once the owner's credit has room
+    /// for them (at once when it has).
+    fn send_up(&mut self, messages: &[Message]) -> Admit {
         if self.peer.dead.is_cancelled() {
             return Admit::Closed;
         }
-        let room = self.room(up_cost(&messages));
-        let payloads = up_frames(&messages, &mut self.seq, self.packs, self.max_payload);
+        let (sent, len) = (self.sent, up_cost(messages));
+        self.sent += len;
+        let before = self.seq;
+        let frames = match messages {
+            // (One message, the common case, without a vector.)
+            [message] => {
+                self.seq += 1;
+                let (kind, data) = message_parts(message);
+                UpFrames::One(frame(kind, self.seq, data))
+            }
+            _ => UpFrames::Many(up_frames(
+                messages,
+                &mut self.seq,
+                self.packs,
+                self.max_payload,
+            )),
+        };
         let (client, up) = (self.client.clone(), self.up.clone());
+        if !self.packs || self.credit.has_room(sent, len) {
+            self.waited = None;
+            return Admit::Wait(Box::pin(frames.publish(client, up, None)));
+        }
+        let (credit, went) = (self.credit.clone(), Arc::new(AtomicU64::new(0)));
+        self.waited = Some((went.clone(), before));
         Admit::Wait(Box::pin(async move {
-            if let Some((credit, sent, len)) = room {
-                std::future::poll_fn(|cx| credit.poll_room(cx, sent, len)).await;
+            if !std::future::poll_fn(|cx| credit.poll_room(cx, sent, len)).await {
+                // Being closed: these messages no longer reach the agent
+                // (as on one node), and the socket reads on to its close.
+                return true;
             }
-            for payload in payloads {
-                if client.publish(up.clone(), payload).await.is_err() {
-                    return false;
-                }
-            }
-            true
+            frames.publish(client, up, Some(went)).await
         }))
+    }
+
+    /// The sequence number of the next frame up, after those that really
+    /// went (frames of a send that never got room did not).
+    fn next_seq(&mut self) -> u64 {
+        if let Some((went, before)) = self.waited.take() {
+            self.seq = before + went.load(Ordering::Acquire);
+        }
+        self.seq += 1;
+        self.seq
     }
 
     /// The socket ended: tells the owner how.
     pub(crate) async fn closed(mut self, info: CloseInfo) {
-        self.seq += 1;
+        let seq = self.next_seq();
         self.told = true;
         let data = closed_data(info.code, info.was_clean, &info.reason);
         let _ = self
             .client
-            .publish(self.up.clone(), frame(kind::CLOSED, self.seq, &data))
+            .publish(self.up.clone(), frame(kind::CLOSED, seq, &data))
             .await;
+    }
+}
+
+/// Frames up for what one read of a socket brought.
+enum UpFrames {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl UpFrames {
+    /// Publishes the frames in order, counting in `went` those that went;
+    /// false when NATS refused one.
+    async fn publish(
+        self,
+        client: Arc<async_nats::Client>,
+        up: Subject,
+        went: Option<Arc<AtomicU64>>,
+    ) -> bool {
+        let count = |went: &Option<Arc<AtomicU64>>| {
+            if let Some(went) = went {
+                went.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        match self {
+            UpFrames::One(frame) => {
+                let ok = client.publish(up, frame).await.is_ok();
+                if ok {
+                    count(&went);
+                }
+                ok
+            }
+            UpFrames::Many(frames) => {
+                for frame in frames {
+                    if client.publish(up.clone(), frame).await.is_err() {
+                        return false;
+                    }
+                    count(&went);
+                }
+                true
+            }
+        }
     }
 }
 
@@ -2512,7 +2594,7 @@ mod tests {
         // Tiny messages cost more than their bytes: a window holds far
         // fewer than async-nats keeps per subscription.
         assert_eq!(up_cost(&[Message::Text("ab".into())]), 2 + UP_MESSAGE_COST);
-        assert!(UP_WINDOW / UP_MESSAGE_COST <= 65_536 / 4);
+        const { assert!(UP_WINDOW / UP_MESSAGE_COST <= 65_536 / 4) };
         let credit = Credit::new();
         let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         struct Count(Arc<std::sync::atomic::AtomicUsize>);
@@ -2534,12 +2616,16 @@ mod tests {
         // Credits only grow (a late, smaller one changes nothing).
         credit.grant(5);
         assert!(credit.poll_room(&mut cx, UP_WINDOW, 10).is_ready());
-        // A message larger than the window goes alone, once all before it
-        // was taken.
-        let big = 3 * UP_WINDOW;
-        assert!(credit.poll_room(&mut cx, 20, big).is_pending());
-        credit.grant(20 + UP_WINDOW);
-        assert!(credit.poll_room(&mut cx, 20, big).is_ready());
+        // A message larger than three quarters of the window goes alone,
+        // once no more than a quarter is in flight.
+        let (sent, big) = (UP_WINDOW / 4 + 20, 3 * UP_WINDOW);
+        assert!(credit.poll_room(&mut cx, sent, big).is_pending());
+        credit.grant(sent + UP_ALONE);
+        assert_eq!(credit.poll_room(&mut cx, sent, big), Poll::Ready(true));
+        // Being closed ends a wait, with nothing sent.
+        assert!(credit.poll_room(&mut cx, sent + big, 1).is_pending());
+        credit.close();
+        assert_eq!(credit.poll_room(&mut cx, sent + big, 1), Poll::Ready(false));
         // The owner's credits go down on the downlink, as the entry node
         // reads them.
         let link = Arc::new(Downlink::default());
@@ -2556,6 +2642,26 @@ mod tests {
         lock(&inbound.credits).insert(7, credit.clone());
         inbound.deliver(kind::CREDIT, &[7, 8], batch[0].2.clone());
         assert_eq!(credit.granted.load(Ordering::SeqCst), upto);
+    }
+
+    #[test]
+    fn every_message_gets_room_once_the_owner_took_all_before_it() {
+        // The owner's rule (Forwarder::run): after taking messages, grant
+        // `taken + UP_WINDOW` once a quarter window was taken since the
+        // last grant. Whatever the sizes, a message waiting behind nothing
+        // the owner has not taken has room.
+        let credit = Credit::new();
+        let (mut sent, mut consumed, mut credited) = (0u64, 0u64, 0u64);
+        let sizes = [66, 2 << 20, 10, 700 << 10, 64, 300 << 10, 5 << 20, 1, 1];
+        for len in sizes.into_iter().cycle().take(40) {
+            assert!(credit.has_room(sent, len), "stuck at {sent} (+{len})");
+            sent += len;
+            consumed += len;
+            if consumed - credited >= UP_WINDOW / 4 {
+                credited = consumed;
+                credit.grant(consumed + UP_WINDOW);
+            }
+        }
     }
 
     #[test]
