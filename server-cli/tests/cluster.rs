@@ -668,21 +668,23 @@ impl agents_server::Agent for Slow {
     }
 }
 
-/// Two in-process nodes serving [`Slow`] on `nats`, with lease `ttl` and
-/// `forward_timeout`.
-async fn slow_nodes(nats: &Nats, ttl: Duration, forward_timeout: Duration) -> Vec<TestServer> {
+/// A NATS server and two in-process nodes serving [`Slow`] on it, with the
+/// cluster options `options` makes of the defaults.
+async fn slow_cluster(
+    what: &str,
+    options: impl Fn(agents_server::ClusterOptions) -> agents_server::ClusterOptions,
+) -> (Nats, Vec<TestServer>) {
+    let nats = Nats::start(what).await;
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let options = agents_server::ClusterOptions::new([nats.url()])
-            .lease_ttl(ttl)
-            .forward_timeout(forward_timeout);
+        let options = options(agents_server::ClusterOptions::new([nats.url()]));
         let cluster = agents_server::Cluster::connect(options).await.unwrap();
         let server = agents_server::AgentServer::new()
             .agent("Slow", |_| Slow::default())
             .cluster(cluster);
         nodes.push(TestServer::start(server).await);
     }
-    nodes
+    (nats, nodes)
 }
 
 /// A plain HTTP request, or a socket, through a node that does not own the
@@ -691,13 +693,7 @@ async fn slow_nodes(nats: &Nats, ttl: Duration, forward_timeout: Duration) -> Ve
 /// 1013, while the owner went on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_hooks_answer_through_another_node() {
-    let nats = Nats::start("slow-http").await;
-    let nodes = slow_nodes(
-        &nats,
-        agents_server::DEFAULT_LEASE_TTL,
-        agents_server::FORWARDED_REQUEST_TIMEOUT,
-    )
-    .await;
+    let (_nats, nodes) = slow_cluster("slow-http", |options| options).await;
     // The first request makes node 0 the owner.
     let path = "/agents/slow/one";
     assert_eq!(
@@ -723,12 +719,9 @@ async fn slow_hooks_answer_through_another_node() {
 /// as they take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_hooks_give_up_after_the_forward_timeout() {
-    let nats = Nats::start("forward-timeout").await;
-    let nodes = slow_nodes(
-        &nats,
-        agents_server::DEFAULT_LEASE_TTL,
-        Duration::from_secs(1),
-    )
+    let (_nats, nodes) = slow_cluster("forward-timeout", |options| {
+        options.forward_timeout(Duration::from_secs(1))
+    })
     .await;
     let path = "/agents/slow/late";
     // The first request makes node 0 the owner.
@@ -754,13 +747,10 @@ async fn forwarded_hooks_give_up_after_the_forward_timeout() {
 /// socket and the instance go on, and new forwarded sockets work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_outage_ends_what_crosses_nodes_and_nothing_else() {
-    let mut nats = Nats::start("outage").await;
     // A lease far longer than the outage: nothing is fenced.
-    let nodes = slow_nodes(
-        &nats,
-        Duration::from_secs(60),
-        agents_server::FORWARDED_REQUEST_TIMEOUT,
-    )
+    let (mut nats, nodes) = slow_cluster("outage", |options| {
+        options.lease_ttl(Duration::from_secs(60))
+    })
     .await;
     // Node 0 owns both instances: the first touch is there. The slow
     // hooks run on the second one (an instance runs its hooks one at a
@@ -835,13 +825,7 @@ async fn a_client_flooding_a_busy_instance_through_another_node_is_held_back() {
     // 50 MiB: far more than the window, the instance's inbox (8 MiB) and
     // the sockets' kernel buffers together.
     const MESSAGES: usize = 800;
-    let nats = Nats::start("flood").await;
-    let nodes = slow_nodes(
-        &nats,
-        agents_server::DEFAULT_LEASE_TTL,
-        agents_server::FORWARDED_REQUEST_TIMEOUT,
-    )
-    .await;
+    let (_nats, nodes) = slow_cluster("flood", |options| options).await;
     let path = "/agents/slow/flood";
     // The first request makes node 0 the owner.
     assert_eq!(nodes[0].get(path).await.0, 200);

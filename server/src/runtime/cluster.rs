@@ -763,7 +763,7 @@ impl Node {
         let credit = Arc::new(Credit::new());
         lock(&inbound.credits).insert(conn.key(), credit.clone());
         unlink.disarm();
-        let link = RemoteLink {
+        let mut link = RemoteLink {
             client: Arc::new(self.client.clone()),
             up: Subject::from(format!("agents.{owner}.up.{conn_id}")),
             seq: 0,
@@ -812,7 +812,6 @@ impl Node {
         };
         match answer {
             Ok(reply) if reply.payload.as_ref() == b"ok" => {
-                let mut link = link;
                 link.packs = reply.headers.is_some_and(|h| h.get(LINK).is_some());
                 Some(link)
             }
@@ -1143,12 +1142,12 @@ mod kind {
 const LINK: &str = "x-agents-link";
 
 /// How many bytes of a forwarded socket's messages ([`up_cost`]) may be
-/// on their way to the owner and not yet taken by its instance: the entry node reads no more from the
-/// socket until the owner grants more ([`kind::CREDIT`]), as a socket on
-/// its instance's own node waits for room in the instance's inbox. A
-/// message larger than this goes alone, once everything before it was
-/// taken. Without it a client could pile messages up on the owner as fast
-/// as NATS carries them.
+/// on their way to the owner and not yet taken by its instance: the entry
+/// node reads no more from the socket until the owner grants more
+/// ([`kind::CREDIT`]), as a socket on its instance's own node waits for
+/// room in the instance's inbox. A larger message goes alone
+/// ([`UP_ALONE`]). Without it a client could pile messages up on the owner
+/// as fast as NATS carries them.
 pub(crate) const UP_WINDOW: u64 = 1024 * 1024;
 
 /// What a message costs of [`UP_WINDOW`] on top of its bytes, so that a
@@ -1460,6 +1459,12 @@ type Planned = (u8, Vec<u64>, Bytes);
 /// Bytes of a [`kind::PACK`] record besides its socket keys and data.
 const RECORD_HEADER: usize = 7;
 
+/// Bytes of a [`kind::PACK`] record naming `conns` sockets, with `data`
+/// bytes.
+fn record_len(conns: usize, data: usize) -> usize {
+    RECORD_HEADER + 8 * conns + data
+}
+
 /// Owner side: how one downlink puts planned frames into NATS messages.
 #[derive(Debug)]
 struct Packer {
@@ -1493,32 +1498,29 @@ impl Packer {
             } else {
                 (kind, data)
             };
-            let record = RECORD_HEADER + 8 * conns.len() + data.len();
+            let record = record_len(conns.len(), data.len());
             if !group.is_empty() && (!self.packs || size + record > self.max_payload) {
-                out.push(self.message(std::mem::take(&mut group), seq));
+                out.push(self.message(std::mem::take(&mut group), size - DOWN_HEADER, seq));
                 size = DOWN_HEADER;
             }
             size += record;
             group.push((kind, conns, data));
         }
         if !group.is_empty() {
-            out.push(self.message(group, seq));
+            out.push(self.message(group, size - DOWN_HEADER, seq));
         }
         out
     }
 
-    /// One message with `group`'s frames: the next number in `seq`.
-    fn message(&self, mut group: Vec<Planned>, seq: &mut u64) -> Bytes {
+    /// One message with `group`'s frames (`records` bytes as a pack): the
+    /// next number in `seq`.
+    fn message(&self, mut group: Vec<Planned>, records: usize, seq: &mut u64) -> Bytes {
         *seq += 1;
         if group.len() == 1 {
             let (kind, conns, data) = group.pop().unwrap_or_default();
             return down_frame(kind, self.epoch, *seq, &conns, &data);
         }
-        let size = group
-            .iter()
-            .map(|(_, conns, data)| RECORD_HEADER + 8 * conns.len() + data.len())
-            .sum();
-        let mut records = BytesMut::with_capacity(size);
+        let mut records = BytesMut::with_capacity(records);
         for (kind, conns, data) in group {
             put_record(&mut records, kind, &conns, &data);
         }
@@ -1642,12 +1644,12 @@ impl Inbound {
     /// Hands one frame to each of `keys`' sockets.
     fn deliver(&self, kind: u8, keys: &[u64], data: Bytes) {
         if kind == kind::CREDIT {
-            let upto = data.as_ref().try_into().map(u64::from_be_bytes);
+            let Ok(upto) = data.as_ref().try_into().map(u64::from_be_bytes) else {
+                return;
+            };
             let credits = lock(&self.credits);
-            for (key, upto) in keys.iter().zip(std::iter::repeat(upto)) {
-                if let (Some(credit), Ok(upto)) = (credits.get(key), upto) {
-                    credit.grant(upto);
-                }
+            for credit in keys.iter().filter_map(|key| credits.get(key)) {
+                credit.grant(upto);
             }
             return;
         }
@@ -1889,7 +1891,7 @@ impl Drop for RemoteLink {
 /// `seq`: as many per NATS message as fit in `max_payload` when the owner
 /// reads packs (a lone one goes as itself), else one each.
 fn up_frames(messages: &[Message], seq: &mut u64, packs: bool, max_payload: usize) -> Vec<Bytes> {
-    let record = |m: &Message| RECORD_HEADER + m.len();
+    let record = |m: &Message| record_len(0, m.len());
     let mut out = Vec::with_capacity(if packs { 1 } else { messages.len() });
     let mut start = 0;
     while start < messages.len() {
@@ -1898,11 +1900,10 @@ fn up_frames(messages: &[Message], seq: &mut u64, packs: bool, max_payload: usiz
             size += record(&messages[end]);
             end += 1;
         }
-        *seq += 1;
         if end - start == 1 {
-            let (kind, data) = message_parts(&messages[start]);
-            out.push(frame(kind, *seq, data));
+            out.push(up_frame(&messages[start], seq));
         } else {
+            *seq += 1;
             let mut b = BytesMut::with_capacity(size);
             b.put_u8(kind::PACK);
             b.put_u64(*seq);
@@ -1915,6 +1916,13 @@ fn up_frames(messages: &[Message], seq: &mut u64, packs: bool, max_payload: usiz
         start = end;
     }
     out
+}
+
+/// The frame up for one client message: the next number in `seq`.
+fn up_frame(message: &Message, seq: &mut u64) -> Bytes {
+    *seq += 1;
+    let (kind, data) = message_parts(message);
+    frame(kind, *seq, data)
 }
 
 /// A client message's frame kind and bytes.
@@ -1972,24 +1980,30 @@ impl RemoteLink {
         let (sent, len) = (self.sent, up_cost(messages));
         self.sent += len;
         let before = self.seq;
-        let frames = match messages {
+        match messages {
             // (One message, the common case, without a vector.)
             [message] => {
-                self.seq += 1;
-                let (kind, data) = message_parts(message);
-                UpFrames::One(frame(kind, self.seq, data))
+                let frame = up_frame(message, &mut self.seq);
+                self.publish(std::iter::once(frame), before, sent, len)
             }
-            _ => UpFrames::Many(up_frames(
-                messages,
-                &mut self.seq,
-                self.packs,
-                self.max_payload,
-            )),
-        };
+            _ => {
+                let frames = up_frames(messages, &mut self.seq, self.packs, self.max_payload);
+                self.publish(frames, before, sent, len)
+            }
+        }
+    }
+
+    /// Publishes `frames` (numbered after `before`) once the owner's
+    /// credit has room for messages costing `len` after `sent`.
+    fn publish<F>(&mut self, frames: F, before: u64, sent: u64, len: u64) -> Admit
+    where
+        F: IntoIterator<Item = Bytes> + Send + 'static,
+        F::IntoIter: Send,
+    {
         let (client, up) = (self.client.clone(), self.up.clone());
         if !self.packs || self.credit.has_room(sent, len) {
             self.waited = None;
-            return Admit::Wait(Box::pin(frames.publish(client, up, None)));
+            return Admit::Wait(Box::pin(publish_up(client, up, frames, None)));
         }
         let (credit, went) = (self.credit.clone(), Arc::new(AtomicU64::new(0)));
         self.waited = Some((went.clone(), before));
@@ -1999,7 +2013,7 @@ impl RemoteLink {
                 // (as on one node), and the socket reads on to its close.
                 return true;
             }
-            frames.publish(client, up, Some(went)).await
+            publish_up(client, up, frames, Some(went)).await
         }))
     }
 
@@ -2025,45 +2039,23 @@ impl RemoteLink {
     }
 }
 
-/// Frames up for what one read of a socket brought.
-enum UpFrames {
-    One(Bytes),
-    Many(Vec<Bytes>),
-}
-
-impl UpFrames {
-    /// Publishes the frames in order, counting in `went` those that went;
-    /// false when NATS refused one.
-    async fn publish(
-        self,
-        client: Arc<async_nats::Client>,
-        up: Subject,
-        went: Option<Arc<AtomicU64>>,
-    ) -> bool {
-        let count = |went: &Option<Arc<AtomicU64>>| {
-            if let Some(went) = went {
-                went.fetch_add(1, Ordering::AcqRel);
-            }
-        };
-        match self {
-            UpFrames::One(frame) => {
-                let ok = client.publish(up, frame).await.is_ok();
-                if ok {
-                    count(&went);
-                }
-                ok
-            }
-            UpFrames::Many(frames) => {
-                for frame in frames {
-                    if client.publish(up.clone(), frame).await.is_err() {
-                        return false;
-                    }
-                    count(&went);
-                }
-                true
-            }
+/// Publishes `frames` up in order, counting in `went` those that went;
+/// false when NATS refused one.
+async fn publish_up(
+    client: Arc<async_nats::Client>,
+    up: Subject,
+    frames: impl IntoIterator<Item = Bytes>,
+    went: Option<Arc<AtomicU64>>,
+) -> bool {
+    for frame in frames {
+        if client.publish(up.clone(), frame).await.is_err() {
+            return false;
+        }
+        if let Some(went) = &went {
+            went.fetch_add(1, Ordering::AcqRel);
         }
     }
+    true
 }
 
 /// What one up frame brought: a client message, or several (a pack).
