@@ -70,5 +70,8 @@ AGENTS_SERVER_BIN="$ROOT/target/debug/agents-server" npm --prefix tests/compat t
 step "cluster mode: nats-server $NATS_SERVER_VERSION, agents-server --nats nodes (the compat suite against a non-owner too)"
 cargo test -p agents-server-cli --features cluster-tests --test cluster --locked 2>&1 | tee "$LOG/cluster.log"
 
+step "cluster mode again, every forwarded frame through NATS (nodes without --direct-addr)"
+AGENTS_TEST_FRAMES=nats cargo test -p agents-server-cli --features cluster-tests --test cluster --locked 2>&1 | tee "$LOG/cluster-nats.log"
+
 step "done"
 summarize "$LOG"/*.log

@@ -20,6 +20,9 @@
 //! fragmented messages are refused (close 1003), messages are capped at
 //! 32 MiB (close 1009), and a socket's queue is bounded only by the load
 //! tool's scenarios, which always read what they are sent.
+//!
+//! With `--relay NATS_URL`, the echo-agent's echoes go through NATS and a
+//! bare echo (`--nats-echo`) instead: see [`crate::relay`].
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -33,6 +36,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::relay::Relay;
 
 /// Largest message accepted, as `agents-server`'s default.
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
@@ -48,20 +53,28 @@ const MCP_FRAME: &str = r#"{"mcp":{"prompts":[],"resources":[],"servers":{},"too
 /// How a client's new state begins.
 const STATE_PREFIX: &[u8] = br#"{"type":"cf_agent_state""#;
 
-/// Runs the server on 127.0.0.1:`port` until the process is killed.
-pub(crate) fn serve(port: u16) -> Result<()> {
+/// Runs the server on 127.0.0.1:`port` until the process is killed; echoes
+/// go through NATS at `relay` when given.
+pub(crate) fn serve(port: u16, relay: Option<&str>) -> Result<()> {
     // The default multi-thread runtime, as `agents-server` uses: one worker
     // per core the process may run on.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let relay = match relay {
+            Some(url) => Some(Relay::start(url, frame).await?),
+            None => None,
+        };
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         println!(
             "agents-bench limit server listening on http://{}",
             listener.local_addr()?
         );
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub {
+            relay,
+            ..Hub::default()
+        });
         loop {
             let (stream, _) = listener.accept().await?;
             let hub = hub.clone();
@@ -78,6 +91,8 @@ pub(crate) fn serve(port: u16) -> Result<()> {
 struct Hub {
     rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
     next_key: AtomicU64,
+    /// Where echoes go when they go through NATS.
+    relay: Option<Arc<Relay>>,
 }
 
 /// One instance: its sockets and the counter's count.
@@ -174,12 +189,17 @@ async fn socket(mut stream: TcpStream, hub: Arc<Hub>) -> Result<()> {
     let room_key = format!("{agent:?}/{name}");
     let key = hub.next_key.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::unbounded_channel();
+    if let Some(relay) = &hub.relay {
+        relay.join(key, tx.clone());
+    }
     let mut conn = Conn {
         agent,
         key,
         room: Arc::default(),
         out: Vec::new(),
         rx,
+        relay: hub.relay.clone(),
+        up: Vec::new(),
     };
     {
         // Joined (and left) under the hub's lock, so that a room is never
@@ -208,6 +228,9 @@ async fn socket(mut stream: TcpStream, hub: Arc<Hub>) -> Result<()> {
         conn.out.push(frame(1, MCP_FRAME.as_bytes()));
     }
     let result = conn.run(&mut stream).await;
+    if let Some(relay) = &hub.relay {
+        relay.leave(key);
+    }
     let mut rooms = hub.rooms.lock().expect("hub lock");
     let mut room = conn.room.lock().expect("room lock");
     room.peers.retain(|(k, _)| *k != key);
@@ -240,8 +263,11 @@ struct Conn {
     room: Arc<Mutex<Room>>,
     /// Frames for this socket, written together.
     out: Vec<Bytes>,
-    /// Frames other sockets queued for this one.
+    /// Frames other sockets (or the relay) queued for this one.
     rx: mpsc::UnboundedReceiver<Bytes>,
+    relay: Option<Arc<Relay>>,
+    /// Echoes to send through the relay.
+    up: Vec<Bytes>,
 }
 
 /// What reading one frame asks of the socket loop.
@@ -277,6 +303,9 @@ impl Conn {
                     if rbuf.is_empty() {
                         // Nothing pending: hold no buffer while idle.
                         rbuf = BytesMut::new();
+                    }
+                    if let Some(relay) = &self.relay {
+                        relay.send(self.up.drain(..)).await?;
                     }
                 }
                 Some(first) = self.rx.recv() => self.out.push(first),
@@ -377,6 +406,11 @@ impl Conn {
         match self.agent {
             Agent::Echo if opcode == 1 && payload.starts_with(STATE_PREFIX) => {
                 self.broadcast(frame(1, &payload), false);
+            }
+            Agent::Echo if self.relay.is_some() => {
+                if let Some(relay) = &self.relay {
+                    self.up.push(relay.message(self.key, opcode, &payload));
+                }
             }
             Agent::Echo => self.out.push(frame(opcode, &payload)),
             Agent::Counter if opcode == 1 => {

@@ -11,6 +11,7 @@
 
 mod client;
 mod limit;
+mod relay;
 mod scenarios;
 mod scrape;
 
@@ -39,6 +40,17 @@ pub(crate) struct Args {
     /// With --serve-limit: the port (0 picks one; the address is printed).
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// With --serve-limit: echo through NATS at this URL and a `--nats-echo`
+    /// process (the limit of a cluster node forwarding to the owner).
+    #[arg(long)]
+    relay: Option<String>,
+    /// Run the bare NATS echo (the owner side of `--relay`) on this NATS URL.
+    #[arg(long)]
+    nats_echo: Option<String>,
+    /// Run the bare TCP echo (the owner side of `--relay tcp://…`) on this
+    /// port (0 picks one; the address is printed).
+    #[arg(long)]
+    tcp_echo: Option<u16>,
     /// Server base URL (must be on 127.0.0.1).
     #[arg(long, default_value = "ws://127.0.0.1:8787")]
     url: String,
@@ -136,7 +148,13 @@ impl Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.serve_limit {
-        return limit::serve(args.port);
+        return limit::serve(args.port, args.relay.as_deref());
+    }
+    if let Some(url) = &args.nats_echo {
+        return relay::echo(url);
+    }
+    if let Some(port) = args.tcp_echo {
+        return relay::tcp_echo(port);
     }
     ensure!(
         args.url.starts_with("ws://127.0.0.1:") || args.url.starts_with("ws://localhost:"),

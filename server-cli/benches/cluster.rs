@@ -6,7 +6,16 @@
 //! cluster tests) and release nodes, all on 127.0.0.1; bounded in count and
 //! time. Prints one JSON line per run and a summary table.
 //!
+//! Echo is also measured against the machine's limit, from `agents-bench`
+//! (built first, below): its bare WebSocket server for direct echo, and
+//! the same server relaying each message through the same nats-server to
+//! a bare NATS echo for forwarded echo — no sequence numbers, flow control,
+//! actor or queues, one subscription per process — and relaying over one
+//! TCP connection straight to a bare TCP echo instead (forwarding without
+//! a broker in between).
+//!
 //! ```text
+//! cargo build --release -p agents-bench --locked
 //! NATS_SERVER=… cargo bench -p agents-server-cli --features cluster-tests --bench cluster \
 //!     -- [--only echo,rpc,failover] [--rounds 3] [--kills 20] [--ttl 5]
 //! ```
@@ -122,18 +131,62 @@ async fn run(args: Args) -> Result<()> {
 }
 
 /// Echo on one instance: sockets on its owner (direct) against sockets on
-/// another node (forwarded), alternating, `--rounds` times.
+/// another node, whose frames go over the direct connection between the
+/// nodes (`--direct-addr`) or, between nodes without it, through NATS; and
+/// the same through the machine's limit (bare direct, bare relayed through
+/// NATS, bare relayed over TCP), in turn, `--rounds` times.
 async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
     let nats = Nats::start("bench-echo").await;
+    let (url, ttl) = (nats.url(), args.ttl.to_string());
+    let node = |direct: bool| {
+        let mut node_args = vec!["--nats", &url, "--lease-ttl", &ttl];
+        if direct {
+            node_args.extend(["--direct-addr", "127.0.0.1:0"]);
+        }
+        async move { Node::start_with(&node_args).await }
+    };
+    // Instance `bench` on node 0, reached directly from node 1; instance
+    // `bench-nats` on node 2, reached through NATS from node 3.
     let nodes = [
-        Node::start_with_ttl(&nats.url(), args.ttl).await,
-        Node::start_with_ttl(&nats.url(), args.ttl).await,
+        node(true).await,
+        node(true).await,
+        node(false).await,
+        node(false).await,
     ];
-    let path = "/agents/echo-agent/bench";
-    // Held open throughout, so the instance lives on node 0.
-    let mut anchor = util::Client::connect(&nodes[0].url(path)).await;
-    anchor.handshake().await;
+    let (path, nats_path) = ("/agents/echo-agent/bench", "/agents/echo-agent/bench-nats");
+    // Held open throughout, so that the instances live where said.
+    let mut anchors = Vec::new();
+    for (node, path) in [(&nodes[0], path), (&nodes[2], nats_path)] {
+        let mut anchor = util::Client::connect(&node.url(path)).await;
+        anchor.handshake().await;
+        anchors.push(anchor);
+    }
     let pids = pids(&nats, &nodes);
+    let bare = Bare::start(&nats).await?;
+    let nats_pid = nats.child.id().context("nats-server exited")?;
+    // Each side: its label, its URL, and the processes whose CPU counts.
+    let sides = [
+        ("direct", nodes[0].url(path), pids.clone()),
+        ("forwarded", nodes[1].url(path), pids.clone()),
+        ("forwarded through NATS", nodes[3].url(nats_path), pids),
+        (
+            "limit, direct",
+            format!("ws://{}{path}", bare.direct_addr),
+            vec![bare.pid(0)?],
+        ),
+        (
+            "limit, through NATS",
+            format!("ws://{}{path}", bare.relay_addr),
+            vec![bare.pid(1)?, bare.pid(2)?, nats_pid],
+        ),
+        (
+            "limit, over TCP",
+            format!("ws://{}{path}", bare.tcp_relay_addr),
+            vec![bare.pid(3)?, bare.pid(4)?],
+        ),
+    ];
+    // Which side each is compared with (its "direct").
+    let base = [0, 0, 0, 3, 3, 3];
     let n = args.connections;
     let every = Duration::from_secs(1) / args.paced_rate.max(1);
     // Each kind of run: its name, its load (for the latency row), sockets,
@@ -161,38 +214,140 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
             Some(every),
         ),
     ];
-    // Per kind: the direct runs and the forwarded runs.
-    let mut runs: Vec<[Vec<Run>; 2]> = kinds.iter().map(|_| Default::default()).collect();
+    // Per kind, per side: the runs.
+    let mut runs: Vec<Vec<Vec<Run>>> = kinds
+        .iter()
+        .map(|_| vec![Vec::new(); sides.len()])
+        .collect();
     for round in 1..=args.rounds {
         // Alternate which side goes first.
-        let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
-        for node in order {
-            let url = nodes[node].url(path);
-            let label = if node == 0 { "direct" } else { "forwarded" };
+        let mut order: Vec<usize> = (0..sides.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for side in order {
+            let (label, url, pids) = &sides[side];
             for ((part, _, sockets, messages, pace), runs) in kinds.iter().zip(&mut runs) {
-                let run = echo_run(args, &url, *sockets, *messages, *pace, &pids);
+                let run = echo_run(args, url, *sockets, *messages, *pace, pids);
                 let run = timed(run).await?;
                 report(part, label, round, &run);
-                runs[node].push(run);
+                runs[side].push(run);
             }
         }
     }
-    anchor.close(1000, "").await;
-    let mut out = Vec::new();
-    for ((part, ..), [direct, forwarded]) in kinds.iter().zip(&runs) {
-        out.extend(compare(part, "direct", direct, "forwarded", forwarded));
+    for anchor in &mut anchors {
+        anchor.close(1000, "").await;
     }
-    for ((_, load, ..), [d, f]) in kinds.iter().zip(&runs) {
-        out.push((
-            format!("echo: added latency p50 / p99, {load} (forwarded − direct)"),
-            format!(
-                "{:+.0} / {:+.0} µs",
-                median(pair(f, d, |f, d| f.p50_us - d.p50_us)),
-                median(pair(f, d, |f, d| f.p99_us - d.p99_us))
-            ),
-        ));
+    let mut out = Vec::new();
+    for ((part, ..), runs) in kinds.iter().zip(&runs) {
+        for (side, (label, ..)) in sides.iter().enumerate() {
+            if base[side] == side {
+                continue;
+            }
+            let (b, (base_label, ..)) = (base[side], &sides[base[side]]);
+            let rows = compare(part, base_label, &runs[b], label, &runs[side]);
+            // Each base's own row once.
+            let skip = usize::from(side != b + 1);
+            out.extend(rows.into_iter().skip(skip));
+        }
+    }
+    for ((_, load, ..), runs) in kinds.iter().zip(&runs) {
+        for (side, (label, ..)) in sides.iter().enumerate() {
+            let b = base[side];
+            if b == side {
+                continue;
+            }
+            let (f, d) = (&runs[side], &runs[b]);
+            out.push((
+                format!(
+                    "echo: added latency p50 / p99, {load}, {label} − {}",
+                    sides[b].0
+                ),
+                format!(
+                    "{:+.0} / {:+.0} µs",
+                    median(pair(f, d, |f, d| f.p50_us - d.p50_us)),
+                    median(pair(f, d, |f, d| f.p99_us - d.p99_us))
+                ),
+            ));
+        }
     }
     Ok(out)
+}
+
+/// The machine's limit for echo, from `agents-bench`: its bare WebSocket
+/// server, the same relaying through NATS to a bare NATS echo, and
+/// relaying over TCP to a bare TCP echo (killed on drop).
+struct Bare {
+    children: Vec<tokio::process::Child>,
+    direct_addr: String,
+    relay_addr: String,
+    tcp_relay_addr: String,
+}
+
+impl Bare {
+    async fn start(nats: &Nats) -> Result<Bare> {
+        // `target/release/deps/cluster-…` → `target/release/agents-bench`.
+        let exe = std::env::current_exe()?;
+        let bin = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .context("no target directory")?
+            .join("agents-bench");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: cargo build --release -p agents-bench --locked",
+            bin.display()
+        );
+        let url = nats.url();
+        let mut children = Vec::new();
+        let mut lines: Vec<String> = Vec::new();
+        let addr = |line: &str| {
+            line.rsplit("http://")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        };
+        for i in 0..5 {
+            let tcp = match i {
+                4 => format!("tcp://{}", addr(&lines[3])),
+                _ => String::new(),
+            };
+            let args = match i {
+                0 => vec!["--nats-echo", &url],
+                1 => vec!["--serve-limit", "--port", "0"],
+                2 => vec!["--serve-limit", "--port", "0", "--relay", &url],
+                3 => vec!["--tcp-echo", "0"],
+                _ => vec!["--serve-limit", "--port", "0", "--relay", &tcp],
+            };
+            let mut child = tokio::process::Command::new(&bin)
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            let out = child.stdout.take().context("no stdout")?;
+            let mut out = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
+            let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
+                .await
+                .context("agents-bench did not start")??
+                .context("agents-bench exited")?;
+            lines.push(line);
+            children.push(child);
+        }
+        Ok(Bare {
+            direct_addr: addr(&lines[1]),
+            relay_addr: addr(&lines[2]),
+            tcp_relay_addr: addr(&lines[4]),
+            children,
+        })
+    }
+
+    /// 0: the bare server, 1: the one relaying through NATS, 2: the NATS
+    /// echo, 3: the one relaying over TCP, 4: the TCP echo.
+    fn pid(&self, which: usize) -> Result<u32> {
+        let child = [1, 2, 0, 4, 3][which];
+        self.children[child].id().context("agents-bench exited")
+    }
 }
 
 /// One echo run: `connections` sockets, each `messages` round trips, one

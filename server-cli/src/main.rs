@@ -60,6 +60,16 @@ struct Args {
     /// on_connect (then HTTP 504, or close 1013).
     #[arg(long, env = "AGENTS_FORWARD_TIMEOUT", default_value_t = secs(agents_server::FORWARDED_REQUEST_TIMEOUT))]
     forward_timeout: f64,
+    /// Cluster mode: listen here (e.g. 0.0.0.0:7787) for direct
+    /// connections from other nodes, which then send the frames of sockets
+    /// forwarded to this node over them instead of through NATS (more than
+    /// twice the forwarded throughput on a small machine). Off unless given.
+    #[arg(long, env = "AGENTS_DIRECT_ADDR", value_name = "ADDR")]
+    direct_addr: Option<SocketAddr>,
+    /// Cluster mode: the host:port other nodes reach --direct-addr at
+    /// (needed when it listens on every interface).
+    #[arg(long, env = "AGENTS_DIRECT_ADVERTISE", value_name = "HOST:PORT")]
+    direct_advertise: Option<String>,
     /// Check health and exit: GET this URL (e.g.
     /// http://127.0.0.1:9787/healthz); exit 0 on 200, 1 otherwise.
     #[arg(long, value_name = "URL")]
@@ -224,10 +234,17 @@ async fn main() -> anyhow::Result<()> {
             .lease_ttl(duration("lease-ttl", args.lease_ttl)?)
             .replicas(args.nats_replicas)
             .forward_timeout(duration("forward-timeout", args.forward_timeout)?);
+        let options = match args.direct_addr {
+            Some(addr) => options.direct(addr, args.direct_advertise.clone()),
+            None if args.direct_advertise.is_some() => {
+                anyhow::bail!("--direct-advertise needs --direct-addr")
+            }
+            None => options,
+        };
         let cluster = agents_server::Cluster::connect(options)
             .await
             .with_context(|| format!("cannot join the cluster at --nats {urls}"))?;
-        tracing::info!(node = %cluster.node_id(), "joined the cluster");
+        tracing::info!(node = %cluster.node_id(), direct = ?cluster.direct_addr(), "joined the cluster");
         server = server.cluster(cluster);
     }
     let server = server

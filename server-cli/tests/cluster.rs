@@ -184,6 +184,14 @@ async fn sockets_on_any_node_reach_the_one_owner() {
     c.handshake().await;
     assert!(nodes[0].runs("counter-agent").await);
     assert!(!nodes[1].runs("counter-agent").await && !nodes[2].runs("counter-agent").await);
+    // The frames take the way the nodes were started for.
+    for node in &nodes[1..] {
+        let (direct, nats) = (node.links_via("direct").await, node.links_via("nats").await);
+        match support::direct() {
+            true => assert!(direct >= 1.0 && nats == 0.0, "{direct} {nats}"),
+            false => assert!(direct == 0.0 && nats >= 1.0, "{direct} {nats}"),
+        }
+    }
 
     // RPC from a forwarded socket: the state reaches all three, then the reply.
     b.send(&rpc("1", "increment", json!([5]))).await;
@@ -677,7 +685,10 @@ async fn slow_cluster(
     let nats = Nats::start(what).await;
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let options = options(agents_server::ClusterOptions::new([nats.url()]));
+        let mut options = options(agents_server::ClusterOptions::new([nats.url()]));
+        if support::direct() {
+            options = options.direct(([127, 0, 0, 1], 0).into(), None);
+        }
         let cluster = agents_server::Cluster::connect(options).await.unwrap();
         let server = agents_server::AgentServer::new()
             .agent("Slow", |_| Slow::default())
@@ -882,4 +893,57 @@ async fn a_client_flooding_a_busy_instance_through_another_node_is_held_back() {
         .expect("stream ended")
         .unwrap();
     assert_eq!(frame, Ws::text((MESSAGES + 1).to_string()));
+}
+
+/// The listener for direct connections from other nodes takes only nodes
+/// that know its secret (told over NATS): garbage, a wrong secret, an
+/// oversized name or silence get the connection closed (silence after 2 s),
+/// and the sockets forwarded over the real link go on, as do new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_the_direct_port_are_turned_away() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = Nats::start("direct-hostile").await;
+    let mut nodes = Vec::new();
+    let mut direct = Vec::new();
+    for _ in 0..2 {
+        let options = agents_server::ClusterOptions::new([nats.url()])
+            .direct(([127, 0, 0, 1], 0).into(), None);
+        let cluster = agents_server::Cluster::connect(options).await.unwrap();
+        direct.push(cluster.direct_addr().expect("listens"));
+        let server = agents_server::AgentServer::new()
+            .agent("Slow", |_| Slow::default())
+            .cluster(cluster);
+        nodes.push(TestServer::start(server).await);
+    }
+    let path = "/agents/slow/hostile";
+    let mut owner = Client::connect(&nodes[0].url(path)).await;
+    owner.handshake().await;
+    let mut far = Client::connect(&nodes[1].url(path)).await;
+    far.handshake().await;
+    far.send("one").await;
+
+    let mut wrong_secret = b"AGL1".to_vec();
+    wrong_secret.extend_from_slice(&[0; 16]);
+    wrong_secret.push(4);
+    wrong_secret.extend_from_slice(b"evil");
+    let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20);
+    for hello in [garbage, wrong_secret, Vec::new()] {
+        let mut stranger = tokio::net::TcpStream::connect(&direct[0]).await.unwrap();
+        stranger.write_all(&hello).await.unwrap();
+        let mut buf = [0u8; 64];
+        // Closed without an answer (reset or end of stream), not left open.
+        let read = tokio::time::timeout(WAIT, stranger.read(&mut buf))
+            .await
+            .expect("the stranger's connection is closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+
+    far.send("two").await;
+    far.send("count").await;
+    assert_eq!(far.text().await, "2");
+    let mut again = Client::connect(&nodes[1].url(path)).await;
+    again.handshake().await;
+    again.send("count").await;
+    assert_eq!(again.text().await, "2");
+    owner.sentinel().await;
 }

@@ -23,6 +23,7 @@
 //! | `agents_state_writes_total` | counter | `agent` |
 //! | `agents_storage_commit_seconds` | histogram | — |
 //! | `agents_storage_failures_total` | counter | — |
+//! | `agents_cluster_links_total` | counter | `via` (`direct`, `nats`): links to owner nodes set up |
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -64,6 +65,13 @@ impl Limit {
             Limit::OutboundQueue => "outbound_queue",
         }
     }
+}
+
+/// Counts a link to an owner node set up for forwarded sockets, by how
+/// their frames travel (directly, or through NATS).
+pub(crate) fn cluster_link(direct: bool) {
+    let via = if direct { "direct" } else { "nats" };
+    metrics::counter!("agents_cluster_links_total", "via" => via).increment(1);
 }
 
 /// Counts a refusal by `limit`.

@@ -18,6 +18,14 @@ use crate::util::{http_get, Client, WAIT};
 /// Lease TTL of the test nodes, in seconds.
 pub(crate) const TTL: u64 = 2;
 
+/// Whether the test nodes listen for direct connections from each other
+/// (so that forwarded frames skip NATS), as recommended: unless
+/// `AGENTS_TEST_FRAMES=nats`, with which every frame crosses NATS
+/// (`./scripts/test.sh` runs the suite both ways).
+pub(crate) fn direct() -> bool {
+    std::env::var("AGENTS_TEST_FRAMES").as_deref() != Ok("nats")
+}
+
 /// How long a failover may take in these tests (TTL + the client's retries,
 /// with room for a loaded machine).
 pub(crate) const FAILOVER: Duration = Duration::from_secs(20);
@@ -125,7 +133,12 @@ impl Node {
     }
 
     pub(crate) async fn start_with_ttl(nats: &str, ttl: u64) -> Node {
-        Self::start_with(&["--nats", nats, "--lease-ttl", &ttl.to_string()]).await
+        let ttl = ttl.to_string();
+        let mut args = vec!["--nats", nats, "--lease-ttl", &ttl];
+        if direct() {
+            args.extend(["--direct-addr", "127.0.0.1:0"]);
+        }
+        Self::start_with(&args).await
     }
 
     /// Starts `agents-server` on free ports with an admin listener and `args`.
@@ -182,6 +195,16 @@ impl Node {
                     .and_then(|v| v.parse::<f64>().ok())
                     .is_some_and(|v| v > 0.0)
             })
+    }
+
+    /// How many links to owner nodes this node set up whose frames travel
+    /// `via` (`direct` or `nats`), from its metrics.
+    pub(crate) async fn links_via(&self, via: &str) -> f64 {
+        let (_, text) = http_get(self.admin, "/metrics", &[]).await;
+        let prefix = format!("agents_cluster_links_total{{via=\"{via}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
     }
 
     /// Sends `signal` (`kill -<signal>`); for `STOP`, returns only once

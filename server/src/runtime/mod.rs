@@ -8,6 +8,7 @@
 
 pub(crate) mod actor;
 pub(crate) mod cluster;
+pub(crate) mod direct;
 pub(crate) mod frame;
 pub(crate) mod hooks;
 pub(crate) mod registry;
