@@ -896,9 +896,9 @@ async fn a_client_flooding_a_busy_instance_through_another_node_is_held_back() {
 }
 
 /// The listener for direct connections from other nodes takes only nodes
-/// that know its secret (told over NATS): garbage, a wrong secret, an
-/// oversized name or silence get the connection closed (silence after 2 s),
-/// and the sockets forwarded over the real link go on, as do new ones.
+/// that know its secret (told over NATS): garbage, a wrong secret or
+/// silence get the connection closed (silence after 2 s), and the sockets
+/// forwarded over the real link go on, as do new ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_on_the_direct_port_are_turned_away() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -946,4 +946,51 @@ async fn strangers_on_the_direct_port_are_turned_away() {
     again.send("count").await;
     assert_eq!(again.text().await, "2");
     owner.sentinel().await;
+}
+
+/// A node with `--direct-addr` and one without, each owning an instance
+/// the other forwards to: frames to the first go over the direct
+/// connection, frames to the second through NATS, and neither way takes
+/// the other's path (the owner of the second instance once sent its
+/// frames down the connection the other node had opened to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_and_without_direct_connections_forward_both_ways() {
+    let nats = Nats::start("mixed").await;
+    let ttl = TTL.to_string();
+    let with = Node::start_with(&[
+        "--nats",
+        &nats.url(),
+        "--lease-ttl",
+        &ttl,
+        "--direct-addr",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let without = Node::start_with(&["--nats", &nats.url(), "--lease-ttl", &ttl]).await;
+    // `a` lives on the node that listens, `b` on the one that does not.
+    let mut a_owner = Client::connect(&with.url("/agents/echo-agent/a")).await;
+    a_owner.handshake().await;
+    let mut b_owner = Client::connect(&without.url("/agents/echo-agent/b")).await;
+    b_owner.handshake().await;
+    for round in 0..2 {
+        // Through the direct connection first, then through NATS.
+        let mut a_far = Client::connect(&without.url("/agents/echo-agent/a")).await;
+        a_far.handshake().await;
+        let mut b_far = Client::connect(&with.url("/agents/echo-agent/b")).await;
+        b_far.handshake().await;
+        for i in 0..20 {
+            a_far.send(&format!("a{round}.{i}")).await;
+            b_far.send(&format!("b{round}.{i}")).await;
+        }
+        for i in 0..20 {
+            assert_eq!(a_far.text().await, format!("a{round}.{i}"));
+            assert_eq!(b_far.text().await, format!("b{round}.{i}"));
+        }
+        a_far.close(1000, "").await;
+        b_far.close(1000, "").await;
+    }
+    assert!(without.links_via("direct").await >= 1.0);
+    assert!(with.links_via("nats").await >= 1.0 && with.links_via("direct").await == 0.0);
+    a_owner.sentinel().await;
+    b_owner.sentinel().await;
 }

@@ -753,35 +753,62 @@ impl Node {
     /// Owner side: takes direct connections from other nodes, until this
     /// node is gone.
     async fn listen(node: Weak<Node>, listener: tokio::net::TcpListener) {
+        let hellos = Arc::new(tokio::sync::Semaphore::new(direct::MAX_HELLOS));
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let accepted = listener.accept().await;
+            let Some(this) = node.upgrade() else { return };
+            let Ok((mut stream, _)) = accepted else {
                 // (Out of file descriptors, say: try again shortly.)
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let Some(this) = node.upgrade() else { return };
+            // At most so many strangers are heard at once; more are
+            // turned away at once (they hold a file descriptor each).
+            let Ok(hearing) = hellos.clone().try_acquire_owned() else {
+                continue;
+            };
             tokio::spawn(async move {
                 let Some(info) = &this.direct else { return };
-                let Some(id) = direct::accept(&mut stream, &info.secret).await else {
+                let Some(id) = direct::hello(&mut stream, &info.secret).await else {
                     return;
                 };
-                this.linked(id.into(), stream).await;
+                drop(hearing);
+                // Known before the peer hears it may go on: its next
+                // open request finds the link.
+                let peer = this.link_from(id.into(), stream);
+                if let Some((peer, stream)) = peer {
+                    this.linked(peer, stream).await;
+                }
             });
         }
+    }
+
+    /// Owner side: registers a peer that said hello (a link it made
+    /// before this one is gone for it: it links once per time it finds us
+    /// alive), then tells it so; `None` if that fails.
+    fn link_from(
+        &self,
+        id: Arc<str>,
+        stream: tokio::net::TcpStream,
+    ) -> Option<(Arc<Peer>, direct::Records)> {
+        let peer = Arc::new(Peer::new(id.clone(), self.fence().child_token()));
+        let (tx, records) = direct::start(stream, peer.dead.clone());
+        let _ = peer.direct_down.set(tx.clone());
+        if let Some(old) = lock(&self.direct_in).insert(id, peer.clone()) {
+            old.dead.cancel();
+        }
+        if !tx.welcome() {
+            peer.dead.cancel();
+            self.forget(&peer);
+            return None;
+        }
+        Some((peer, records))
     }
 
     /// Owner side: a peer linked directly: its sockets' frames arrive here
     /// and their owner's frames go down the same connection, until it
     /// closes (then the sockets forwarded over it end, as when a peer dies).
-    async fn linked(self: Arc<Self>, id: Arc<str>, stream: tokio::net::TcpStream) {
-        let peer = Arc::new(Peer::new(id.clone(), self.fence().child_token()));
-        let (tx, mut records) = direct::start(stream, peer.dead.clone());
-        let _ = peer.direct.set(tx);
-        // A link the peer made before this one is gone for it (it links
-        // once per time it finds us alive).
-        if let Some(old) = lock(&self.direct_in).insert(id, peer.clone()) {
-            old.dead.cancel();
-        }
+    async fn linked(self: Arc<Self>, peer: Arc<Peer>, mut records: direct::Records) {
         // Pinged like any peer (a paused peer keeps its connection open),
         // but not dropped for lack of sockets: the entry node decides that.
         let node = Arc::downgrade(&self);
@@ -810,7 +837,7 @@ impl Node {
         peer.downlink
             .get_or_init(|| {
                 let link = Arc::new(Downlink::default());
-                let wire = match peer.direct.get() {
+                let wire = match peer.direct_down.get() {
                     Some(tx) => Wire::Direct(tx.clone(), 0),
                     None => Wire::Nats(
                         Arc::new(self.client.clone()),
@@ -837,7 +864,7 @@ impl Node {
                 let inbound = Arc::new(Inbound::default());
                 let down: direct::Records = match self.link_to(me, peer).await {
                     Some((tx, records)) => {
-                        let _ = peer.direct.set(tx);
+                        let _ = peer.direct_up.set(tx);
                         crate::metrics::cluster_link(true);
                         records
                     }
@@ -964,7 +991,7 @@ impl Node {
         let credit = Arc::new(Credit::new());
         lock(&inbound.credits).insert(conn.key(), credit.clone());
         unlink.disarm();
-        let direct = peer.direct.get().cloned();
+        let direct = peer.direct_up.get().cloned();
         let up = match &direct {
             Some(tx) => Wire::Direct(tx.clone(), conn.key()),
             None => Wire::Nats(
@@ -1182,7 +1209,8 @@ impl Node {
         let (up, peer, _uplink) = if headers.get(DIRECT).is_some() {
             // The peer linked directly before it asked (a link that broke
             // since ended this socket on its side too).
-            let Some(peer) = lock(&self.direct_in).get(&peer_id).cloned() else {
+            let peer = lock(&self.direct_in).get(&peer_id).cloned();
+            let Some(peer) = peer.filter(|p| !p.dead.is_cancelled()) else {
                 return answer(false).await;
             };
             peer.links.fetch_add(1, Ordering::AcqRel);
@@ -1331,10 +1359,15 @@ pub(crate) struct Peer {
     downlink: std::sync::OnceLock<Arc<Downlink>>,
     /// Entry side: the peer's frames for our sockets.
     inbound: tokio::sync::OnceCell<Arc<Inbound>>,
-    /// The direct connection with the peer, when there is one: entry
-    /// side, where our sockets' frames go up; owner side, where the
-    /// downlink goes.
-    direct: std::sync::OnceLock<LinkTx>,
+    /// Entry side: the direct connection to the owner, when there is one
+    /// (our sockets' frames go up on it).
+    direct_up: std::sync::OnceLock<LinkTx>,
+    /// Owner side, for a peer in [`Node::direct_in`] only: the direct
+    /// connection from it (its downlink goes on it). A peer that is both
+    /// (each owns instances the other forwards to) has two [`Peer`]s, so
+    /// that frames for its sockets forwarded through NATS never take a
+    /// connection it did not open for them.
+    direct_down: std::sync::OnceLock<LinkTx>,
     /// Owner side, linked directly: each forwarded socket's frames, by its
     /// key on the peer (at most [`UP_WINDOW`] of them on their way, as the
     /// owner grants).
@@ -1349,7 +1382,8 @@ impl Peer {
             links: AtomicUsize::new(1),
             downlink: std::sync::OnceLock::new(),
             inbound: tokio::sync::OnceCell::new(),
-            direct: std::sync::OnceLock::new(),
+            direct_up: std::sync::OnceLock::new(),
+            direct_down: std::sync::OnceLock::new(),
             uplinks: Mutex::default(),
         }
     }
@@ -2314,7 +2348,7 @@ impl Wire {
 }
 
 /// Publishes `frames` up in order, counting in `went` those that went;
-/// false when NATS refused one.
+/// false when one cannot go (NATS refused it, or the direct connection is gone).
 async fn publish_up(
     up: Wire,
     frames: impl IntoIterator<Item = Bytes>,
