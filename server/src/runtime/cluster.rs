@@ -148,9 +148,11 @@ impl ClusterOptions {
     /// doubles forwarded throughput (`docs/cluster.md`). Other nodes reach
     /// this one at `advertise`, or at `bind` when it names one interface.
     /// NATS still carries everything else, and tells the other nodes the
-    /// address and a secret that a connection must present, so only nodes
-    /// on the cluster's NATS can use it. Off by default: frames then go
-    /// through NATS, as they also do to and from nodes without it.
+    /// address and a secret that a connection must present. The secret
+    /// and the frames cross the connection unencrypted: keep the port on
+    /// a private network that only the nodes reach. Off by default:
+    /// frames then go through NATS, as they also do to and from nodes
+    /// without it.
     pub fn direct(mut self, bind: std::net::SocketAddr, advertise: Option<String>) -> Self {
         self.direct = Some((bind, advertise));
         self
