@@ -864,27 +864,28 @@ impl Node {
         peer.inbound
             .get_or_try_init(|| async {
                 let inbound = Arc::new(Inbound::default());
-                let down: direct::Records = match self.link_to(me, peer).await {
-                    Some((tx, records)) => {
-                        let _ = peer.direct_up.set(tx);
-                        crate::metrics::cluster_link(true);
-                        records
-                    }
-                    None => {
-                        let down = self
-                            .client
-                            .subscribe(format!("agents.{me}.down.{}", peer.id))
-                            .await
-                            .map_err(|_| ())?;
-                        barrier(&self.client).await;
-                        crate::metrics::cluster_link(false);
-                        down.map(|msg| (0, msg.payload)).boxed()
-                    }
-                };
+                let down: futures_util::stream::BoxStream<'static, Bytes> =
+                    match self.link_to(me, peer).await {
+                        Some((tx, records)) => {
+                            let _ = peer.direct_up.set(tx);
+                            crate::metrics::cluster_link(true);
+                            records.map(|(_, frame)| frame).boxed()
+                        }
+                        None => {
+                            let down = self
+                                .client
+                                .subscribe(format!("agents.{me}.down.{}", peer.id))
+                                .await
+                                .map_err(|_| ())?;
+                            barrier(&self.client).await;
+                            crate::metrics::cluster_link(false);
+                            down.map(|msg| msg.payload).boxed()
+                        }
+                    };
                 let dead = peer.dead.clone();
                 let demuxed = inbound.clone();
                 tokio::spawn(async move {
-                    demux(down.map(|(_, frame)| frame).boxed(), demuxed, dead.clone()).await;
+                    demux(down, demuxed, dead.clone()).await;
                     // (A direct connection that closed: the peer's gone
                     // for us, as if it stopped answering pings.)
                     dead.cancel();
