@@ -59,6 +59,10 @@ struct Args {
     /// Rounds of each comparison (each round measures both sides).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Comma-separated kinds of echo run: saturated, one (one socket),
+    /// paced.
+    #[arg(long, default_value = "saturated,one,paced")]
+    kinds: String,
     /// Sockets on the one instance (echo and rpc).
     #[arg(long, default_value_t = 50)]
     connections: usize,
@@ -93,7 +97,7 @@ struct Args {
 }
 
 /// What one measured run saw.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Run {
     /// Operations (round trips or calls) per second, all sockets together.
     per_sec: f64,
@@ -101,6 +105,14 @@ struct Run {
     p99_us: f64,
     /// CPU time of every server process (nodes and NATS) per operation.
     cpu_us: f64,
+    /// Context switches of the server processes' threads per operation
+    /// (each is a thread that slept and was woken, or was preempted).
+    switches: f64,
+    /// Time the server processes' threads waited to run (runnable, but
+    /// the CPUs were busy) per operation, in µs.
+    waited_us: f64,
+    /// Every operation's latency, sorted.
+    latencies: Vec<Duration>,
 }
 
 fn main() -> Result<()> {
@@ -191,8 +203,10 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
     let every = Duration::from_secs(1) / args.paced_rate.max(1);
     // Each kind of run: its name, its load (for the latency row), sockets,
     // round trips per socket, and the pace (none: back to back).
-    let kinds = [
+    let wanted: Vec<&str> = args.kinds.split(',').map(str::trim).collect();
+    let kinds: Vec<_> = [
         (
+            "saturated",
             "echo",
             format!("{n} sockets, saturated"),
             n,
@@ -200,6 +214,7 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
             None,
         ),
         (
+            "one",
             "echo, one socket",
             "1 socket".to_owned(),
             1,
@@ -207,13 +222,23 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
             None,
         ),
         (
+            "paced",
             "echo, paced",
             format!("{n} sockets at {}/s each", args.paced_rate),
             n,
             args.paced_messages,
             Some(every),
         ),
-    ];
+    ]
+    .into_iter()
+    .filter(|(name, ..)| wanted.contains(name))
+    .map(|(_, part, load, sockets, messages, pace)| (part, load, sockets, messages, pace))
+    .collect();
+    anyhow::ensure!(
+        !kinds.is_empty(),
+        "no echo kind in --kinds {} (saturated, one, paced)",
+        args.kinds
+    );
     // Per kind, per side: the runs.
     let mut runs: Vec<Vec<Vec<Run>>> = kinds
         .iter()
@@ -267,6 +292,19 @@ async fn echo(args: &Args) -> Result<Vec<(String, String)>> {
                     "{:+.0} / {:+.0} µs",
                     median(pair(f, d, |f, d| f.p50_us - d.p50_us)),
                     median(pair(f, d, |f, d| f.p99_us - d.p99_us))
+                ),
+            ));
+            // Every round's samples together: a hiccup of the machine in
+            // one round weighs as much on both sides.
+            out.push((
+                format!(
+                    "echo: added latency p50 / p99 pooled over rounds, {load}, {label} − {}",
+                    sides[b].0
+                ),
+                format!(
+                    "{:+.0} / {:+.0} µs",
+                    pooled(f, 0.5) - pooled(d, 0.5),
+                    pooled(f, 0.99) - pooled(d, 0.99)
                 ),
             ));
         }
@@ -518,21 +556,25 @@ where
     Fut: std::future::Future<Output = Result<Vec<Duration>>>,
 {
     let cpu_before = cpu(pids)?;
+    let sched_before = sched(pids);
     let started = Instant::now();
     let results = futures_util::future::join_all(loops()).await;
     let elapsed = started.elapsed();
     let cpu_after = cpu(pids)?;
+    let sched_after = sched(pids);
     let mut latencies = Vec::with_capacity(ops);
     for r in results {
         latencies.extend(r?);
     }
     latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
     Ok(Run {
         per_sec: ops as f64 / elapsed.as_secs_f64(),
-        p50_us: at(0.5),
-        p99_us: at(0.99),
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
         cpu_us: (cpu_after - cpu_before).as_secs_f64() * 1e6 / ops as f64,
+        switches: (sched_after.switches - sched_before.switches) as f64 / ops as f64,
+        waited_us: (sched_after.waited_ns - sched_before.waited_ns) as f64 / 1e3 / ops as f64,
+        latencies,
     })
 }
 
@@ -736,12 +778,52 @@ fn cpu(pids: &[u32]) -> Result<Duration> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// Scheduler counts summed over every thread of some processes.
+#[derive(Debug, Default)]
+struct Sched {
+    switches: u64,
+    waited_ns: u64,
+}
+
+/// From `/proc/<pid>/task/*/`: `status` (voluntary and involuntary
+/// context switches) and `schedstat` (time waiting on a run queue).
+/// Threads that ended between two readings are missed: the counts are
+/// for comparing sides, not exact.
+fn sched(pids: &[u32]) -> Sched {
+    let mut total = Sched::default();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
+                for line in status.lines() {
+                    if line.starts_with("voluntary_ctxt_switches")
+                        || line.starts_with("nonvoluntary_ctxt_switches")
+                    {
+                        let n = line.rsplit(char::is_whitespace).next().unwrap_or("0");
+                        total.switches += n.parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+            if let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) {
+                let waited = stat.split_whitespace().nth(1).unwrap_or("0");
+                total.waited_ns += waited.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 fn report(part: &str, label: &str, round: usize, r: &Run) {
     println!(
         "{}",
         json!({"part": part, "label": label, "round": round, "per_sec": r.per_sec.round(),
                "p50_us": r.p50_us.round(), "p99_us": r.p99_us.round(),
-               "cpu_us_per_op": (r.cpu_us * 10.0).round() / 10.0})
+               "cpu_us_per_op": (r.cpu_us * 10.0).round() / 10.0,
+               "switches_per_op": (r.switches * 100.0).round() / 100.0,
+               "waited_us_per_op": (r.waited_us * 10.0).round() / 10.0})
     );
 }
 
@@ -749,13 +831,15 @@ fn report(part: &str, label: &str, round: usize, r: &Run) {
 fn compare(part: &str, a: &str, ra: &[Run], b: &str, rb: &[Run]) -> Vec<(String, String)> {
     let side = |label: &str, runs: &[Run]| {
         (
-            format!("{part}: {label} ops/s, p50 / p99, CPU per op"),
+            format!("{part}: {label} ops/s, p50 / p99, CPU, switches, run-queue wait per op"),
             format!(
-                "{:.0}, {:.0} / {:.0} µs, {:.1} µs",
+                "{:.0}, {:.0} / {:.0} µs, {:.1} µs, {:.2}, {:.1} µs",
                 median(runs.iter().map(|r| r.per_sec).collect()),
                 median(runs.iter().map(|r| r.p50_us).collect()),
                 median(runs.iter().map(|r| r.p99_us).collect()),
                 median(runs.iter().map(|r| r.cpu_us).collect()),
+                median(runs.iter().map(|r| r.switches).collect()),
+                median(runs.iter().map(|r| r.waited_us).collect()),
             ),
         )
     };
@@ -771,6 +855,24 @@ fn compare(part: &str, a: &str, ra: &[Run], b: &str, rb: &[Run]) -> Vec<(String,
 
 fn pair(a: &[Run], b: &[Run], f: impl Fn(&Run, &Run) -> f64) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| f(x, y)).collect()
+}
+
+/// The `q` quantile of sorted latencies, in µs.
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[((n - 1) as f64 * q) as usize].as_secs_f64() * 1e6,
+    }
+}
+
+/// The `q` quantile of every run's latencies together.
+fn pooled(runs: &[Run], q: f64) -> f64 {
+    let mut all: Vec<Duration> = runs
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
+    all.sort_unstable();
+    percentile(&all, q)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

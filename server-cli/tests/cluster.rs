@@ -922,13 +922,21 @@ async fn strangers_on_the_direct_port_are_turned_away() {
     far.handshake().await;
     far.send("one").await;
 
-    let mut wrong_secret = b"AGL1".to_vec();
-    wrong_secret.extend_from_slice(&[0; 16]);
+    // A hello of the right shape whose mac is not made with the secret.
+    let mut wrong_secret = b"AGL2".to_vec();
+    wrong_secret.extend_from_slice(&[0; 16 + 32]);
     wrong_secret.push(4);
     wrong_secret.extend_from_slice(b"evil");
     let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20);
     for hello in [garbage, wrong_secret, Vec::new()] {
         let mut stranger = tokio::net::TcpStream::connect(&direct[0]).await.unwrap();
+        // The owner's challenge comes first, whoever connects.
+        let mut challenge = [0u8; 20];
+        tokio::time::timeout(WAIT, stranger.read_exact(&mut challenge))
+            .await
+            .expect("a challenge")
+            .unwrap();
+        assert_eq!(&challenge[..4], b"AGL2");
         stranger.write_all(&hello).await.unwrap();
         let mut buf = [0u8; 64];
         // Closed without an answer (reset or end of stream), not left open.

@@ -17,6 +17,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use crate::lock;
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -446,10 +448,6 @@ impl Flow {
             self.caught_up.notify_waiters();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One connection's outbound queue: filled by whoever sends, drained by the

@@ -130,3 +130,10 @@ pub use runtime::cluster::{
 pub use server::{AgentServer, Agents, Route};
 pub use static_files::static_files;
 pub use storage::{InstanceStorage, Storage};
+
+/// Locks `m`, also after a panic while it was held: what it guards is
+/// always left consistent between statements, so a panic elsewhere (in an
+/// agent's code) must not make it unusable for everyone else.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -31,7 +31,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::lock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -148,9 +150,11 @@ impl ClusterOptions {
     /// doubles forwarded throughput (`docs/cluster.md`). Other nodes reach
     /// this one at `advertise`, or at `bind` when it names one interface.
     /// NATS still carries everything else, and tells the other nodes the
-    /// address and a secret that a connection must present. The secret
-    /// and the frames cross the connection unencrypted: keep the port on
-    /// a private network that only the nodes reach. Off by default:
+    /// address and a secret that both ends of a connection prove they know
+    /// (a challenge and HMAC-SHA256 answer each way; the secret itself
+    /// never crosses the connection). The frames that follow cross it
+    /// unencrypted: keep the port on a private network that only the nodes
+    /// reach. Off by default:
     /// frames then go through NATS, as they also do to and from nodes
     /// without it.
     pub fn direct(mut self, bind: std::net::SocketAddr, advertise: Option<String>) -> Self {
@@ -263,10 +267,6 @@ pub(crate) enum Owner {
     Me(u64),
     /// Another node.
     Node(Arc<str>),
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn js_err(err: impl std::fmt::Display) -> ClusterError {
@@ -771,13 +771,13 @@ impl Node {
             };
             tokio::spawn(async move {
                 let Some(info) = &this.direct else { return };
-                let Some(id) = direct::hello(&mut stream, &info.secret).await else {
+                let Some(hello) = direct::hello(&mut stream, &info.secret).await else {
                     return;
                 };
                 drop(hearing);
                 // Known before the peer hears it may go on: its next
                 // open request finds the link.
-                let peer = this.link_from(id.into(), stream);
+                let peer = this.link_from(&hello, stream);
                 if let Some((peer, stream)) = peer {
                     this.linked(peer, stream).await;
                 }
@@ -790,16 +790,17 @@ impl Node {
     /// alive), then tells it so; `None` if that fails.
     fn link_from(
         &self,
-        id: Arc<str>,
+        hello: &direct::Hello,
         stream: tokio::net::TcpStream,
     ) -> Option<(Arc<Peer>, direct::Records)> {
+        let id: Arc<str> = hello.id.as_str().into();
         let peer = Arc::new(Peer::new(id.clone(), self.fence().child_token()));
         let (tx, records) = direct::start(stream, peer.dead.clone());
         let _ = peer.direct_down.set(tx.clone());
         if let Some(old) = lock(&self.direct_in).insert(id, peer.clone()) {
             old.dead.cancel();
         }
-        if !tx.welcome() {
+        if !tx.welcome(hello) {
             peer.dead.cancel();
             self.forget(&peer);
             return None;
