@@ -956,6 +956,51 @@ async fn strangers_on_the_direct_port_are_turned_away() {
     owner.sentinel().await;
 }
 
+/// An owner whose direct address cannot be used (here: it accepts and
+/// never says a word) is tried once: its sockets go through NATS, and the
+/// next link to it, within `DIRECT_RETRY`, does not wait on it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_direct_address_is_tried_once() {
+    let nats = Nats::start("direct-unusable").await;
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap().to_string();
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = tries.clone();
+    let _mute = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = mute.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let mut nodes = Vec::new();
+    for advertise in [Some(mute_addr), None] {
+        let options = agents_server::ClusterOptions::new([nats.url()])
+            .direct(([127, 0, 0, 1], 0).into(), advertise);
+        let cluster = agents_server::Cluster::connect(options).await.unwrap();
+        let server = agents_server::AgentServer::new()
+            .agent("Slow", |_| Slow::default())
+            .cluster(cluster);
+        nodes.push(TestServer::start(server).await);
+    }
+    let path = "/agents/slow/unusable";
+    let mut owner = Client::connect(&nodes[0].url(path)).await;
+    owner.handshake().await;
+    for round in 1..=2 {
+        let mut far = Client::connect(&nodes[1].url(path)).await;
+        far.handshake().await;
+        far.send("one").await;
+        far.send("count").await;
+        assert_eq!(far.text().await, round.to_string());
+        far.close(1000, "").await;
+        // Long enough for the entry node to drop its link to the owner
+        // (no socket left there), so that the next socket links anew.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
+    owner.sentinel().await;
+}
+
 /// A node with `--direct-addr` and one without, each owning an instance
 /// the other forwards to: frames to the first go over the direct
 /// connection, frames to the second through NATS, and neither way takes

@@ -64,6 +64,11 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// How long a request to another node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long an entry node forwards through NATS to a peer it could not
+/// connect to directly before it tries again (each try can take up to
+/// two [`REQUEST_TIMEOUT`]s while sockets wait to open).
+const DIRECT_RETRY: Duration = Duration::from_secs(30);
+
 /// Default [`ClusterOptions::forward_timeout`]: how long a plain HTTP
 /// request or a socket's opening, forwarded to the instance's owner, may
 /// take there (its `on_request` or `on_connect`, which on one node have no
@@ -227,6 +232,9 @@ pub(crate) struct Node {
     direct: Option<DirectInfo>,
     /// Owner side: the peers linked to this node directly, by their id.
     direct_in: Mutex<HashMap<Arc<str>, Arc<Peer>>>,
+    /// Entry side: peers a direct connection to failed, and when; their
+    /// frames go through NATS until [`DIRECT_RETRY`] later.
+    unreachable: Mutex<HashMap<Arc<str>, tokio::time::Instant>>,
 }
 
 /// What a node tells other nodes (over NATS) about its direct listener.
@@ -379,6 +387,7 @@ impl Cluster {
             links: Mutex::new(CancellationToken::new()),
             direct,
             direct_in: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
         });
         if let Some(listener) = listener {
             tokio::spawn(Node::listen(Arc::downgrade(&node), listener));
@@ -901,18 +910,38 @@ impl Node {
     /// Entry side: a direct connection to `peer`, if it listens for one
     /// and can be reached (else its frames go through NATS).
     async fn link_to(&self, me: &str, peer: &Peer) -> Option<(LinkTx, direct::Records)> {
+        let now = tokio::time::Instant::now();
+        {
+            let mut unreachable = lock(&self.unreachable);
+            unreachable.retain(|_, at| now.duration_since(*at) < DIRECT_RETRY);
+            if unreachable.contains_key(&peer.id) {
+                return None;
+            }
+        }
         let answer = self
             .client
             .request(format!("agents.{}.direct", peer.id), Bytes::new())
-            .await
-            .ok()?;
-        let answer = std::str::from_utf8(&answer.payload).ok()?;
-        let (addr, secret) = answer.split_once(' ')?;
-        let secret = direct::parse_secret(secret)?;
-        match direct::connect(addr, &secret, me).await {
+            .await;
+        let (addr, secret) = match &answer {
+            // No direct listener there (or no answer): through NATS.
+            Err(_) => ("", None),
+            Ok(answer) => std::str::from_utf8(&answer.payload)
+                .ok()
+                .and_then(|a| a.split_once(' '))
+                .map_or(("", None), |(addr, secret)| {
+                    (addr, direct::parse_secret(secret))
+                }),
+        };
+        let connected = match secret {
+            Some(secret) => direct::connect(addr, &secret, me).await.map_err(|err| {
+                tracing::warn!(peer = %peer.id, %addr, %err, "cannot connect to a node directly; its frames go through NATS for a while");
+            }),
+            None => Err(()),
+        };
+        match connected {
             Ok(stream) => Some(direct::start(stream, peer.dead.clone())),
-            Err(err) => {
-                tracing::warn!(peer = %peer.id, %addr, %err, "cannot connect to a node directly; its frames go through NATS");
+            Err(()) => {
+                lock(&self.unreachable).insert(peer.id.clone(), now);
                 None
             }
         }
