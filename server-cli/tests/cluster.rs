@@ -906,14 +906,9 @@ async fn strangers_on_the_direct_port_are_turned_away() {
     let mut nodes = Vec::new();
     let mut direct = Vec::new();
     for _ in 0..2 {
-        let options = agents_server::ClusterOptions::new([nats.url()])
-            .direct(([127, 0, 0, 1], 0).into(), None);
-        let cluster = agents_server::Cluster::connect(options).await.unwrap();
-        direct.push(cluster.direct_addr().expect("listens"));
-        let server = agents_server::AgentServer::new()
-            .agent("Slow", |_| Slow::default())
-            .cluster(cluster);
-        nodes.push(TestServer::start(server).await);
+        let (node, addr) = slow_direct_node(&nats, None).await;
+        nodes.push(node);
+        direct.push(addr);
     }
     let path = "/agents/slow/hostile";
     let mut owner = Client::connect(&nodes[0].url(path)).await;
@@ -956,6 +951,20 @@ async fn strangers_on_the_direct_port_are_turned_away() {
     owner.sentinel().await;
 }
 
+/// A node on `nats` serving `Slow` and listening for direct connections
+/// on 127.0.0.1 (other nodes told `advertise`, else where it listens),
+/// and the address it advertises.
+async fn slow_direct_node(nats: &Nats, advertise: Option<String>) -> (TestServer, String) {
+    let options = agents_server::ClusterOptions::new([nats.url()])
+        .direct(([127, 0, 0, 1], 0).into(), advertise);
+    let cluster = agents_server::Cluster::connect(options).await.unwrap();
+    let addr = cluster.direct_addr().expect("listens");
+    let server = agents_server::AgentServer::new()
+        .agent("Slow", |_| Slow::default())
+        .cluster(cluster);
+    (TestServer::start(server).await, addr)
+}
+
 /// An owner whose direct address cannot be used (here: it accepts and
 /// never says a word) is tried once: its sockets go through NATS, and the
 /// next link to it, within `DIRECT_RETRY`, does not wait on it again.
@@ -975,13 +984,7 @@ async fn an_unusable_direct_address_is_tried_once() {
     });
     let mut nodes = Vec::new();
     for advertise in [Some(mute_addr), None] {
-        let options = agents_server::ClusterOptions::new([nats.url()])
-            .direct(([127, 0, 0, 1], 0).into(), advertise);
-        let cluster = agents_server::Cluster::connect(options).await.unwrap();
-        let server = agents_server::AgentServer::new()
-            .agent("Slow", |_| Slow::default())
-            .cluster(cluster);
-        nodes.push(TestServer::start(server).await);
+        nodes.push(slow_direct_node(&nats, advertise).await.0);
     }
     let path = "/agents/slow/unusable";
     let mut owner = Client::connect(&nodes[0].url(path)).await;
