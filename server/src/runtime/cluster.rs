@@ -806,10 +806,16 @@ impl Node {
         let peer = Arc::new(Peer::new(id.clone(), self.fence().child_token()));
         let (tx, records) = direct::start(stream, peer.dead.clone());
         let _ = peer.direct_down.set(tx.clone());
-        if let Some(old) = lock(&self.direct_in).insert(id, peer.clone()) {
+        let (old, welcomed) = {
+            // Welcomed under the lock: whatever finds the link (an open
+            // request of that peer) sends after the welcome.
+            let mut direct_in = lock(&self.direct_in);
+            (direct_in.insert(id, peer.clone()), tx.welcome(hello))
+        };
+        if let Some(old) = old {
             old.dead.cancel();
         }
-        if !tx.welcome(hello) {
+        if !welcomed {
             peer.dead.cancel();
             self.forget(&peer);
             return None;

@@ -13,15 +13,16 @@
 //! the entry node; down it is 0 (a downlink frame names its sockets).
 //!
 //! The hello proves to each side that the other knows the owner's secret,
-//! without sending it: the owner tells the secret only over NATS, so only
-//! a node that can use the cluster's NATS can speak on a link. On accept
-//! the owner sends `[MAGIC][owner nonce, 16 bytes]`; the entry answers
-//! `[MAGIC][entry nonce, 16][mac "up", 32][id length u8][entry node id]`;
-//! once the owner registered the link it sends `[MAGIC][mac "down", 32]`.
-//! Each mac is HMAC-SHA256 under the secret of the direction, both nonces
-//! and the id, so a hello seen on the network cannot be replayed, nor an
-//! answer reflected. What follows the hello is neither encrypted nor
-//! authenticated: links belong on a private network.
+//! without sending it (the owner tells the secret only over NATS). On
+//! accept the owner sends `[MAGIC][owner nonce, 16 bytes]`; the entry
+//! answers `[MAGIC][entry nonce, 16][mac "up", 32][id length u8][entry
+//! node id]`; once the owner registered the link it sends `[MAGIC][mac
+//! "down", 32]`. Each mac is HMAC-SHA256 under the one secret of the way
+//! (`up` or `down`), both nonces and the id, so a hello seen on the
+//! network cannot be replayed, nor an answer reflected. Nothing binds the
+//! hello to what follows, which is neither encrypted nor authenticated:
+//! whoever can redirect or alter the connection can speak on it, so links
+//! belong on a private network.
 //!
 //! Each side sends a heartbeat (an empty record for key `u64::MAX`) when it
 //! had nothing to send for [`HEARTBEAT`], and ends the link when it read
@@ -33,7 +34,7 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::BoxStream;
@@ -42,6 +43,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::lock;
@@ -230,6 +232,10 @@ impl LinkTx {
         drop(slices);
         let mut state = lock(&self.link.0.state);
         state.busy = false;
+        if state.write.is_none() {
+            // The link ended meanwhile.
+            return false;
+        }
         match wrote {
             Ok(n) if n > 0 => {
                 state.wrote = Instant::now();
@@ -240,6 +246,9 @@ impl LinkTx {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => state.queue.push_front(out),
             Ok(_) | Err(_) => {
+                // Nobody writes after a failed write (the socket may hold
+                // part of this record).
+                state.write = None;
                 drop(state);
                 self.link.0.dead.cancel();
                 return false;
@@ -288,7 +297,10 @@ async fn writer(link: Arc<Shared>) {
             let Some(write) = state.write.clone() else {
                 break;
             };
-            if state.busy || state.queue.is_empty() {
+            if state.busy {
+                // A sender writes; it wakes us if it leaves anything.
+                (write, Some(Duration::ZERO))
+            } else if state.queue.is_empty() {
                 (write, Some(state.wrote.elapsed()))
             } else {
                 state.busy = true;
@@ -316,12 +328,19 @@ async fn writer(link: Arc<Shared>) {
         }
         let written = write_all(&write, &mut batch, &link.dead).await;
         batch.clear();
-        let mut state = lock(&link.state);
-        state.busy = false;
-        state.wrote = Instant::now();
-        if !written {
-            break;
+        {
+            let mut state = lock(&link.state);
+            if !written {
+                // Still busy: nobody writes after a failed write (the
+                // socket may hold part of a record).
+                state.write = None;
+                break;
+            }
+            state.busy = false;
+            state.wrote = Instant::now();
         }
+        // However busy the link, other tasks on this thread get their turn.
+        tokio::task::consume_budget().await;
     }
     link.dead.cancel();
     // Senders waiting for room hear that the link is gone.
@@ -571,27 +590,36 @@ mod tests {
 
     /// An owner with `secret` and an entry that knows `[7; 16]`: the id
     /// the owner read, the entry's connection, and the owner's link.
-    async fn pair(secret: Secret) -> (Option<String>, std::io::Result<TcpStream>, LinkTx, Records) {
+    async fn pair(
+        secret: Secret,
+    ) -> (
+        Option<String>,
+        std::io::Result<TcpStream>,
+        Option<(LinkTx, Records)>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let owner = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let heard = hello(&mut s, &secret).await;
+            // As the node does: a link only after a good hello (else the
+            // connection is dropped).
+            let heard = hello(&mut s, &secret).await?;
             let (tx, records) = start(s, CancellationToken::new());
-            if let Some(heard) = &heard {
-                assert!(tx.welcome(heard));
-            }
-            (heard.map(|h| h.id), tx, records)
+            assert!(tx.welcome(&heard));
+            Some((heard.id, tx, records))
         });
         let entry = connect(&addr, &[7; 16], "node-b").await;
-        let (id, tx, records) = owner.await.unwrap();
-        (id, entry, tx, records)
+        match owner.await.unwrap() {
+            Some((id, tx, records)) => (Some(id), entry, Some((tx, records))),
+            None => (None, entry, None),
+        }
     }
 
     #[tokio::test]
     async fn a_link_carries_records_in_order_and_only_with_the_secret() {
-        let (id, entry, down, mut up) = pair([7; 16]).await;
+        let (id, entry, link) = pair([7; 16]).await;
         assert_eq!(id.as_deref(), Some("node-b"));
+        let (down, mut up) = link.unwrap();
         let (tx, mut records) = start(entry.unwrap(), CancellationToken::new());
         assert!(tx.send(5, Bytes::from_static(b"hi")).await);
         assert!(tx.send(6, Bytes::new()).await);
@@ -599,22 +627,28 @@ mod tests {
         assert_eq!(up.next().await, Some((6, Bytes::new())));
         assert!(down.send(0, Bytes::from_static(b"down")).await);
         assert_eq!(records.next().await, Some((0, Bytes::from_static(b"down"))));
-        // Quiet for longer than the silence allowed: heartbeats keep it.
-        tokio::time::sleep(SILENCE * 2).await;
+        // Quiet for longer than the silence allowed: heartbeats keep it
+        // (nothing read, and the link did not end).
+        let quiet = tokio::time::timeout(SILENCE * 2, up.next()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
         assert!(tx.send(7, Bytes::from_static(b"still")).await);
         assert_eq!(up.next().await, Some((7, Bytes::from_static(b"still"))));
-        // The entry's writer ends: the owner reads the end.
+        // The entry's last sender gone: the owner reads the end at once.
         drop(tx);
-        assert_eq!(up.next().await, None);
+        let end = tokio::time::timeout(SILENCE / 2, up.next()).await;
+        assert_eq!(end, Ok(None));
 
-        let (id, entry, ..) = pair([8; 16]).await;
+        let (id, entry, link) = pair([8; 16]).await;
         assert_eq!(id, None);
-        assert!(entry.is_err(), "a wrong secret gets no answer");
+        assert!(link.is_none());
+        let err = entry.expect_err("a wrong secret gets no answer");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn senders_racing_a_full_socket_keep_their_order() {
-        let (_, entry, _down, mut up) = pair([7; 16]).await;
+        let (_, entry, link) = pair([7; 16]).await;
+        let (_down, mut up) = link.unwrap();
         let (tx, _records) = start(entry.unwrap(), CancellationToken::new());
         // Four senders, each with numbered records, some larger than a
         // socket's buffer, while nobody reads: most wait for the writer.
@@ -656,14 +690,17 @@ mod tests {
             s.write_all(&[&MAGIC[..], &first].concat()).await.unwrap();
             let mut hello = vec![0u8; 4 + NONCE + MAC + 1 + 6];
             s.read_exact(&mut hello).await.unwrap();
-            // Answered as no owner would (no mac): the entry gives up.
-            s.write_all(&[&MAGIC[..], &[0; MAC]].concat())
+            // Answered with the entry's own mac, reflected: the entry
+            // gives up.
+            let reflected = &hello[4 + NONCE..4 + NONCE + MAC];
+            s.write_all(&[&MAGIC[..], reflected].concat())
                 .await
                 .unwrap();
             hello
         });
         let faked = connect(&addr, &secret, "node-b").await;
-        assert!(faked.is_err(), "an owner that does not know the secret");
+        let err = faked.expect_err("an owner that does not know the secret");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
         let hello_bytes = eavesdropped.await.unwrap();
 
         // The real owner challenges anew: the recorded hello is refused.
