@@ -965,6 +965,37 @@ async fn slow_direct_node(nats: &Nats, advertise: Option<String>) -> (TestServer
     (TestServer::start(server).await, addr)
 }
 
+/// A node dropped (in a process that goes on) stops listening for
+/// direct connections at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_node_frees_its_direct_port() {
+    let nats = Nats::start("direct-dropped").await;
+    let options =
+        agents_server::ClusterOptions::new([nats.url()]).direct(([127, 0, 0, 1], 0).into(), None);
+    let cluster = agents_server::Cluster::connect(options).await.unwrap();
+    let addr = cluster.direct_addr().expect("listens");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(listening(port));
+    drop(cluster);
+    // Watched from the kernel's table: a connection attempt would itself
+    // wake the listener.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while listening(port) {
+        assert!(tokio::time::Instant::now() < deadline, "still listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a socket listens on TCP `port` (IPv4) in this machine's table.
+fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "0A"
+    })
+}
+
 /// An owner whose direct address cannot be used (here: it accepts and
 /// never says a word) is tried once: its sockets go through NATS, and the
 /// next link to it, within `DIRECT_RETRY`, does not wait on it again.

@@ -235,6 +235,15 @@ pub(crate) struct Node {
     /// Entry side: peers a direct connection to failed, and when; their
     /// frames go through NATS until [`DIRECT_RETRY`] later.
     unreachable: Mutex<HashMap<Arc<str>, tokio::time::Instant>>,
+    /// Cancelled when this node is dropped: the direct listener, which
+    /// holds it only weakly, stops (and frees its port) at once.
+    gone: CancellationToken,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.gone.cancel();
+    }
 }
 
 /// What a node tells other nodes (over NATS) about its direct listener.
@@ -388,9 +397,11 @@ impl Cluster {
             direct,
             direct_in: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
+            gone: CancellationToken::new(),
         });
         if let Some(listener) = listener {
-            tokio::spawn(Node::listen(Arc::downgrade(&node), listener));
+            let gone = node.gone.clone();
+            tokio::spawn(Node::listen(Arc::downgrade(&node), listener, gone));
         }
         node.acquire().await?;
         tokio::spawn(Node::keep_lease(Arc::downgrade(&node)));
@@ -763,10 +774,13 @@ impl Node {
 
     /// Owner side: takes direct connections from other nodes, until this
     /// node is gone.
-    async fn listen(node: Weak<Node>, listener: tokio::net::TcpListener) {
+    async fn listen(node: Weak<Node>, listener: tokio::net::TcpListener, gone: CancellationToken) {
         let hellos = Arc::new(tokio::sync::Semaphore::new(direct::MAX_HELLOS));
         loop {
-            let accepted = listener.accept().await;
+            let accepted = tokio::select! {
+                () = gone.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
             let Some(this) = node.upgrade() else { return };
             let Ok((mut stream, _)) = accepted else {
                 // (Out of file descriptors, say: try again shortly.)
