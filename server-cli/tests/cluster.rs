@@ -967,6 +967,7 @@ async fn slow_direct_node(nats: &Nats, advertise: Option<String>) -> (TestServer
 
 /// A node dropped (in a process that goes on) stops listening for
 /// direct connections at once.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_node_frees_its_direct_port() {
     let nats = Nats::start("direct-dropped").await;
@@ -987,6 +988,7 @@ async fn a_dropped_node_frees_its_direct_port() {
 }
 
 /// Whether a socket listens on TCP `port` (IPv4) in this machine's table.
+#[cfg(target_os = "linux")]
 fn listening(port: u16) -> bool {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let local = format!(":{port:04X}");

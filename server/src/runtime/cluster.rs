@@ -64,9 +64,10 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// How long a request to another node may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long an entry node forwards through NATS to a peer it could not
-/// connect to directly before it tries again (each try can take up to
-/// two [`REQUEST_TIMEOUT`]s while sockets wait to open).
+/// How long after failing to connect to a peer directly an entry node
+/// links to it through NATS without trying again (a try can take up to
+/// [`REQUEST_TIMEOUT`] and [`direct::HELLO_TIMEOUT`] while sockets wait to
+/// open). A link, once made, lasts while sockets use it.
 const DIRECT_RETRY: Duration = Duration::from_secs(30);
 
 /// Default [`ClusterOptions::forward_timeout`]: how long a plain HTTP
@@ -792,12 +793,18 @@ impl Node {
             let Ok(hearing) = hellos.clone().try_acquire_owned() else {
                 continue;
             };
+            let Some(secret) = this.direct.as_ref().map(|info| info.secret) else {
+                return;
+            };
+            drop(this);
+            let node = node.clone();
             tokio::spawn(async move {
-                let Some(info) = &this.direct else { return };
-                let Some(hello) = direct::hello(&mut stream, &info.secret).await else {
+                let Some(hello) = direct::hello(&mut stream, &secret).await else {
                     return;
                 };
                 drop(hearing);
+                // (A stranger's hello does not keep a dropped node alive.)
+                let Some(this) = node.upgrade() else { return };
                 // Known before the peer hears it may go on: its next
                 // open request finds the link.
                 let peer = this.link_from(&hello, stream);
@@ -818,13 +825,15 @@ impl Node {
     ) -> Option<(Arc<Peer>, direct::Records)> {
         let id: Arc<str> = hello.id.as_str().into();
         let peer = Arc::new(Peer::new(id.clone(), self.fence().child_token()));
-        let (tx, records) = direct::start(stream, peer.dead.clone());
-        let _ = peer.direct_down.set(tx.clone());
-        let (old, welcomed) = {
-            // Welcomed under the lock: whatever finds the link (an open
-            // request of that peer) sends after the welcome.
+        let (old, welcomed, records) = {
+            // Started and welcomed under the lock: whatever finds the link
+            // (an open request of that peer) sends after the welcome, and
+            // the link's heartbeat cannot come first either.
             let mut direct_in = lock(&self.direct_in);
-            (direct_in.insert(id, peer.clone()), tx.welcome(hello))
+            let (tx, records) = direct::start(stream, peer.dead.clone());
+            let _ = peer.direct_down.set(tx.clone());
+            let old = direct_in.insert(id, peer.clone());
+            (old, tx.welcome(hello), records)
         };
         if let Some(old) = old {
             old.dead.cancel();
