@@ -689,13 +689,20 @@ async fn slow_cluster(
         if support::direct() {
             options = options.direct(([127, 0, 0, 1], 0).into(), None);
         }
-        let cluster = agents_server::Cluster::connect(options).await.unwrap();
-        let server = agents_server::AgentServer::new()
-            .agent("Slow", |_| Slow::default())
-            .cluster(cluster);
-        nodes.push(TestServer::start(server).await);
+        nodes.push(slow_node(options).await.0);
     }
     (nats, nodes)
+}
+
+/// An in-process node serving [`Slow`] with cluster `options`, and the
+/// address it tells other nodes for direct connections, if it listens.
+async fn slow_node(options: agents_server::ClusterOptions) -> (TestServer, Option<String>) {
+    let cluster = agents_server::Cluster::connect(options).await.unwrap();
+    let addr = cluster.direct_addr();
+    let server = agents_server::AgentServer::new()
+        .agent("Slow", |_| Slow::default())
+        .cluster(cluster);
+    (TestServer::start(server).await, addr)
 }
 
 /// A plain HTTP request, or a socket, through a node that does not own the
@@ -957,12 +964,8 @@ async fn strangers_on_the_direct_port_are_turned_away() {
 async fn slow_direct_node(nats: &Nats, advertise: Option<String>) -> (TestServer, String) {
     let options = agents_server::ClusterOptions::new([nats.url()])
         .direct(([127, 0, 0, 1], 0).into(), advertise);
-    let cluster = agents_server::Cluster::connect(options).await.unwrap();
-    let addr = cluster.direct_addr().expect("listens");
-    let server = agents_server::AgentServer::new()
-        .agent("Slow", |_| Slow::default())
-        .cluster(cluster);
-    (TestServer::start(server).await, addr)
+    let (node, addr) = slow_node(options).await;
+    (node, addr.expect("listens"))
 }
 
 /// A node dropped (in a process that goes on) stops listening for

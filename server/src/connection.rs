@@ -17,8 +17,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-
-use crate::lock;
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -28,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::error::SendError;
+use crate::lock;
 use crate::message::{truncate, Message};
 use crate::storage::WriteProgress;
 

@@ -32,8 +32,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-
-use crate::lock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -48,6 +46,7 @@ use super::actor::{Admit, CloseInfo, Command, Event, InstanceHandle};
 use super::direct::{self, LinkTx};
 use super::InstanceKey;
 use crate::connection::{Connection, KeyMap, Outbound};
+use crate::lock;
 use crate::log::Trunc;
 use crate::message::{Message, Utf8Bytes};
 use crate::storage::{bucket_key, NatsStorage, Storage};
@@ -368,7 +367,9 @@ impl Cluster {
             }
             None => None,
         };
-        let (listener, direct) = listener.unzip();
+        let (listener, direct) = listener
+            .map(|(listener, info)| ((listener, info.secret), info))
+            .unzip();
         let ready = Arc::new(AtomicBool::new(false));
         let max_payload = client.server_info().max_payload;
         let storage = Storage::from_backend(Arc::new(NatsStorage::new(
@@ -400,9 +401,9 @@ impl Cluster {
             unreachable: Mutex::new(HashMap::new()),
             gone: CancellationToken::new(),
         });
-        if let Some(listener) = listener {
+        if let Some((listener, secret)) = listener {
             let gone = node.gone.clone();
-            tokio::spawn(Node::listen(Arc::downgrade(&node), listener, gone));
+            tokio::spawn(Node::listen(Arc::downgrade(&node), listener, secret, gone));
         }
         node.acquire().await?;
         tokio::spawn(Node::keep_lease(Arc::downgrade(&node)));
@@ -697,25 +698,22 @@ impl Node {
         let fence = lease.fence.clone();
         tokio::spawn(async move {
             let subscribe = |what: &str| self.client.subscribe(format!("agents.{id}.{what}"));
-            let (Ok(mut open), Ok(mut http), Ok(mut ping)) = (
+            // Only a node that listens answers where (`direct`): others
+            // get "no responders" and send frames through NATS.
+            let direct = async {
+                match &self.direct {
+                    Some(_) => subscribe("direct").await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (Ok(mut open), Ok(mut http), Ok(mut ping), Ok(mut where_direct)) = (
                 subscribe("open").await,
                 subscribe("http").await,
                 subscribe("ping").await,
+                direct.await,
             ) else {
                 tracing::error!(node = %id, "cannot subscribe to the node's subjects");
                 return;
-            };
-            // Only a node that listens answers where: others get "no
-            // responders" and send frames through NATS.
-            let mut where_direct = match &self.direct {
-                Some(_) => match subscribe("direct").await {
-                    Ok(s) => Some(s),
-                    Err(_) => {
-                        tracing::error!(node = %id, "cannot subscribe to the node's subjects");
-                        return;
-                    }
-                },
-                None => None,
             };
             barrier(&self.client).await;
             loop {
@@ -775,14 +773,18 @@ impl Node {
 
     /// Owner side: takes direct connections from other nodes, until this
     /// node is gone.
-    async fn listen(node: Weak<Node>, listener: tokio::net::TcpListener, gone: CancellationToken) {
+    async fn listen(
+        node: Weak<Node>,
+        listener: tokio::net::TcpListener,
+        secret: direct::Secret,
+        gone: CancellationToken,
+    ) {
         let hellos = Arc::new(tokio::sync::Semaphore::new(direct::MAX_HELLOS));
         loop {
             let accepted = tokio::select! {
                 () = gone.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
-            let Some(this) = node.upgrade() else { return };
             let Ok((mut stream, _)) = accepted else {
                 // (Out of file descriptors, say: try again shortly.)
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -793,10 +795,6 @@ impl Node {
             let Ok(hearing) = hellos.clone().try_acquire_owned() else {
                 continue;
             };
-            let Some(secret) = this.direct.as_ref().map(|info| info.secret) else {
-                return;
-            };
-            drop(this);
             let node = node.clone();
             tokio::spawn(async move {
                 let Some(hello) = direct::hello(&mut stream, &secret).await else {
@@ -947,29 +945,30 @@ impl Node {
                 return None;
             }
         }
+        // No answer (the peer does not listen), or not "address secret":
+        // through NATS.
         let answer = self
             .client
             .request(format!("agents.{}.direct", peer.id), Bytes::new())
-            .await;
-        let (addr, secret) = match &answer {
-            // No direct listener there (or no answer): through NATS.
-            Err(_) => ("", None),
-            Ok(answer) => std::str::from_utf8(&answer.payload)
-                .ok()
-                .and_then(|a| a.split_once(' '))
-                .map_or(("", None), |(addr, secret)| {
-                    (addr, direct::parse_secret(secret))
-                }),
-        };
-        let connected = match secret {
-            Some(secret) => direct::connect(addr, &secret, me).await.map_err(|err| {
-                tracing::warn!(peer = %peer.id, %addr, %err, "cannot connect to a node directly; its frames go through NATS for a while");
-            }),
-            None => Err(()),
+            .await
+            .ok();
+        let target = answer
+            .as_ref()
+            .and_then(|answer| std::str::from_utf8(&answer.payload).ok())
+            .and_then(|answer| answer.split_once(' '))
+            .and_then(|(addr, secret)| Some((addr, direct::parse_secret(secret)?)));
+        let connected = match target {
+            Some((addr, secret)) => direct::connect(addr, &secret, me)
+                .await
+                .inspect_err(|err| {
+                    tracing::warn!(peer = %peer.id, %addr, %err, "cannot connect to a node directly; its frames go through NATS for a while");
+                })
+                .ok(),
+            None => None,
         };
         match connected {
-            Ok(stream) => Some(direct::start(stream, peer.dead.clone())),
-            Err(()) => {
+            Some(stream) => Some(direct::start(stream, peer.dead.clone())),
+            None => {
                 lock(&self.unreachable).insert(peer.id.clone(), now);
                 None
             }

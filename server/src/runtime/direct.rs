@@ -292,40 +292,43 @@ pub(crate) fn start(stream: TcpStream, dead: CancellationToken) -> (LinkTx, Reco
 async fn writer(link: Arc<Shared>) {
     let mut batch: Vec<Out> = Vec::with_capacity(WRITE_BATCH);
     loop {
-        let (write, quiet) = {
+        // A batch to write (on this socket), or how long to wait.
+        let next = {
             let mut state = lock(&link.state);
-            let Some(write) = state.write.clone() else {
-                break;
-            };
+            let Some(write) = &state.write else { break };
             if state.busy {
                 // A sender writes; it wakes us if it leaves anything.
-                (write, Some(Duration::ZERO))
+                Err(HEARTBEAT)
             } else if state.queue.is_empty() {
-                (write, Some(state.wrote.elapsed()))
+                if link.gone.load(Ordering::Acquire) {
+                    // Every sender gone, and all they sent written.
+                    break;
+                }
+                Err(HEARTBEAT.saturating_sub(state.wrote.elapsed()))
             } else {
+                let write = write.clone();
                 state.busy = true;
                 let n = state.queue.len().min(WRITE_BATCH);
                 batch.extend(state.queue.drain(..n));
-                (write, None)
+                Ok(write)
             }
         };
-        if let Some(quiet) = quiet {
-            drop(write);
-            if link.gone.load(Ordering::Acquire) && quiet_and_empty(&link) {
-                break;
+        let write = match next {
+            Ok(write) => write,
+            Err(wait) => {
+                let wait = tokio::time::timeout(wait, link.wake.notified());
+                tokio::select! {
+                    () = link.dead.cancelled() => break,
+                    woken = wait => if woken.is_err() {
+                        let mut state = lock(&link.state);
+                        if !state.busy && state.queue.is_empty() && state.wrote.elapsed() >= HEARTBEAT {
+                            state.queue.push_back(Out::new(HEARTBEAT_KEY, Bytes::new(), false, None));
+                        }
+                    },
+                }
+                continue;
             }
-            let wait = tokio::time::timeout(HEARTBEAT.saturating_sub(quiet), link.wake.notified());
-            tokio::select! {
-                () = link.dead.cancelled() => break,
-                woken = wait => if woken.is_err() {
-                    let mut state = lock(&link.state);
-                    if !state.busy && state.queue.is_empty() && state.wrote.elapsed() >= HEARTBEAT {
-                        state.queue.push_back(Out::new(HEARTBEAT_KEY, Bytes::new(), false, None));
-                    }
-                },
-            }
-            continue;
-        }
+        };
         let written = write_all(&write, &mut batch, &link.dead).await;
         batch.clear();
         {
@@ -348,12 +351,6 @@ async fn writer(link: Arc<Shared>) {
     let mut state = lock(&link.state);
     state.write = None;
     state.queue.clear();
-}
-
-/// Whether nothing is queued and nobody writes.
-fn quiet_and_empty(link: &Shared) -> bool {
-    let state = lock(&link.state);
-    !state.busy && state.queue.is_empty()
 }
 
 /// Writes `batch` on `write`; false when writing failed or `dead` was

@@ -16,8 +16,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use crate::lock;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -26,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Backend, BoxFuture, Done, InstanceId, StorageError, Write};
+use crate::lock;
 
 /// How long one JetStream operation may take before its outcome is
 /// re-checked.
