@@ -187,24 +187,28 @@ impl Node {
 
     /// Whether this node runs the instance of `agent` right now (its metrics say so).
     pub(crate) async fn runs(&self, agent: &str) -> bool {
-        let (status, text) = http_get(self.admin, "/metrics", &[]).await;
-        let prefix = format!("agents_instances{{agent=\"{agent}\"}} ");
-        status == 200
-            && text.lines().any(|l| {
-                l.strip_prefix(&prefix)
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .is_some_and(|v| v > 0.0)
-            })
+        let sample = format!("agents_instances{{agent=\"{agent}\"}}");
+        self.metric(&sample).await.is_some_and(|v| v > 0.0)
     }
 
     /// How many links to owner nodes this node set up whose frames travel
     /// `via` (`direct` or `nats`), from its metrics.
     pub(crate) async fn links_via(&self, via: &str) -> f64 {
-        let (_, text) = http_get(self.admin, "/metrics", &[]).await;
-        let prefix = format!("agents_cluster_links_total{{via=\"{via}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
-            .unwrap_or(0.0)
+        let sample = format!("agents_cluster_links_total{{via=\"{via}\"}}");
+        self.metric(&sample).await.unwrap_or(0.0)
+    }
+
+    /// The value of one sample (name and labels, as written) of this
+    /// node's metrics; `None` when it has none, or no metrics answered.
+    async fn metric(&self, sample: &str) -> Option<f64> {
+        let (status, text) = http_get(self.admin, "/metrics", &[]).await;
+        let prefix = format!("{sample} ");
+        (status == 200)
+            .then(|| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            })
+            .flatten()
     }
 
     /// Sends `signal` (`kill -<signal>`); for `STOP`, returns only once
